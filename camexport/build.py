@@ -1,0 +1,238 @@
+"""The build pipeline: load → find layer → trace → export → validate → write (atomically) + JSON report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from camexport import __version__
+from camexport.errors import ImageSizeError, OutputPathError, UserError
+from camexport.export import finalise, metadata_props, to_onnx
+from camexport.layers import probe_layers, resolve_layer
+from camexport.methods import METHODS
+from camexport.preprocess import open_image, to_input
+from camexport.registry import EFFICIENTNET_LITE0, LoadedModel, load_model
+from camexport.samples import sample_photo
+from camexport.session import CamSession
+from camexport.tracing import trace_explainer
+from camexport.validation import TOLERANCES, Case, random_cases, results_as_dict, validate
+
+DEFAULT_OUTPUT_DIR = Path("models")
+# Relative L2 change of the reference heatmap under a 1e-5 input perturbation above which a warning is printed.
+ILL_CONDITIONED = 0.1
+
+
+@dataclass
+class BuildOptions:
+    """Arguments of ``camexport build``; see the CLI help for each."""
+
+    model: str
+    layer: str | None = None
+    method: str = "gradcampp"
+    weights: str = "default"
+    seed: int = 0
+    image_size: tuple[int, int] | None = None
+    opset: int | None = None
+    output: Path | None = None
+
+    def output_path(self) -> Path:
+        """``--output`` or ``models/<model>-<method>.onnx``."""
+        return Path(self.output) if self.output else DEFAULT_OUTPUT_DIR / f"{self.model}-{self.method}.onnx"
+
+
+@dataclass
+class BuildResult:
+    """What a build wrote."""
+
+    graph: Path
+    report: Path
+    layer: str
+    summary: dict = field(default_factory=dict)
+
+
+def report_path(graph: Path) -> Path:
+    """The JSON report lies next to the graph: ``x.onnx`` → ``x.json``."""
+    return graph.with_suffix(".json")
+
+
+def check_output(path: Path) -> None:
+    """Fails early (before any work) when ``path`` cannot be written.
+
+    Raises:
+        OutputPathError: it is a directory, or its folder cannot be created or written.
+    """
+    if path.suffix.lower() != ".onnx":
+        raise OutputPathError(f"--output {path}: the graph file must end in .onnx")
+    if path.is_dir():
+        raise OutputPathError(f"--output {path}: is a directory; give a file name such as {path / 'model.onnx'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".camexport-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputPathError(
+            f"--output {path}: cannot write to {path.parent} ({exc.strerror or exc}); choose a writable folder"
+        ) from None
+
+
+def _versions() -> dict[str, str]:
+    versions = {"camexport": __version__, "python": platform.python_version()}
+    for package in ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "timm", "numpy"):
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def sample_photo_case(loaded: LoadedModel) -> Case:
+    """scikit-image's ``coffee()`` photo, preprocessed for the model (a real photo for the real weights)."""
+    image = to_input(open_image(sample_photo("coffee")), loaded.preprocessing)
+    return Case("real photo: skimage.data.coffee()", image[None], None)
+
+
+@contextmanager
+def _step(name: str, timings: dict[str, float], log: Callable[[str], None]) -> Iterator[None]:
+    log(f"{name}...")
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 3)
+
+
+def _write_atomically(path: Path, writer: Callable[[Path], None]) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        writer(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildResult:
+    """Builds, validates and writes one graph.
+
+    Nothing is left at the output path unless every validation case passes.
+
+    Raises:
+        UserError: a bad argument (model, layer, method, weights, image size, output).
+        UnsupportedModelError: the exporter cannot handle the model or layer.
+        ValidationError: the graph disagrees with the eager reference.
+    """
+    if options.method not in METHODS:
+        raise UserError(f"--method {options.method}: unknown; use one of {', '.join(METHODS)}")
+    if options.image_size is not None and min(options.image_size) < 1:
+        raise UserError(f"--image-size {options.image_size}: sizes must be positive integers")
+    if options.seed < 0:
+        raise UserError(f"--seed {options.seed}: use a non-negative integer")
+    output = options.output_path()
+    check_output(output)
+    timings: dict[str, float] = {}
+
+    with _step(f"load {options.model} (weights: {options.weights})", timings, log):
+        loaded = load_model(options.model, options.weights, options.seed)
+        default_size = loaded.preprocessing.image_size
+        if options.image_size is not None:
+            loaded.preprocessing = loaded.preprocessing.with_image_size(tuple(options.image_size))
+        size = loaded.preprocessing.image_size
+        layers = probe_layers(loaded.module, size, options.model)
+        layer = resolve_layer(loaded.module, layers, options.layer)
+        if layer.shape[2] * layer.shape[3] < 2:
+            raise ImageSizeError(
+                f"at {size[0]}x{size[1]} the output of {layer.name} is 1x1, so a heatmap cannot localise anything; "
+                f"use a larger --image-size (the default is {default_size[0]}) or an earlier --layer"
+            )
+    how = "given" if options.layer else "default: last 4-D feature map"
+    log(f"  weights: {loaded.weights}")
+    log(f"  layer: {layer.name} ({how}), output [N, {', '.join(map(str, layer.shape[1:]))}]")
+
+    with _step(f"trace forward + backward to {layer.name} ({options.method})", timings, log):
+        traced = trace_explainer(loaded.module, layer.name, options.method, size, seed=options.seed)
+
+    props = metadata_props(
+        model=options.model,
+        layer=layer.name,
+        method=options.method,
+        labels=loaded.labels,
+        mean=loaded.preprocessing.mean,
+        std=loaded.preprocessing.std,
+        image_size=size,
+        resize_size=loaded.preprocessing.resize_size,
+        interpolation=loaded.preprocessing.interpolation,
+        weights=loaded.weights,
+        version=__version__,
+    )
+    with _step("export to ONNX", timings, log):
+        proto = finalise(to_onnx(traced, size, options.opset), props)
+    del traced
+
+    summary: dict = {}
+
+    def write_validated(temporary: Path) -> None:
+        onnx.save_model(proto, temporary)
+        with _step("validate in onnxruntime against the eager reference", timings, log):
+            session = CamSession(temporary)
+            cases = random_cases(size, len(loaded.labels), seed=options.seed + 1234)
+            if options.model == EFFICIENTNET_LITE0 and options.weights == "default":
+                cases.append(sample_photo_case(loaded))
+            results = validate(session, loaded.module, layer.name, options.method, cases)
+        for result in results:
+            heat = next(c for c in result.checks if c.name == "heatmap")
+            labels = ", ".join(loaded.labels[i] for i in result.class_index)
+            log(f"  ok: {result.description}: classes [{labels}], heatmap max diff {heat.max_abs_diff:.2g}")
+            if heat.reference_spread is not None and heat.reference_spread > ILL_CONDITIONED:
+                log(
+                    f"  warning: the explanation is ill-conditioned here: a 1e-5 input perturbation moves the "
+                    f"reference heatmap by {heat.reference_spread:.0%} (relative L2); "
+                    + (
+                        "Grad-CAM++ weights have poles where a channel's activation sum is negative: "
+                        "prefer a layer after a ReLU or --method gradcam"
+                        if options.method == "gradcampp"
+                        else "prefer a later layer"
+                    )
+                )
+        data = temporary.read_bytes()
+        summary.update(
+            {
+                "graph": str(output),
+                "graph_bytes": len(data),
+                "graph_sha256": hashlib.sha256(data).hexdigest(),
+                "model": options.model,
+                "weights": loaded.weights,
+                "layer": layer.name,
+                "layer_default": options.layer is None,
+                "layer_output_shape": ["N", *layer.shape[1:]],
+                "method": options.method,
+                "image_size": list(size),
+                "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+                "metadata": props | {"camexport.labels": f"<{len(loaded.labels)} labels>"},
+                "validation": {"relative_tolerances": TOLERANCES, "cases": results_as_dict(results)},
+                "versions": _versions(),
+            }
+        )
+
+    _write_atomically(output, write_validated)
+    summary["timings_s"] = timings
+    report = report_path(output)
+    _write_atomically(report, lambda p: p.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n"))
+    log(f"wrote {output} ({summary['graph_bytes'] / 1e6:.1f} MB) and {report}")
+    return BuildResult(graph=output, report=report, layer=layer.name, summary=summary)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

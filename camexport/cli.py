@@ -1,0 +1,130 @@
+"""Command line: parses arguments and calls the library. Errors become one line and an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from camexport import __version__
+from camexport.errors import CamExportError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error style of the rest of camexport (exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"camexport: error: {message}; see '{self.prog} --help'\n")
+
+
+def _image_size(values: list[int]) -> tuple[int, int]:
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError("--image-size takes H or H W")
+    return (values[0], values[-1])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="camexport", description="Grad-CAM/Grad-CAM++ inside one self-contained ONNX graph.")
+    parser.add_argument("--version", action="version", version=f"camexport {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    build = commands.add_parser("build", help="trace, export and validate one explaining ONNX graph")
+    build.add_argument("model", help="a torchvision classifier (resnet18, ...) or efficientnet_lite0")
+    build.add_argument("--layer", help="dotted module name (layer4, layer3, layer4.1.conv2); default: last 4-D map")
+    build.add_argument("--method", default="gradcampp", help="gradcampp (default) or gradcam")
+    build.add_argument(
+        "--weights", default="default", help="default (pretrained), random (seeded) or PATH to a state_dict"
+    )
+    build.add_argument("--seed", type=int, default=0, help="seed of random weights and validation inputs")
+    build.add_argument("--image-size", type=int, nargs="+", metavar="H [W]", help="input size (default: the weights')")
+    build.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 18 or newer)")
+    build.add_argument("--output", type=Path, help="graph file (default: models/<model>-<method>.onnx)")
+
+    models = commands.add_parser("models", help="list the model names build accepts")
+    models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+
+    explain = commands.add_parser("explain", help="explain photos with a built graph (overlays + predictions)")
+    explain.add_argument("graph", type=Path, help="a .onnx file written by 'camexport build'")
+    explain.add_argument("images", nargs="+", help="image files or folders")
+    explain.add_argument("--class", dest="target", help="class to explain, by index or label (default: top-1)")
+    explain.add_argument("--top-k", type=int, default=5, help="predictions to report per image (default 5)")
+    explain.add_argument("--provider", default="cpu", help="cpu (default) or cuda")
+    explain.add_argument("--out", type=Path, default=Path("explained"), help="output folder (default: explained/)")
+    explain.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
+    explain.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
+    explain.add_argument("--save-heatmap", action="store_true", help="also save each heatmap as .npy")
+
+    samples = commands.add_parser("samples", help="write the real photos bundled with scikit-image and matplotlib")
+    samples.add_argument("folder", type=Path, nargs="?", default=Path("photos"), help="where (default: photos/)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "build":
+        from camexport.build import BuildOptions, build
+
+        size = _image_size(args.image_size) if args.image_size else None
+        options = BuildOptions(
+            model=args.model,
+            layer=args.layer,
+            method=args.method,
+            weights=args.weights,
+            seed=args.seed,
+            image_size=size,
+            opset=args.opset,
+            output=args.output,
+        )
+        build(options, log=lambda line: print(line, flush=True))
+        return 0
+    if args.command == "models":
+        from camexport.registry import available_models
+
+        names = [n for n in available_models() if fnmatch.fnmatch(n, args.pattern)]
+        print("\n".join(names) if names else f"no model matches {args.pattern!r}")
+        return 0 if names else EXIT_USER_ERROR
+    if args.command == "explain":
+        from camexport.explain import explain_paths
+        from camexport.session import CamSession
+
+        session = CamSession(args.graph, provider=args.provider)
+        summary = explain_paths(
+            session,
+            args.images,
+            args.out,
+            target=args.target,
+            top_k=args.top_k,
+            alpha=args.alpha,
+            colormap=args.colormap,
+            save_heatmap=args.save_heatmap,
+        )
+        done = sum(1 for path in summary.written if path.suffix == ".png")
+        print(f"explained {done} image(s), {len(summary.failures)} failed; predictions: {summary.predictions}")
+        return 1 if summary.failures else 0
+    if args.command == "samples":
+        from camexport.samples import write_samples
+
+        for path in write_samples(args.folder):
+            print(path)
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``camexport`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except CamExportError as exc:
+        print(f"camexport: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("camexport: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

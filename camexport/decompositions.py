@@ -1,0 +1,117 @@
+"""Decompositions of backward ATen ops into forward ops that the ONNX exporter can lower.
+
+``make_fx`` records the backward pass as ATen ops. Several of them (``convolution_backward``,
+``max_pool2d_with_indices_backward``, ``_adaptive_avg_pool2d_backward``, ``as_strided_scatter``) have no
+ONNX lowering, so they are rewritten here while tracing. Only the gradient with respect to the op's input
+is needed: parameters never require gradients in a camexport graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch._decomp import core_aten_decompositions
+
+from camexport.errors import UnsupportedModelError
+
+aten = torch.ops.aten
+
+
+def conv_output_padding(in_size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output padding that makes a transposed convolution restore ``in_size``.
+
+    ``(in + 2p − d(k−1) − 1) mod s``: the rows a strided convolution skipped at the end.
+    """
+    return (in_size + 2 * padding - dilation * (kernel - 1) - 1) % stride
+
+
+def convolution_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias_sizes: Sequence[int] | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    transposed: bool,
+    output_padding: Sequence[int],
+    groups: int,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor | None, None, None]:
+    """Input gradient of a convolution: a transposed convolution with the same weight and groups."""
+    del bias_sizes, output_padding
+    if transposed:
+        raise UnsupportedModelError(
+            "the backward pass crosses a transposed convolution, which camexport cannot export yet; "
+            "choose a layer after it"
+        )
+    if output_mask[1] or output_mask[2]:
+        raise UnsupportedModelError("weight gradients were requested while tracing; this is a camexport bug")
+    grad_input = None
+    if output_mask[0]:
+        spatial = len(stride)
+        extra = [
+            conv_output_padding(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d], dilation[d])
+            for d in range(spatial)
+        ]
+        grad_input = aten.convolution.default(
+            grad_output, weight, None, list(stride), list(padding), list(dilation), True, extra, groups
+        )
+    return grad_input, None, None
+
+
+def max_pool2d_with_indices_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    ceil_mode: bool,
+    indices: torch.Tensor,
+) -> torch.Tensor:
+    """Routes each output gradient to the input position that held the maximum (scatter-add)."""
+    del kernel_size, stride, padding, dilation, ceil_mode
+    n, c, h, w = input.shape
+    flat = grad_output.new_zeros((n, c, h * w))
+    flat = flat.scatter_add(2, indices.reshape(n, c, -1), grad_output.reshape(n, c, -1))
+    return flat.reshape(n, c, h, w)
+
+
+def _adaptive_pool_matrix(in_size: int, out_size: int, like: torch.Tensor) -> torch.Tensor:
+    """[out, in] averaging matrix of adaptive average pooling along one axis."""
+    rows = []
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)
+        rows.append([1.0 / (end - start) if start <= j < end else 0.0 for j in range(in_size)])
+    # Built from Python numbers so that tracing records one constant, not the loop.
+    return torch.tensor(rows, dtype=like.dtype)
+
+
+def adaptive_avg_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    """Adaptive average pooling is ``P_h X P_wᵀ``, so its input gradient is ``P_hᵀ G P_w``."""
+    in_h, in_w = int(input.shape[-2]), int(input.shape[-1])
+    out_h, out_w = int(grad_output.shape[-2]), int(grad_output.shape[-1])
+    p_h = _adaptive_pool_matrix(in_h, out_h, grad_output)
+    p_w = _adaptive_pool_matrix(in_w, out_w, grad_output)
+    return torch.matmul(torch.matmul(p_h.t(), grad_output), p_w)
+
+
+_OURS: dict[object, Callable[..., object]] = {
+    aten.convolution_backward.default: convolution_backward,
+    aten.max_pool2d_with_indices_backward.default: max_pool2d_with_indices_backward,
+    aten._adaptive_avg_pool2d_backward.default: adaptive_avg_pool2d_backward,
+}
+
+
+def backward_decompositions() -> dict[object, Callable[..., object]]:
+    """The decomposition table for tracing: PyTorch's own for backward and scatter ops, plus ours.
+
+    Forward ops are left alone so that the exporter keeps its direct lowerings (``Resize`` for
+    bilinear upsampling, ``Conv``, ``BatchNormalization``...).
+    """
+    table = {op: fn for op, fn in core_aten_decompositions().items() if "backward" in str(op) or "scatter" in str(op)}
+    table.update(_OURS)
+    return table

@@ -1,0 +1,48 @@
+"""The error hierarchy of camexport.
+
+Every failure that camexport reports on purpose derives from :class:`CamExportError`. The CLI turns
+each into one line on stderr and a non-zero exit status: 2 for a user's mistake (:class:`UserError`),
+1 for anything else (a graph that failed validation, an exporter limitation).
+"""
+
+from __future__ import annotations
+
+
+class CamExportError(Exception):
+    """Base class of every error camexport raises on purpose."""
+
+    exit_code = 1
+
+
+class UserError(CamExportError):
+    """A bad argument or input: the message names the problem and the fix."""
+
+    exit_code = 2
+
+
+class UnknownModelError(UserError):
+    """The model name is not in the registry."""
+
+
+class UnknownLayerError(UserError):
+    """The layer name does not exist in the model, or its output is not a 4-D feature map."""
+
+
+class WeightsError(UserError):
+    """Weights could not be obtained or do not fit the model."""
+
+
+class OutputPathError(UserError):
+    """The output file cannot be written."""
+
+
+class ImageSizeError(UserError):
+    """The requested image size does not fit the architecture."""
+
+
+class UnsupportedModelError(CamExportError):
+    """The model or layer needs an operation that camexport cannot put into an ONNX graph yet."""
+
+
+class ValidationError(CamExportError):
+    """The built graph's outputs differ from the eager reference beyond tolerance."""

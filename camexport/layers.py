@@ -1,0 +1,123 @@
+"""Finding the target layer: which modules yield a 4-D feature map, and which one to explain by default."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from camexport.errors import ImageSizeError, UnknownLayerError
+
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One module's output in a forward pass.
+
+    Attributes:
+        name: dotted module name, as in ``model.named_modules()``.
+        shape: output shape for the probe input (batch first), or ``None`` when not a tensor.
+        calls: how many times the module ran in one forward pass.
+        order: position of the module's last completed call in the pass.
+    """
+
+    name: str
+    shape: tuple[int, ...] | None
+    calls: int
+    order: int
+
+    @property
+    def is_feature_map(self) -> bool:
+        """True for a 4-D output, i.e. [N, C, h, w]."""
+        return self.shape is not None and len(self.shape) == 4
+
+
+def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str = "the model") -> list[LayerInfo]:
+    """Runs one forward pass on zeros and records every named module's output shape.
+
+    Raises:
+        ImageSizeError: the model cannot run at ``image_size``.
+    """
+    records: dict[str, list] = {}
+    counter = [0]
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            counter[0] += 1
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+            entry = records.setdefault(name, [shape, 0, 0])
+            entry[0], entry[1], entry[2] = shape, entry[1] + 1, counter[0]
+
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(make_hook(name)))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *image_size))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0][:160]
+        raise ImageSizeError(
+            f"{model_name} cannot run on {image_size[0]}x{image_size[1]} images ({reason}); "
+            "use a larger --image-size, e.g. the model's default"
+        ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    infos = [LayerInfo(name, shape, calls, order) for name, (shape, calls, order) in records.items()]
+    return sorted(infos, key=lambda info: info.order)
+
+
+def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
+    """The last module, in execution order, whose output is a 4-D feature map (global pools excluded).
+
+    For resnet18 this is ``layer4``; for timm's EfficientNet, ``bn2``.
+    """
+    modules = dict(model.named_modules())
+    maps = [
+        info
+        for info in layers
+        if info.is_feature_map and info.calls == 1 and not isinstance(modules[info.name], _GLOBAL_POOLS)
+    ]
+    if not maps:
+        raise UnknownLayerError(
+            f"{type(model).__name__} has no module with a 4-D output [N,C,h,w]; camexport explains convolutional "
+            "feature maps, pass --layer with a module that yields one"
+        )
+    return maps[-1]
+
+
+def resolve_layer(model: nn.Module, layers: list[LayerInfo], name: str | None) -> LayerInfo:
+    """Checks a user-given layer name, or picks the default when ``name`` is None.
+
+    Raises:
+        UnknownLayerError: no such module (close candidates are listed), its output is not 4-D, or it
+            runs more than once per forward pass (so its activations are ambiguous).
+    """
+    if name is None:
+        return default_layer(model, layers)
+    by_name = {info.name: info for info in layers}
+    info = by_name.get(name)
+    if info is None:
+        candidates = [i.name for i in layers if i.is_feature_map]
+        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+        hint = f"close candidates: {', '.join(close)}" if close else f"4-D layers include: {', '.join(candidates[-5:])}"
+        if name in dict(model.named_modules()):
+            raise UnknownLayerError(f"--layer {name}: the module never runs in a forward pass; {hint}")
+        raise UnknownLayerError(f"--layer {name}: no such module in {type(model).__name__}; {hint}")
+    if not info.is_feature_map:
+        shape = "not a tensor" if info.shape is None else f"shape {list(info.shape)}"
+        raise UnknownLayerError(
+            f"--layer {name}: its output is {shape}, not a 4-D feature map [N,C,h,w]; choose a convolutional layer"
+        )
+    if info.calls != 1:
+        raise UnknownLayerError(
+            f"--layer {name}: the module runs {info.calls} times in one forward pass, so its activations are "
+            "ambiguous; choose its parent block or a module that runs once"
+        )
+    return info

@@ -1,0 +1,103 @@
+"""The eager yardstick: Grad-CAM and Grad-CAM++ in plain PyTorch, independent of the tracing path.
+
+A forward hook captures the target layer's output ``A``; ``torch.autograd.grad`` gives ``g = ∂y_c/∂A`` for
+the pre-softmax logit ``y_c``; the formulas then run in float64, written out from the papers:
+
+* Grad-CAM (Selvaraju et al. 2017): ``w_k = (1/Z) Σ_ij g_kij``.
+* Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19): ``α_kij = g² / (2g² + (Σ_ab A_kab)·g³)`` (0 where the
+  denominator is 0), ``w_k = Σ_ij α_kij·ReLU(g_kij)``.
+* ``cam = ReLU(Σ_k w_k A_k)``; ``heatmap`` = bilinear (half-pixel) upsampling to the input size, then
+  per-image min-max to [0, 1] (zeros for a constant map).
+
+Nothing here is shared with :mod:`camexport.methods` or :mod:`camexport.tracing`, so that the graph is
+checked against a separate implementation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _paper_weights(method: str, A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    n, k, h, w = A.shape
+    if method == "gradcam":
+        return g.reshape(n, k, h * w).sum(-1) / (h * w)
+    if method == "gradcampp":
+        sum_A = A.reshape(n, k, h * w).sum(-1)[:, :, None, None]
+        numerator = g.pow(2)
+        denominator = 2 * g.pow(2) + sum_A * g.pow(3)
+        alpha = torch.zeros_like(g)
+        defined = denominator != 0
+        alpha[defined] = numerator[defined] / denominator[defined]
+        return torch.einsum("nkhw,nkhw->nk", alpha, g.clamp(min=0))
+    raise ValueError(f"unknown method {method!r}")
+
+
+def _min_max(maps: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(maps)
+    for i, m in enumerate(maps):
+        low, high = m.min(), m.max()
+        if high > low:
+            out[i] = (m - low) / (high - low)
+    return out
+
+
+def reference_explain(
+    model: nn.Module,
+    layer: str,
+    method: str,
+    image: torch.Tensor | np.ndarray,
+    target_class: torch.Tensor | np.ndarray | list[int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Eager Grad-CAM/Grad-CAM++ for a batch.
+
+    Args:
+        model: network in eval mode.
+        layer: dotted name of the target module.
+        method: ``gradcampp`` or ``gradcam``.
+        image: [N, 3, H, W] float32, normalised.
+        target_class: [N] class indices, −1 (or None for all) meaning the top-1 class.
+
+    Returns:
+        ``logits``, ``class_index``, ``heatmap``, ``cam``, ``activations``, ``gradients`` as numpy arrays
+        (the float ones as float64 where computed in float64).
+    """
+    image = torch.as_tensor(np.asarray(image, dtype=np.float32)).clone().requires_grad_(True)
+    module = dict(model.named_modules())[layer]
+    seen: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
+        seen.append(out)
+        return out.clone()  # later in-place ops must not change the captured A
+
+    handle = module.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = model(image)
+    finally:
+        handle.remove()
+    A = seen[-1]
+    if target_class is None:
+        chosen = logits.argmax(1)
+    else:
+        wanted = torch.as_tensor(np.asarray(target_class, dtype=np.int64)).expand(image.shape[0])
+        chosen = torch.where(wanted < 0, logits.argmax(1), wanted)
+    y_c = logits[torch.arange(image.shape[0]), chosen]
+    (g,) = torch.autograd.grad(y_c.sum(), A)
+
+    A64, g64 = A.detach().double(), g.double()
+    weights = _paper_weights(method, A64, g64)
+    cam = torch.einsum("nk,nkhw->nhw", weights, A64).clamp(min=0)
+    upsampled = F.interpolate(cam[:, None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
+    heatmap = _min_max(upsampled[:, 0])
+    return {
+        "logits": logits.detach().numpy(),
+        "class_index": chosen.numpy(),
+        "heatmap": heatmap.numpy(),
+        "cam": cam.numpy(),
+        "activations": A64.numpy(),
+        "gradients": g64.numpy(),
+    }

@@ -1,0 +1,60 @@
+"""Real photos that ship with installed packages (scikit-image, matplotlib), for offline demos and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from camexport.errors import OutputPathError
+
+
+def _skimage(name: str) -> Callable[[], Image.Image]:
+    def load() -> Image.Image:
+        from skimage import data
+
+        return Image.fromarray(np.asarray(getattr(data, name)())).convert("RGB")
+
+    return load
+
+
+def _grace_hopper() -> Image.Image:
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        return Image.open(handle).convert("RGB")
+
+
+SAMPLES: dict[str, Callable[[], Image.Image]] = {
+    "coffee": _skimage("coffee"),
+    "chelsea": _skimage("chelsea"),
+    "rocket": _skimage("rocket"),
+    "astronaut": _skimage("astronaut"),
+    "grace_hopper": _grace_hopper,
+}
+
+
+def sample_photo(name: str) -> Image.Image:
+    """One bundled photo by name (see :data:`SAMPLES`)."""
+    return SAMPLES[name]()
+
+
+def write_samples(folder: str | Path) -> list[Path]:
+    """Writes every bundled photo to ``folder`` as PNG.
+
+    Raises:
+        OutputPathError: the folder cannot be created or written.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, load in SAMPLES.items():
+            path = folder / f"{name}.png"
+            load().save(path)
+            paths.append(path)
+    except OSError as exc:
+        raise OutputPathError(f"{folder}: cannot write the sample photos ({exc.strerror or exc})") from None
+    return paths

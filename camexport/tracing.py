@@ -1,0 +1,144 @@
+"""Tracing: the forward pass, the backward pass to the target layer and the CAM, as one flat ATen graph.
+
+``torch.onnx.export`` cannot capture ``torch.autograd.grad``. ``make_fx`` can: it records the ATen ops that
+autograd dispatches, so the backward pass becomes ordinary ops in the same graph as the forward pass.
+Parameters and buffers enter the traced function as inputs (``torch.func.functional_call``), and the
+trace is symbolic in every size, so nothing about the example input (its values, its batch size) is
+frozen into the graph; :class:`ExplainerModule` then binds the weights back as buffers for export.
+
+At the target layer a forward hook swaps the output ``A`` for a detached leaf that requires gradients:
+the backward pass then stops at ``A`` (no weight gradients, nothing below the layer), and a clone keeps
+``A`` intact when the network modifies its input in place after the layer (``ReLU(inplace=True)``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from camexport.decompositions import backward_decompositions
+from camexport.methods import METHODS, WEIGHTS, class_activation_map, normalised_heatmap
+
+OUTPUT_NAMES = ("logits", "class_index", "heatmap", "cam", "activations", "gradients")
+INPUT_NAMES = ("image", "target_class")
+
+# Symbolic tracing specialises sizes 0 and 1; an example batch of 2 keeps the batch dimension symbolic.
+TRACE_BATCH = 2
+
+
+def make_explain_function(
+    model: nn.Module, layer: str, method: str, image_size: tuple[int, int], state_names: list[str]
+) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """Builds ``fn(state, image, target_class) -> outputs`` (see :data:`OUTPUT_NAMES`).
+
+    ``state`` holds the model's parameters and buffers in ``state_names`` order. A negative
+    ``target_class`` entry means "explain the top-1 class".
+    """
+    if method not in WEIGHTS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    weights_of = WEIGHTS[method]
+    target_module = model.get_submodule(layer)
+
+    def explain(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
+        captured: list[torch.Tensor] = []
+
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+            leaf = output.detach().requires_grad_(True)
+            captured.append(leaf)
+            return leaf.clone()
+
+        handle = target_module.register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                logits = functional_call(model, dict(zip(state_names, state, strict=True)), (image,))
+                top1 = logits.argmax(dim=1)
+                class_index = torch.where(target_class < 0, top1, target_class)
+                score = logits.gather(1, class_index[:, None]).sum()
+                (activations,) = captured
+                (gradients,) = torch.autograd.grad(score, activations)
+        finally:
+            handle.remove()
+        activations = activations.detach()
+        cam = class_activation_map(activations, weights_of(activations, gradients))
+        heatmap = normalised_heatmap(cam, image_size)
+        return logits.detach(), class_index, heatmap, cam, activations, gradients
+
+    return explain
+
+
+@dataclass
+class TracedExplainer:
+    """The traced graph and the weights it takes.
+
+    Attributes:
+        graph: flat ATen graph ``(state, image, target_class) -> outputs``.
+        state: the model's parameters and buffers, in the order the graph takes them.
+        state_names: their dotted names in the model.
+    """
+
+    graph: torch.fx.GraphModule
+    state: list[torch.Tensor]
+    state_names: list[str]
+
+
+def model_state(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
+    """Parameters then buffers, detached, with their dotted names."""
+    items = [(n, p.detach()) for n, p in model.named_parameters()]
+    items += [(n, b.detach()) for n, b in model.named_buffers()]
+    return [n for n, _ in items], [t for _, t in items]
+
+
+def trace_explainer(
+    model: nn.Module, layer: str, method: str, image_size: tuple[int, int], seed: int = 0
+) -> TracedExplainer:
+    """Traces forward, backward and CAM into one graph with a symbolic batch dimension.
+
+    Args:
+        model: network in eval mode.
+        layer: dotted name of the target module.
+        method: ``gradcampp`` or ``gradcam``.
+        image_size: (H, W) of the input.
+        seed: seed of the example input (its values do not enter the graph).
+    """
+    names, state = model_state(model)
+    explain = make_explain_function(model, layer, method, image_size, names)
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(TRACE_BATCH, 3, *image_size, generator=generator)
+    target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
+    graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(
+        state, image, target
+    )
+    return TracedExplainer(graph=graph, state=state, state_names=names)
+
+
+def _buffer_name(name: str, taken: set[str]) -> str:
+    base = re.sub(r"\W", "_", name) or "w"
+    candidate, i = base, 1
+    while candidate in taken:
+        candidate, i = f"{base}_{i}", i + 1
+    taken.add(candidate)
+    return candidate
+
+
+class ExplainerModule(nn.Module):
+    """An ``nn.Module`` around the traced graph, with the weights as buffers, ready for ``torch.export``."""
+
+    def __init__(self, traced: TracedExplainer) -> None:
+        super().__init__()
+        self.graph = traced.graph
+        taken: set[str] = set()
+        self._names = []
+        for name, tensor in zip(traced.state_names, traced.state, strict=True):
+            buffer = _buffer_name(name, taken)
+            self.register_buffer(buffer, tensor)
+            self._names.append(buffer)
+
+    def forward(self, image: torch.Tensor, target_class: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        state = [getattr(self, name) for name in self._names]
+        return tuple(self.graph(state, image, target_class))
