@@ -19,7 +19,7 @@ import onnx
 
 from camexport import __version__
 from camexport.errors import ImageSizeError, OutputPathError, UserError
-from camexport.export import finalise, metadata_props, to_onnx
+from camexport.export import check_opset, finalise, metadata_props, to_onnx
 from camexport.layers import probe_layers, resolve_layer
 from camexport.methods import METHODS
 from camexport.preprocess import open_image, to_input
@@ -138,6 +138,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         raise UserError(f"--image-size {options.image_size}: sizes must be positive integers")
     if options.seed < 0:
         raise UserError(f"--seed {options.seed}: use a non-negative integer")
+    check_opset(options.opset)
     output = options.output_path()
     check_output(output)
     timings: dict[str, float] = {}

@@ -52,6 +52,16 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:240]
 
 
+def check_opset(opset: int | None) -> None:
+    """Raises UserError for an opset outside what the exporter and the installed onnx support."""
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not MIN_OPSET <= opset <= newest:
+        raise UserError(
+            f"--opset {opset}: camexport writes opsets {MIN_OPSET} to {newest} (the installed onnx's newest); "
+            f"use --opset {MIN_OPSET} or leave it out"
+        )
+
+
 def to_onnx(traced: TracedExplainer, image_size: tuple[int, int], opset: int | None = None) -> onnx.ModelProto:
     """Exports the traced graph with a dynamic batch dimension.
 
@@ -59,10 +69,7 @@ def to_onnx(traced: TracedExplainer, image_size: tuple[int, int], opset: int | N
         UserError: ``opset`` is below :data:`MIN_OPSET`.
         UnsupportedModelError: the exporter cannot lower an op of the graph.
     """
-    if opset is not None and opset < MIN_OPSET:
-        raise UserError(
-            f"--opset {opset}: camexport's exporter writes opset {MIN_OPSET} or newer; use --opset {MIN_OPSET}"
-        )
+    check_opset(opset)
     module = ExplainerModule(traced)
     image = torch.zeros(TRACE_BATCH, 3, *image_size)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)

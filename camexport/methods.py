@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 METHODS = ("gradcampp", "gradcam")
+# Relative span below which an upsampled map counts as constant (float32 rounding is ~1e-7).
+FLAT_MAP = 1e-5
 
 
 def gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -71,10 +73,13 @@ def class_activation_map(activations: torch.Tensor, weights: torch.Tensor) -> to
 def normalised_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling to ``size`` (half-pixel, align_corners=False), then per-image min-max to [0, 1].
 
-    An image whose upsampled map is constant (for example an all-zero cam) gets zeros, never NaN.
+    An image whose upsampled map is constant (for example an all-zero cam), or varies by less than
+    ``FLAT_MAP`` of its maximum (interpolation rounding), gets zeros, never NaN.
     """
     up = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     low = up.amin(dim=(1, 2), keepdim=True)
-    span = up.amax(dim=(1, 2), keepdim=True) - low
-    positive = span > 0
+    high = up.amax(dim=(1, 2), keepdim=True)
+    span = high - low
+    # A span at rounding level (interpolating a constant map) is noise, not structure: give zeros.
+    positive = span > FLAT_MAP * high.abs()
     return torch.where(positive, (up - low) / torch.where(positive, span, torch.ones_like(span)), 0.0)

@@ -7,7 +7,7 @@ the pre-softmax logit ``y_c``; the formulas then run in float64, written out fro
 * Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19): ``α_kij = g² / (2g² + (Σ_ab A_kab)·g³)`` (0 where the
   denominator is 0), ``w_k = Σ_ij α_kij·ReLU(g_kij)``.
 * ``cam = ReLU(Σ_k w_k A_k)``; ``heatmap`` = bilinear (half-pixel) upsampling to the input size, then
-  per-image min-max to [0, 1] (zeros for a constant map).
+  per-image min-max to [0, 1] (zeros for a map that is constant up to 1e-5 of its maximum).
 
 Nothing here is shared with :mod:`camexport.methods` or :mod:`camexport.tracing`, so that the graph is
 checked against a separate implementation.
@@ -40,7 +40,7 @@ def _min_max(maps: torch.Tensor) -> torch.Tensor:
     out = torch.zeros_like(maps)
     for i, m in enumerate(maps):
         low, high = m.min(), m.max()
-        if high > low:
+        if high - low > 1e-5 * abs(high):  # flat up to rounding: zeros
             out[i] = (m - low) / (high - low)
     return out
 

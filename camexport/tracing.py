@@ -131,7 +131,9 @@ class ExplainerModule(nn.Module):
 
     def __init__(self, traced: TracedExplainer) -> None:
         super().__init__()
-        self.graph = traced.graph
+        # Held as a plain attribute, not a submodule: torch.export then lifts the trace's tensor constants
+        # (e.g. an adaptive-pool matrix made by a decomposition) instead of losing them in a nested module.
+        object.__setattr__(self, "graph", traced.graph)
         taken: set[str] = set()
         self._names = []
         for name, tensor in zip(traced.state_names, traced.state, strict=True):

@@ -1,0 +1,61 @@
+"""Shared fixtures: a hand-made probe model, and graphs built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from camexport.build import BuildOptions, build
+
+
+class ProbeModel(nn.Module):
+    """``logits[n, c] = Σ_khw W[c, k, h, w] · A[n, k, h, w]`` with ``A = feat(x) = x``.
+
+    So at the layer ``feat``, the activations are the input itself and the gradient of class c is
+    exactly ``W[c]``: hand-made tensors go straight into the formulas.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.feat = nn.Identity()
+        self.weight = nn.Parameter(weight.clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.feat(x)
+        return (a[:, None] * self.weight[None]).flatten(2).sum(-1)
+
+
+@pytest.fixture(scope="session")
+def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("graphs")
+
+
+_BUILT: dict[tuple[str, str | None, str, str], Path] = {}
+
+
+def built_graph(folder: Path, model: str, layer: str | None, method: str, weights: str = "random") -> Path:
+    """Builds (once per session) and returns the graph's path."""
+    key = (model, layer, method, weights)
+    if key not in _BUILT:
+        name = f"{model}-{(layer or 'default').replace('.', '_')}-{method}-{weights}.onnx"
+        result = build(
+            BuildOptions(model=model, layer=layer, method=method, weights=weights, output=folder / name),
+            log=lambda _line: None,
+        )
+        _BUILT[key] = result.graph
+    return _BUILT[key]
+
+
+@pytest.fixture(scope="session")
+def resnet18_random() -> nn.Module:
+    from camexport.registry import load_model
+
+    return load_model("resnet18", "random", seed=0).module
+
+
+@pytest.fixture(scope="session")
+def efficientnet_graph(graph_dir: Path) -> Path:
+    return built_graph(graph_dir, "efficientnet_lite0", None, "gradcampp", weights="default")

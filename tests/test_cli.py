@@ -1,0 +1,170 @@
+"""Every bad input through the CLI: one line naming the problem and the fix, exit 2, no traceback, no file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from camexport.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("camexport: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "graphs" / "g.onnx"
+
+
+def _no_graph(out: Path) -> None:
+    assert not out.exists()
+    if out.parent.exists():
+        assert [p for p in out.parent.iterdir() if p.suffix in (".onnx", ".tmp", ".json")] == []
+
+
+def test_unknown_model(capsys, out: Path) -> None:
+    code, _, err = run_cli(capsys, "build", "resnet19", "--output", str(out))
+    assert_user_error(code, err, "unknown model 'resnet19'", "resnet18")
+    _no_graph(out)
+
+
+def test_unknown_layer(capsys, out: Path) -> None:
+    code, _, err = run_cli(
+        capsys, "build", "resnet18", "--weights", "random", "--layer", "layer5", "--output", str(out)
+    )
+    assert_user_error(code, err, "--layer layer5", "close candidates", "layer4")
+    _no_graph(out)
+
+
+def test_unknown_method(capsys, out: Path) -> None:
+    code, _, err = run_cli(capsys, "build", "resnet18", "--method", "scorecam", "--output", str(out))
+    assert_user_error(code, err, "--method scorecam", "gradcampp", "gradcam")
+    _no_graph(out)
+
+
+def test_missing_checkpoint(capsys, out: Path, tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "build", "resnet18", "--weights", str(tmp_path / "no.pt"), "--output", str(out))
+    assert_user_error(code, err, "no such file", "'random'")
+    _no_graph(out)
+
+
+def test_unreadable_checkpoint(capsys, out: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(256))
+    code, _, err = run_cli(capsys, "build", "resnet18", "--weights", str(junk), "--output", str(out))
+    assert_user_error(code, err, "cannot read the checkpoint", "state_dict")
+    _no_graph(out)
+
+
+def test_mismatched_checkpoint(capsys, out: Path, tmp_path: Path) -> None:
+    path = tmp_path / "resnet34.pt"
+    torch.save(torchvision.models.resnet34().state_dict(), path)
+    code, _, err = run_cli(capsys, "build", "resnet18", "--weights", str(path), "--output", str(out))
+    assert_user_error(code, err, "do not fit ResNet", "unexpected key", "same architecture")
+    _no_graph(out)
+
+
+def test_default_weights_offline(capsys, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", offline)
+    code, _, err = run_cli(capsys, "build", "resnet18", "--output", str(out))
+    assert_user_error(code, err, "--weights random", "--weights PATH")
+    _no_graph(out)
+
+
+@pytest.mark.parametrize("target", ["/dev/null/g.onnx", "DIR"])
+def test_unwritable_output(capsys, tmp_path: Path, target: str) -> None:
+    path = str(tmp_path) if target == "DIR" else target
+    code, _, err = run_cli(capsys, "build", "resnet18", "--weights", "random", "--output", path)
+    assert_user_error(code, err, f"--output {path}")
+
+
+def test_output_must_be_onnx(capsys, tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "build", "resnet18", "--output", str(tmp_path / "g.txt"))
+    assert_user_error(code, err, "must end in .onnx")
+
+
+@pytest.mark.parametrize("size", [["16"], ["24", "16"]])
+def test_image_size_too_small(capsys, out: Path, size: list[str]) -> None:
+    code, _, err = run_cli(
+        capsys, "build", "resnet18", "--weights", "random", "--image-size", *size, "--output", str(out)
+    )
+    assert_user_error(code, err, "is 1x1", "larger --image-size")
+    _no_graph(out)
+
+
+def test_image_size_the_model_cannot_run(capsys, out: Path) -> None:
+    code, _, err = run_cli(
+        capsys, "build", "alexnet", "--weights", "random", "--image-size", "16", "--output", str(out)
+    )
+    assert_user_error(code, err, "alexnet cannot run on 16x16 images", "larger --image-size")
+    _no_graph(out)
+
+
+def test_opset_too_old(capsys, out: Path) -> None:
+    code, _, err = run_cli(
+        capsys, "build", "resnet18", "--weights", "random", "--image-size", "64", "--opset", "11", "--output", str(out)
+    )
+    assert_user_error(code, err, "--opset 11", "--opset 18")
+    _no_graph(out)
+
+
+def test_bad_arguments_are_one_line(capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["build", "resnet18", "--seed", "many"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--seed" in err
+
+
+def test_models_lists_and_filters(capsys) -> None:
+    code, stdout, _ = run_cli(capsys, "models", "resnet1*")
+    assert code == 0 and stdout.split() == ["resnet101", "resnet152", "resnet18"]
+
+
+def test_console_script_end_to_end(tmp_path: Path) -> None:
+    """The installed entry point, as a user runs it: no traceback, exit 2."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "camexport.cli",
+            "build",
+            "resnet18",
+            "--layer",
+            "layer9",
+            "--weights",
+            "random",
+            "--output",
+            str(tmp_path / "g.onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "--layer layer9" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "g.onnx").exists()

@@ -1,0 +1,49 @@
+"""Target-layer discovery and validation."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+from torch import nn
+
+from camexport.errors import ImageSizeError, UnknownLayerError
+from camexport.layers import default_layer, probe_layers, resolve_layer
+
+
+def test_resnet18_default_is_layer4(resnet18_random: nn.Module) -> None:
+    layers = probe_layers(resnet18_random, (224, 224))
+    info = default_layer(resnet18_random, layers)
+    assert info.name == "layer4" and info.shape == (1, 512, 7, 7)
+
+
+def test_timm_efficientnet_default_is_bn2() -> None:
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    assert default_layer(model, probe_layers(model, (224, 224))).name == "bn2"
+
+
+@pytest.mark.parametrize("name", ["layer3", "layer4.1.conv2", "layer2", "conv1"])
+def test_named_layers_resolve(resnet18_random: nn.Module, name: str) -> None:
+    info = resolve_layer(resnet18_random, probe_layers(resnet18_random, (224, 224)), name)
+    assert info.name == name and len(info.shape) == 4
+
+
+def test_unknown_layer_lists_close_candidates(resnet18_random: nn.Module) -> None:
+    layers = probe_layers(resnet18_random, (224, 224))
+    with pytest.raises(UnknownLayerError, match=r"no such module.*close candidates: .*layer4"):
+        resolve_layer(resnet18_random, layers, "layer5")
+
+
+def test_non_feature_map_layer_is_refused(resnet18_random: nn.Module) -> None:
+    with pytest.raises(UnknownLayerError, match=r"--layer fc: its output is shape \[1, 1000\]"):
+        resolve_layer(resnet18_random, probe_layers(resnet18_random, (224, 224)), "fc")
+
+
+def test_module_that_runs_twice_is_refused(resnet18_random: nn.Module) -> None:
+    with pytest.raises(UnknownLayerError, match="runs 2 times"):
+        resolve_layer(resnet18_random, probe_layers(resnet18_random, (224, 224)), "layer4.1.relu")
+
+
+def test_model_that_cannot_run_at_the_size() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 5), nn.Conv2d(4, 4, 5)).eval()
+    with pytest.raises(ImageSizeError, match="cannot run on 6x6 images"):
+        probe_layers(model, (6, 6), "tiny")

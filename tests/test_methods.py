@@ -1,0 +1,82 @@
+"""The graph's formulas (camexport.methods) against the numpy implementation on hand-made tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy_cam
+import pytest
+import torch
+
+from camexport.methods import class_activation_map, gradcam_weights, gradcampp_weights, normalised_heatmap
+
+
+def _cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    A = rng.uniform(0.0, 3.0, size=(2, 4, 3, 5))
+    g = rng.normal(0.0, 0.5, size=A.shape)
+    pole_A = np.full((1, 2, 2, 2), 1.0)
+    pole_A[0, 0] = -0.5  # channel 0 sums to -2 ...
+    pole_g = np.full((1, 2, 2, 2), 0.25)
+    pole_g[0, 0] = 1.0  # ... and g = 1 there: 2g² + (ΣA)g³ = 2 - 2 = 0, so α must be 0, not inf
+    return {
+        "random": (A, g),
+        "zero gradients": (A, np.zeros_like(A)),
+        "negative gradients": (A, -np.abs(g) - 0.1),
+        "zero activations": (np.zeros_like(A), g),
+        "denominator zero": (pole_A, pole_g),
+    }
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradcampp_weights_match_numpy(case: str) -> None:
+    A, g = CASES[case]
+    got = gradcampp_weights(torch.tensor(A, dtype=torch.float64), torch.tensor(g, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got, numpy_cam.gradcampp_weights(A, g), rtol=1e-12, atol=1e-12)
+    assert np.isfinite(got).all()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradcam_weights_match_numpy(case: str) -> None:
+    A, g = CASES[case]
+    got = gradcam_weights(torch.tensor(A), torch.tensor(g)).numpy()
+    np.testing.assert_allclose(got, numpy_cam.gradcam_weights(A, g), rtol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("method", ["gradcampp", "gradcam"])
+def test_cam_and_heatmap_match_numpy(case: str, method: str) -> None:
+    A, g = CASES[case]
+    weights_np = (numpy_cam.gradcampp_weights if method == "gradcampp" else numpy_cam.gradcam_weights)(A, g)
+    weights_fn = gradcampp_weights if method == "gradcampp" else gradcam_weights
+    weights = weights_fn(torch.tensor(A), torch.tensor(g))
+    cam = class_activation_map(torch.tensor(A), weights)
+    np.testing.assert_allclose(cam.numpy(), numpy_cam.cam(A, weights_np), rtol=1e-10, atol=1e-12)
+    heat = normalised_heatmap(cam, (7, 11)).numpy()
+    expected = numpy_cam.heatmap(numpy_cam.cam(A, weights_np), 7, 11)
+    np.testing.assert_allclose(heat, expected, atol=1e-9)
+    assert np.isfinite(heat).all() and heat.min() >= 0.0 and heat.max() <= 1.0
+
+
+def test_zero_gradients_give_a_zero_heatmap_not_nan() -> None:
+    A, g = CASES["zero gradients"]
+    cam = class_activation_map(torch.tensor(A), gradcampp_weights(torch.tensor(A), torch.tensor(g)))
+    heat = normalised_heatmap(cam, (6, 10))
+    assert torch.equal(heat, torch.zeros_like(heat))
+
+
+def test_negative_gradients_give_zero_gradcampp_weights() -> None:
+    A, g = CASES["negative gradients"]
+    assert torch.equal(gradcampp_weights(torch.tensor(A), torch.tensor(g)), torch.zeros(2, 4, dtype=torch.float64))
+
+
+def test_paper_formula_differs_from_the_minimal_example_variant() -> None:
+    """The widely copied Σ(A·g³) denominator is not the paper's (ΣA)·g³: on this input they disagree."""
+    A = np.array([[[[1.0, 3.0], [0.5, 2.0]]]])
+    g = np.array([[[[0.2, 0.7], [0.4, 0.1]]]])
+    ours = gradcampp_weights(torch.tensor(A), torch.tensor(g)).numpy()
+    variant = ((g**2 / (2 * g**2 + (A * g**3).sum())) * np.maximum(g, 0)).sum(axis=(2, 3))
+    np.testing.assert_allclose(ours, numpy_cam.gradcampp_weights(A, g), rtol=1e-12)
+    assert abs(ours[0, 0] - variant[0, 0]) > 1e-2
