@@ -104,11 +104,12 @@ def sample_photo_case(loaded: LoadedModel) -> Case:
 
 
 @contextmanager
-def _step(name: str, timings: dict[str, float], log: Callable[[str], None]) -> Iterator[None]:
-    log(f"{name}...")
+def _step(key: str, description: str, timings: dict[str, float], log: Callable[[str], None]) -> Iterator[None]:
+    log(f"{description}...")
     start = time.perf_counter()
     yield
-    timings[name] = round(time.perf_counter() - start, 3)
+    timings[key] = round(time.perf_counter() - start, 3)
+    log(f"  done in {timings[key]:.1f} s")
 
 
 def _write_atomically(path: Path, writer: Callable[[Path], None]) -> None:
@@ -143,7 +144,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
     check_output(output)
     timings: dict[str, float] = {}
 
-    with _step(f"load {options.model} (weights: {options.weights})", timings, log):
+    with _step("load", f"load {options.model} (weights: {options.weights})", timings, log):
         loaded = load_model(options.model, options.weights, options.seed)
         default_size = loaded.preprocessing.image_size
         if options.image_size is not None:
@@ -160,7 +161,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
     log(f"  weights: {loaded.weights}")
     log(f"  layer: {layer.name} ({how}), output [N, {', '.join(map(str, layer.shape[1:]))}]")
 
-    with _step(f"trace forward + backward to {layer.name} ({options.method})", timings, log):
+    with _step("trace", f"trace forward + backward to {layer.name} ({options.method})", timings, log):
         traced = trace_explainer(loaded.module, layer.name, options.method, size, seed=options.seed)
 
     props = metadata_props(
@@ -176,7 +177,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         weights=loaded.weights,
         version=__version__,
     )
-    with _step("export to ONNX", timings, log):
+    with _step("export", "export to ONNX", timings, log):
         proto = finalise(to_onnx(traced, size, options.opset), props)
     del traced
 
@@ -184,7 +185,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
 
     def write_validated(temporary: Path) -> None:
         onnx.save_model(proto, temporary)
-        with _step("validate in onnxruntime against the eager reference", timings, log):
+        with _step("validate", "validate in onnxruntime against the eager reference", timings, log):
             session = CamSession(temporary)
             cases = random_cases(size, len(loaded.labels), seed=options.seed + 1234)
             if options.model == EFFICIENTNET_LITE0 and options.weights == "default":
@@ -229,7 +230,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
     summary["timings_s"] = timings
     report = report_path(output)
     _write_atomically(report, lambda p: p.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n"))
-    log(f"wrote {output} ({summary['graph_bytes'] / 1e6:.1f} MB) and {report}")
+    log(f"wrote {output} ({summary['graph_bytes'] / 1e6:.1f} MB) and {report} in {sum(timings.values()):.1f} s")
     return BuildResult(graph=output, report=report, layer=layer.name, summary=summary)
 
 

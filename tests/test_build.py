@@ -114,7 +114,7 @@ def test_report_next_to_the_graph(graph_dir: Path) -> None:
     report = json.loads(path.with_suffix(".json").read_text())
     assert report["layer"] == "layer4" and report["layer_default"] is False
     assert report["method"] == "gradcampp"
-    assert set(report["timings_s"]) >= {"export to ONNX"}
+    assert set(report["timings_s"]) == {"load", "trace", "export", "validate"}
     assert all(case["passed"] for case in report["validation"]["cases"])
     batches = {case["batch"] for case in report["validation"]["cases"]}
     assert 2 not in batches and batches == {1, 3}
