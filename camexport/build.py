@@ -20,7 +20,7 @@ import onnx
 from camexport import __version__
 from camexport.errors import ImageSizeError, OutputPathError, UserError
 from camexport.export import check_opset, finalise, metadata_props, to_onnx
-from camexport.layers import probe_layers, resolve_layer
+from camexport.layers import default_layer, probe_layers, resolve_layer
 from camexport.methods import METHODS
 from camexport.preprocess import open_image, to_input
 from camexport.registry import EFFICIENTNET_LITE0, LoadedModel, load_model
@@ -151,7 +151,10 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
             loaded.preprocessing = loaded.preprocessing.with_image_size(tuple(options.image_size))
         size = loaded.preprocessing.image_size
         layers = probe_layers(loaded.module, size, options.model)
-        layer = resolve_layer(loaded.module, layers, options.layer)
+        wanted = options.layer
+        if wanted is None and size != default_size:  # the default layer is the one for the model's own size
+            wanted = default_layer(loaded.module, probe_layers(loaded.module, default_size, options.model)).name
+        layer = resolve_layer(loaded.module, layers, wanted)
         if layer.shape[2] * layer.shape[3] < 2:
             raise ImageSizeError(
                 f"at {size[0]}x{size[1]} the output of {layer.name} is 1x1, so a heatmap cannot localise anything; "

@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import warnings
 from collections.abc import Mapping
 
@@ -47,8 +48,14 @@ def _quiet():
         logging.disable(previous)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m|\[[0-9;]*m")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The root cause's first line, without terminal colour codes."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = _ANSI.sub("", str(exc)).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:240]
 
 

@@ -76,6 +76,8 @@ def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str 
 def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
     """The last module, in execution order, whose output is a 4-D feature map (global pools excluded).
 
+    Maps of more than one position are preferred; a 1x1 map is chosen only when there is nothing else.
+
     For resnet18 this is ``layer4``; for timm's EfficientNet, ``bn2``.
     """
     modules = dict(model.named_modules())
@@ -84,6 +86,9 @@ def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
         for info in layers
         if info.is_feature_map and info.calls == 1 and not isinstance(modules[info.name], _GLOBAL_POOLS)
     ]
+    spatial = [info for info in maps if info.shape[2] * info.shape[3] > 1]
+    if spatial:  # a 1x1 map (a pooled head such as SqueezeNet's classifier) cannot localise anything
+        return spatial[-1]
     if not maps:
         raise UnknownLayerError(
             f"{type(model).__name__} has no module with a 4-D output [N,C,h,w]; camexport explains convolutional "

@@ -49,7 +49,9 @@ def make_explain_function(
         captured: list[torch.Tensor] = []
 
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-            leaf = output.detach().requires_grad_(True)
+            # Contiguous: autograd returns gradients in the strides of the input, and a strided copy
+            # (as_strided_ + copy_) for a permuted output (ConvNeXt, Swin) has no ONNX lowering.
+            leaf = output.detach().contiguous().requires_grad_(True)
             captured.append(leaf)
             return leaf.clone()
 

@@ -47,3 +47,12 @@ def test_model_that_cannot_run_at_the_size() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 5), nn.Conv2d(4, 4, 5)).eval()
     with pytest.raises(ImageSizeError, match="cannot run on 6x6 images"):
         probe_layers(model, (6, 6), "tiny")
+
+
+@pytest.mark.parametrize(("name", "expected"), [("squeezenet1_0", "classifier.2"), ("inception_v3", "Mixed_7c")])
+def test_default_skips_pooled_1x1_heads(name: str, expected: str) -> None:
+    from camexport.registry import load_model
+
+    loaded = load_model(name, "random")
+    layers = probe_layers(loaded.module, loaded.preprocessing.image_size)
+    assert default_layer(loaded.module, layers).name == expected
