@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +21,10 @@ import onnx
 from camexport import __version__
 from camexport.errors import ImageSizeError, OutputPathError, UserError
 from camexport.export import check_opset, finalise, metadata_props, to_onnx
-from camexport.layers import default_layer, probe_layers, resolve_layer
+from camexport.layers import count_logits, default_layer, probe_layers, resolve_layer
 from camexport.methods import METHODS
 from camexport.preprocess import open_image, to_input
-from camexport.registry import EFFICIENTNET_LITE0, LoadedModel, load_model
+from camexport.registry import EFFICIENTNET_LITE0, LoadedModel, ModelOverrides, load_model
 from camexport.samples import sample_photo
 from camexport.session import CamSession
 from camexport.tracing import trace_explainer
@@ -46,10 +47,19 @@ class BuildOptions:
     image_size: tuple[int, int] | None = None
     opset: int | None = None
     output: Path | None = None
+    overrides: ModelOverrides = field(default_factory=ModelOverrides)
 
     def output_path(self) -> Path:
-        """``--output`` or ``models/<model>-<method>.onnx``."""
-        return Path(self.output) if self.output else DEFAULT_OUTPUT_DIR / f"{self.model}-{self.method}.onnx"
+        """``--output`` or ``models/<model>-<method>.onnx`` (the model name made file-safe)."""
+        return Path(self.output) if self.output else DEFAULT_OUTPUT_DIR / f"{model_slug(self.model)}-{self.method}.onnx"
+
+
+def model_slug(name: str) -> str:
+    """A file-safe name: ``timm:resnet50`` → ``timm-resnet50``, ``nets/my.py:build`` → ``my-build``."""
+    if ":" in name and not name.startswith("timm:"):
+        location, _, attribute = name.rpartition(":")
+        name = f"{Path(location).stem if location.endswith('.py') else location.rsplit('.', 1)[-1]}-{attribute}"
+    return re.sub(r"[^\w.-]+", "-", name).strip("-") or "model"
 
 
 @dataclass
@@ -145,12 +155,20 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
     timings: dict[str, float] = {}
 
     with _step("load", f"load {options.model} (weights: {options.weights})", timings, log):
-        loaded = load_model(options.model, options.weights, options.seed)
+        loaded = load_model(options.model, options.weights, options.seed, options.overrides)
         default_size = loaded.preprocessing.image_size
         if options.image_size is not None:
             loaded.preprocessing = loaded.preprocessing.with_image_size(tuple(options.image_size))
         size = loaded.preprocessing.image_size
         layers = probe_layers(loaded.module, size, options.model)
+        classes = count_logits(loaded.module, size, options.model)
+        if not loaded.labels:
+            loaded.labels = [f"class_{i}" for i in range(classes)]
+        if len(loaded.labels) != classes:
+            raise UserError(
+                f"{len(loaded.labels)} labels for {classes} logits; pass --labels with one name per class"
+                + ("" if options.overrides.labels else " or --num-classes to match your checkpoint")
+            )
         wanted = options.layer
         if wanted is None and size != default_size:  # the default layer is the one for the model's own size
             wanted = default_layer(loaded.module, probe_layers(loaded.module, default_size, options.model)).name

@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     build = commands.add_parser("build", help="trace, export and validate one explaining ONNX graph")
-    build.add_argument("model", help="a torchvision classifier (resnet18, ...) or efficientnet_lite0")
+    build.add_argument(
+        "model",
+        help="a torchvision classifier (resnet18, ...), efficientnet_lite0, timm:ARCH, or your own factory "
+        "package.module:factory / path/to/file.py:factory (this imports and runs your code)",
+    )
     build.add_argument("--layer", help="dotted module name (layer4, layer3, layer4.1.conv2); default: last 4-D map")
     build.add_argument("--method", default="gradcampp", help="gradcampp (default) or gradcam")
     build.add_argument(
@@ -43,9 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--image-size", type=int, nargs="+", metavar="H [W]", help="input size (default: the weights')")
     build.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 18 or newer)")
     build.add_argument("--output", type=Path, help="graph file (default: models/<model>-<method>.onnx)")
+    build.add_argument("--labels", type=Path, help="class names: a JSON list or one name per line")
+    build.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean")
+    build.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std")
+    build.add_argument("--num-classes", type=int, help="number of logits, passed to the model's constructor")
 
     models = commands.add_parser("models", help="list the model names build accepts")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+
+    layers = commands.add_parser("layers", help="list a model's candidate layers (4-D outputs) with their shapes")
+    layers.add_argument("model", help="as for build")
+    layers.add_argument("--image-size", type=int, nargs="+", metavar="H [W]", help="input size (default: the model's)")
+    layers.add_argument("--all", action="store_true", help="list every module, not only 4-D feature maps")
 
     explain = commands.add_parser("explain", help="explain photos with a built graph (overlays + predictions)")
     explain.add_argument("graph", type=Path, help="a .onnx file written by 'camexport build'")
@@ -66,9 +79,18 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "build":
         from camexport.build import BuildOptions, build
+        from camexport.factory import read_labels
+        from camexport.registry import ModelOverrides
 
         size = _image_size(args.image_size) if args.image_size else None
+        overrides = ModelOverrides(
+            labels=read_labels(args.labels) if args.labels else None,
+            mean=tuple(args.mean) if args.mean else None,
+            std=tuple(args.std) if args.std else None,
+            num_classes=args.num_classes,
+        )
         options = BuildOptions(
+            overrides=overrides,
             model=args.model,
             layer=args.layer,
             method=args.method,
@@ -85,7 +107,16 @@ def _run(args: argparse.Namespace) -> int:
 
         names = [n for n in available_models() if fnmatch.fnmatch(n, args.pattern)]
         print("\n".join(names) if names else f"no model matches {args.pattern!r}")
+        print("also: timm:ARCH for any name in timm.list_models(), and package.module:factory or file.py:factory")
         return 0 if names else EXIT_USER_ERROR
+    if args.command == "layers":
+        from camexport.layers import describe_layers
+        from camexport.registry import load_model
+
+        loaded = load_model(args.model, "random")
+        size = _image_size(args.image_size) if args.image_size else loaded.preprocessing.image_size
+        print("\n".join(describe_layers(loaded.module, size, args.model, everything=args.all)))
+        return 0
     if args.command == "explain":
         from camexport.explain import explain_paths
         from camexport.session import CamSession

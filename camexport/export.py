@@ -11,12 +11,7 @@ The contract (see README):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import re
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -24,6 +19,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from camexport._util import first_line, quiet
 from camexport.errors import UnsupportedModelError, UserError
 from camexport.tracing import INPUT_NAMES, OUTPUT_NAMES, TRACE_BATCH, ExplainerModule, TracedExplainer
 
@@ -32,31 +28,6 @@ TARGET_DIM = "target_batch"
 MIN_OPSET = 18
 _EXPANDED_TARGET = "target_class_expanded"
 _FORBIDDEN_OPS = {"Gradient"}
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silences the exporter's progress prints, warnings and logging."""
-    sink = io.StringIO()
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m|\[[0-9;]*m")
-
-
-def _first_line(exc: BaseException) -> str:
-    """The root cause's first line, without terminal colour codes."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = _ANSI.sub("", str(exc)).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:240]
 
 
 def check_opset(opset: int | None) -> None:
@@ -82,7 +53,7 @@ def to_onnx(traced: TracedExplainer, image_size: tuple[int, int], opset: int | N
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
     batch = torch.export.Dim(BATCH_DIM, min=1)
     try:
-        with _quiet():
+        with quiet():
             program = torch.export.export(
                 module, (image, target), dynamic_shapes={"image": {0: batch}, "target_class": {0: batch}}
             )
@@ -98,7 +69,7 @@ def to_onnx(traced: TracedExplainer, image_size: tuple[int, int], opset: int | N
     except UserError:
         raise
     except Exception as exc:  # the exporter's failures have many types; report them as one
-        raise UnsupportedModelError(f"the ONNX exporter failed on this model/layer: {_first_line(exc)}") from None
+        raise UnsupportedModelError(f"the ONNX exporter failed on this model/layer: {first_line(exc)}") from None
     return onnx_program.model_proto
 
 
@@ -158,7 +129,7 @@ def finalise(model: onnx.ModelProto, metadata: Mapping[str, str]) -> onnx.ModelP
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise UnsupportedModelError(f"onnx.checker rejects the graph: {_first_line(exc)}") from None
+        raise UnsupportedModelError(f"onnx.checker rejects the graph: {first_line(exc)}") from None
     return model
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from camexport.errors import ImageSizeError, UnknownLayerError
+from camexport._util import first_line
+from camexport.errors import ImageSizeError, UnknownLayerError, UserError
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -61,7 +62,7 @@ def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str 
         with torch.no_grad():
             model(torch.zeros(1, 3, *image_size))
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0][:160]
+        reason = first_line(exc)[:160]
         raise ImageSizeError(
             f"{model_name} cannot run on {image_size[0]}x{image_size[1]} images ({reason}); "
             "use a larger --image-size, e.g. the model's default"
@@ -71,6 +72,22 @@ def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str 
             handle.remove()
     infos = [LayerInfo(name, shape, calls, order) for name, (shape, calls, order) in records.items()]
     return sorted(infos, key=lambda info: info.order)
+
+
+def count_logits(model: nn.Module, image_size: tuple[int, int], model_name: str = "the model") -> int:
+    """Number of logits: the model must map [N, 3, H, W] to a tensor [N, K].
+
+    Raises:
+        UserError: the output is not a 2-D tensor of logits.
+    """
+    with torch.no_grad():
+        output = model(torch.zeros(2, 3, *image_size))
+    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != 2:
+        shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise UserError(
+            f"{model_name} returns {shape}; camexport explains classifiers whose forward returns logits [N, K]"
+        )
+    return int(output.shape[1])
 
 
 def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
@@ -126,3 +143,25 @@ def resolve_layer(model: nn.Module, layers: list[LayerInfo], name: str | None) -
             "ambiguous; choose its parent block or a module that runs once"
         )
     return info
+
+
+def describe_layers(
+    model: nn.Module, image_size: tuple[int, int], model_name: str = "the model", everything: bool = False
+) -> list[str]:
+    """Lines for ``camexport layers``: each module's output shape in execution order, the default marked."""
+    layers = probe_layers(model, image_size, model_name)
+    chosen = default_layer(model, layers).name
+    rows = [info for info in layers if everything or info.is_feature_map]
+    width = max((len(info.name) for info in rows), default=5)
+    lines = [f"{'layer':{width}}  output [N, ...]   note", f"{'-' * width}  ---------------   ----"]
+    for info in rows:
+        shape = "-" if info.shape is None else "[N, " + ", ".join(map(str, info.shape[1:])) + "]"
+        notes = []
+        if info.name == chosen:
+            notes.append("default")
+        if info.calls != 1:
+            notes.append(f"runs {info.calls}x: not selectable")
+        elif not info.is_feature_map:
+            notes.append("not a 4-D map")
+        lines.append(f"{info.name:{width}}  {shape:17} {', '.join(notes)}".rstrip())
+    return lines

@@ -17,13 +17,14 @@ import difflib
 import hashlib
 import urllib.error
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from camexport.errors import UnknownModelError, WeightsError
+from camexport._util import first_line, quiet
+from camexport.errors import UnknownModelError, UserError, WeightsError
 from camexport.preprocess import Preprocessing
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
@@ -47,6 +48,26 @@ class LoadedModel:
     labels: list[str]
     preprocessing: Preprocessing
     weights: str
+
+
+@dataclass(frozen=True)
+class ModelOverrides:
+    """User-given facts about a model, overriding what its source says.
+
+    Attributes:
+        labels: class names, one per logit (``--labels``).
+        mean: per-channel normalisation mean (``--mean``).
+        std: per-channel normalisation std (``--std``).
+        num_classes: number of logits, passed to the constructor as ``num_classes`` (``--num-classes``).
+    """
+
+    labels: list[str] | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    num_classes: int | None = None
+
+
+TIMM_PREFIX = "timm:"
 
 
 def _imagenet_categories() -> list[str]:
@@ -92,7 +113,7 @@ def read_checkpoint(path: str | Path) -> Mapping[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a corrupt file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise WeightsError(
             f"--weights {path}: cannot read the checkpoint ({reason[:200]}); "
             "save one with torch.save(model.state_dict(), PATH)"
@@ -149,7 +170,7 @@ def _finish(module: nn.Module) -> nn.Module:
     return module
 
 
-def _load_torchvision(name: str, weights: str, seed: int) -> LoadedModel:
+def _load_torchvision(name: str, weights: str, seed: int, num_classes: int | None) -> LoadedModel:
     import torchvision
 
     enum = torchvision.models.get_model_weights(name).DEFAULT
@@ -167,12 +188,21 @@ def _load_torchvision(name: str, weights: str, seed: int) -> LoadedModel:
     if name in ("googlenet", "inception_v3"):
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = True
+    if num_classes is not None:
+        if weights == "default" and num_classes != len(labels):
+            raise WeightsError(
+                f"--num-classes {num_classes}: torchvision's pretrained {name} has {len(labels)} classes; "
+                "pass your fine-tuned checkpoint with --weights PATH, or --weights random"
+            )
+        kwargs["num_classes"] = num_classes
+        if num_classes != len(labels):
+            labels = [f"class_{i}" for i in range(num_classes)]
 
     if weights == "default":
         try:
             module = torchvision.models.get_model(name, weights=enum, **kwargs)
         except (urllib.error.URLError, OSError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)[:160]
             raise WeightsError(
                 f"torchvision's pretrained weights for {name} ({enum}) cannot be had here ({reason}); "
                 "use --weights random for a seeded initialisation or --weights PATH for a state_dict file"
@@ -210,7 +240,6 @@ def _sha256(path: Path) -> str:
 
 def _load_efficientnet_lite0(weights: str, seed: int) -> LoadedModel:
     import timm
-    from timm.data import resolve_data_config
 
     def factory() -> nn.Module:
         return timm.create_model("tf_efficientnet_lite0", pretrained=False)
@@ -239,35 +268,106 @@ def _load_efficientnet_lite0(weights: str, seed: int) -> LoadedModel:
         load_state_dict_strict(module, read_checkpoint(weights), weights)
         described = str(weights)
 
-    config = resolve_data_config({}, model=module)
-    size = (int(config["input_size"][1]), int(config["input_size"][2]))
-    preprocessing = Preprocessing(
-        mean=tuple(float(v) for v in config["mean"]),
-        std=tuple(float(v) for v in config["std"]),
-        image_size=size,
-        resize_size=round(max(size) / float(config["crop_pct"])),
-        interpolation=str(config["interpolation"]),
-    )
+    preprocessing = _timm_preprocessing(module)
     return LoadedModel(EFFICIENTNET_LITE0, _finish(module), _imagenet_categories(), preprocessing, described)
 
 
-def load_model(name: str, weights: str = "default", seed: int = 0) -> LoadedModel:
-    """Creates a registered model with its weights.
+def _timm_preprocessing(module: nn.Module) -> Preprocessing:
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config({}, model=module)
+    size = (int(config["input_size"][1]), int(config["input_size"][2]))
+    return Preprocessing(
+        mean=tuple(float(v) for v in config["mean"]),
+        std=tuple(float(v) for v in config["std"]),
+        image_size=size,
+        resize_size=round(max(size) / float(config.get("crop_pct", 0.875))),
+        interpolation=str(config.get("interpolation", "bicubic")),
+    )
+
+
+def _load_timm(spec: str, weights: str, seed: int, num_classes: int | None) -> LoadedModel:
+    import timm
+
+    arch = spec[len(TIMM_PREFIX) :]
+    if not arch or not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=4, cutoff=0.6)
+        hint = f"did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else "see timm.list_models()"
+        raise UnknownModelError(f"unknown timm model '{arch}': {hint}")
+    kwargs: dict[str, object] = {} if num_classes is None else {"num_classes": num_classes}
+    if weights == "default":
+        try:
+            with quiet():  # the hub client prints every retry
+                module = timm.create_model(arch, pretrained=True, **kwargs)
+        except Exception as exc:  # hub downloads fail with many exception types offline
+            reason = first_line(exc)[:160]
+            raise WeightsError(
+                f"timm's pretrained weights for {arch} cannot be had here ({reason}); "
+                "use --weights random for a seeded initialisation or --weights PATH for a state_dict file"
+            ) from None
+        described = f"timm pretrained ({arch})"
+    elif weights == "random":
+        module = _seeded(seed, lambda: timm.create_model(arch, pretrained=False, **kwargs))
+        described = f"random (seed {seed})"
+    else:
+        module = _seeded(seed, lambda: timm.create_model(arch, pretrained=False, **kwargs))
+        load_state_dict_strict(module, read_checkpoint(weights), weights)
+        described = str(weights)
+    classes = int(getattr(module, "num_classes", 0) or 0)
+    labels = _imagenet_categories() if classes == 1000 else [f"class_{i}" for i in range(classes)]
+    return LoadedModel(spec, _finish(module), labels, _timm_preprocessing(module), described)
+
+
+def _apply_overrides(loaded: LoadedModel, overrides: ModelOverrides) -> LoadedModel:
+    prep = loaded.preprocessing
+    if overrides.mean is not None:
+        prep = replace(prep, mean=tuple(overrides.mean))
+    if overrides.std is not None:
+        prep = replace(prep, std=tuple(overrides.std))
+    loaded.preprocessing = prep
+    if overrides.labels is not None:
+        loaded.labels = list(overrides.labels)
+    return loaded
+
+
+def load_model(
+    name: str, weights: str = "default", seed: int = 0, overrides: ModelOverrides | None = None
+) -> LoadedModel:
+    """Creates a model with its weights.
 
     Args:
-        name: a torchvision classifier name or ``efficientnet_lite0``.
-        weights: ``"default"`` (pretrained), ``"random"`` (seeded) or a path to a state_dict.
-        seed: seed of the random initialisation (also used under a checkpoint, for unused buffers).
+        name: a torchvision classifier name, ``efficientnet_lite0``, ``timm:ARCH``, or a user factory
+            ``package.module:factory`` / ``path/to/file.py:factory`` (this imports and runs the user's code).
+        weights: ``"default"`` (pretrained; for a factory, what it returns), ``"random"`` (seeded) or a
+            path to a state_dict.
+        seed: seed of the random initialisation.
+        overrides: labels, mean, std or number of classes given by the user.
 
     Raises:
-        UnknownModelError: ``name`` is not registered; the message lists close names.
+        UnknownModelError: ``name`` is not known; the message lists close names.
         WeightsError: the weights cannot be had or do not fit.
+        UserError: a factory cannot be imported or does not return an ``nn.Module``.
     """
-    if name == EFFICIENTNET_LITE0:
-        return _load_efficientnet_lite0(weights, seed)
-    names = _torchvision_names()
-    if name not in names:
-        close = difflib.get_close_matches(name, [*names, EFFICIENTNET_LITE0], n=4, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else "run 'camexport models' for the list"
-        raise UnknownModelError(f"unknown model '{name}': {hint}")
-    return _load_torchvision(name, weights, seed)
+    overrides = overrides or ModelOverrides()
+    if overrides.num_classes is not None and overrides.num_classes < 1:
+        raise UserError(f"--num-classes {overrides.num_classes}: use a positive number")
+    if name.startswith(TIMM_PREFIX):
+        loaded = _load_timm(name, weights, seed, overrides.num_classes)
+    elif ":" in name:
+        from camexport.factory import load_factory_model
+
+        loaded = load_factory_model(name, weights, seed, overrides.num_classes)
+    elif name == EFFICIENTNET_LITE0:
+        if overrides.num_classes not in (None, 1000):
+            raise UserError(
+                "--num-classes: efficientnet_lite0's real weights have 1000 classes; use timm:tf_efficientnet_lite0"
+            )
+        loaded = _load_efficientnet_lite0(weights, seed)
+    else:
+        names = _torchvision_names()
+        if name not in names:
+            close = difflib.get_close_matches(name, [*names, EFFICIENTNET_LITE0], n=4, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else "run 'camexport models' for the list"
+            raise UnknownModelError(f"unknown model '{name}': {hint}")
+        loaded = _load_torchvision(name, weights, seed, overrides.num_classes)
+    return _apply_overrides(loaded, overrides)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from camexport._util import first_line
 from camexport.errors import UserError
 from camexport.preprocess import Preprocessing
 
@@ -97,7 +98,7 @@ class CamSession:
         except UserError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-            raise UserError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from None
+            raise UserError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)[:160]})") from None
         self.info = _read_info(self._session.get_modelmeta().custom_metadata_map, self.path)
         self.output_names = [o.name for o in self._session.get_outputs()]
 

@@ -141,7 +141,9 @@ def test_bad_arguments_are_one_line(capsys) -> None:
 
 def test_models_lists_and_filters(capsys) -> None:
     code, stdout, _ = run_cli(capsys, "models", "resnet1*")
-    assert code == 0 and stdout.split() == ["resnet101", "resnet152", "resnet18"]
+    lines = stdout.splitlines()
+    assert code == 0 and lines[:3] == ["resnet101", "resnet152", "resnet18"]
+    assert "timm:ARCH" in lines[3]
 
 
 def test_console_script_end_to_end(tmp_path: Path) -> None:
@@ -168,3 +170,17 @@ def test_console_script_end_to_end(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "--layer layer9" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "g.onnx").exists()
+
+
+def test_layers_command_marks_the_default(capsys) -> None:
+    code, stdout, _ = run_cli(capsys, "layers", "resnet18")
+    assert code == 0
+    rows = {line.split()[0]: line for line in stdout.splitlines()[2:]}
+    assert rows["layer4"].endswith("default") and "[N, 512, 7, 7]" in rows["layer4"]
+    assert "not selectable" in rows["layer4.1.relu"]
+    assert "fc" not in rows
+
+
+def test_layers_command_unknown_model(capsys) -> None:
+    code, _, err = run_cli(capsys, "layers", "resnet19")
+    assert_user_error(code, err, "unknown model 'resnet19'")

@@ -110,3 +110,33 @@ def test_efficientnet_lite0_calls_coffee_espresso_and_looks_at_the_cup(efficient
     # and most of the heat lies on it
     cup = result.heatmap[10:330, 130:470].sum()
     assert cup / result.heatmap.sum() > 0.6
+
+
+def test_unknown_timm_model_suggests_close_names() -> None:
+    with pytest.raises(UnknownModelError, match="did you mean timm:resnet18"):
+        load_model("timm:resnet18x")
+
+
+def test_num_classes_with_torchvision_pretrained_is_refused() -> None:
+    from camexport.registry import ModelOverrides
+
+    with pytest.raises(WeightsError, match="--num-classes 10: torchvision's pretrained resnet18 has 1000 classes"):
+        load_model("resnet18", "default", overrides=ModelOverrides(num_classes=10))
+
+
+@pytest.mark.slow
+def test_timm_model_builds_and_matches_the_reference(graph_dir: Path) -> None:
+    from camexport.build import BuildOptions, build
+    from camexport.reference import reference_explain
+
+    out = graph_dir / "timm-resnet18.onnx"
+    build(BuildOptions(model="timm:resnet18", weights="random", image_size=(96, 96), output=out), log=lambda _: None)
+    session = CamSession(out)
+    assert session.info.model == "timm:resnet18" and session.info.labels[0] == "tench"
+    assert session.info.preprocessing.interpolation == "bicubic"
+    module = load_model("timm:resnet18", "random").module
+    image = np.random.default_rng(4).standard_normal((2, 3, 96, 96)).astype(np.float32)
+    graph = session.run(image, [5, -1])
+    ref = reference_explain(module, session.info.layer, "gradcampp", image, [5, -1])
+    assert graph["class_index"].tolist() == ref["class_index"].tolist()
+    np.testing.assert_allclose(graph["heatmap"], ref["heatmap"], atol=4e-3)
