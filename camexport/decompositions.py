@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch._decomp import core_aten_decompositions
+from torch.overrides import TorchFunctionMode
 
 from camexport.errors import UnsupportedModelError
 
@@ -99,7 +101,81 @@ def adaptive_avg_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor)
     return torch.matmul(torch.matmul(p_h.t(), grad_output), p_w)
 
 
+def adaptive_avg_pool2d(input: torch.Tensor, output_size: int | Sequence[int | None]) -> torch.Tensor:
+    """Global average pooling as a plain mean.
+
+    PyTorch's own path restrides the result to the input's memory format (``as_strided_``), which after a
+    permute (ConvNeXt, Swin) leaves a strided scatter in the graph that ONNX cannot express.
+    """
+    pair = [output_size, output_size] if isinstance(output_size, int) else list(output_size)
+    size = [int(v) if v is not None else int(input.shape[-2 + i]) for i, v in enumerate(pair)]
+    if size == [1, 1]:
+        return input.mean(dim=(-2, -1), keepdim=True)
+    return aten._adaptive_avg_pool2d.default(input.contiguous(), size)
+
+
+def _avg_pool_divisors(
+    in_size: int, out_size: int, kernel: int, stride: int, padding: int, include_pad: bool
+) -> list[int]:
+    """Per output index along one axis, the window length PyTorch divides by (as in its CPU kernel)."""
+    divisors = []
+    for i in range(out_size):
+        start = i * stride - padding
+        end = min(start + kernel, in_size + padding)
+        divisors.append(end - start if include_pad else min(end, in_size) - max(start, 0))
+    return divisors
+
+
+def avg_pool2d_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> torch.Tensor:
+    """Each output gradient, divided by its window's divisor, spread over the window: a transposed
+    depthwise convolution with a kernel of ones (cropped where ``ceil_mode`` windows overhang)."""
+    del ceil_mode
+    kernel = list(kernel_size) if len(kernel_size) == 2 else [kernel_size[0]] * 2
+    steps = list(stride) if stride else kernel
+    steps = steps if len(steps) == 2 else [steps[0]] * 2
+    pads = list(padding) if len(padding) == 2 else [padding[0]] * 2
+    channels, in_h, in_w = int(input.shape[1]), int(input.shape[-2]), int(input.shape[-1])
+    out_h, out_w = int(grad_output.shape[-2]), int(grad_output.shape[-1])
+    if divisor_override:
+        scaled = grad_output / float(divisor_override)
+    else:
+        rows = _avg_pool_divisors(in_h, out_h, kernel[0], steps[0], pads[0], count_include_pad)
+        cols = _avg_pool_divisors(in_w, out_w, kernel[1], steps[1], pads[1], count_include_pad)
+        divisors = torch.tensor([[1.0 / (r * c) for c in cols] for r in rows], dtype=grad_output.dtype)
+        scaled = grad_output * divisors
+    ones = torch.ones(channels, 1, kernel[0], kernel[1], dtype=grad_output.dtype)
+    full_h = (out_h - 1) * steps[0] - 2 * pads[0] + kernel[0]
+    full_w = (out_w - 1) * steps[1] - 2 * pads[1] + kernel[1]
+    extra = [max(0, in_h - full_h), max(0, in_w - full_w)]
+    spread = aten.convolution.default(scaled, ones, None, steps, pads, [1, 1], True, extra, channels)
+    return spread[..., :in_h, :in_w]
+
+
+class ForwardRewrites(TorchFunctionMode):
+    """Replaces forward calls whose PyTorch implementation leaves un-exportable ops in the trace.
+
+    ``adaptive_avg_pool2d`` is decomposed by PyTorch before any dispatch table sees it, so it is caught
+    here, at the Python call, instead.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d):
+            return adaptive_avg_pool2d(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
 _OURS: dict[object, Callable[..., object]] = {
+    aten.avg_pool2d_backward.default: avg_pool2d_backward,
     aten.convolution_backward.default: convolution_backward,
     aten.max_pool2d_with_indices_backward.default: max_pool2d_with_indices_backward,
     aten._adaptive_avg_pool2d_backward.default: adaptive_avg_pool2d_backward,

@@ -23,7 +23,7 @@ from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from camexport.decompositions import backward_decompositions
+from camexport.decompositions import ForwardRewrites, backward_decompositions
 from camexport.methods import METHODS, WEIGHTS, class_activation_map, normalised_heatmap
 
 OUTPUT_NAMES = ("logits", "class_index", "heatmap", "cam", "activations", "gradients")
@@ -59,7 +59,7 @@ def make_explain_function(
         handle = target_module.register_forward_hook(hook)
         try:
             # The math attention kernel: fused attention kernels have backward ops with no ONNX lowering.
-            with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+            with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), ForwardRewrites():
                 logits = functional_call(model, dict(zip(state_names, state, strict=True)), (image,))
                 top1 = logits.argmax(dim=1)
                 class_index = torch.where(target_class < 0, top1, target_class)

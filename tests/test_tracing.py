@@ -143,3 +143,19 @@ def test_adaptive_avg_pool_backward_matches_autograd(in_size, out_size) -> None:
     grad = torch.randn_like(y)
     (expected,) = torch.autograd.grad(y, x, grad)
     torch.testing.assert_close(adaptive_avg_pool2d_backward(grad, x.detach()), expected)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding", "ceil_mode", "count_include_pad"),
+    [(8, 2, 2, 0, False, True), (7, 3, 2, 1, False, False), (7, 3, 2, 1, True, True), (9, 3, 1, 1, False, False)],
+)
+def test_avg_pool_backward_matches_autograd(size, kernel, stride, padding, ceil_mode, count_include_pad) -> None:
+    from camexport.decompositions import avg_pool2d_backward
+
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
+    args = (kernel, stride, padding, ceil_mode, count_include_pad)
+    y = torch.nn.functional.avg_pool2d(x, *args)
+    grad = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, grad)
+    got = avg_pool2d_backward(grad, x.detach(), [kernel], [stride], [padding], ceil_mode, count_include_pad, None)
+    torch.testing.assert_close(got, expected)

@@ -1,0 +1,44 @@
+"""Inner layers across CNN families: each family's backward ops (max-pool, depthwise and grouped convolutions,
+ReLU6, SiLU and squeeze-excitation, LayerNorm with permutes, GELU) go through the graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from camexport.build import BuildOptions, build
+from camexport.reference import reference_explain
+from camexport.registry import load_model
+from camexport.session import CamSession
+
+CASES = [
+    ("vgg11", "features.10"),
+    ("mobilenet_v2", "features.10"),
+    ("efficientnet_b0", "features.4"),
+    ("convnext_tiny", "features.5"),
+]
+SIZE = (96, 96)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "layer"), CASES)
+def test_inner_layer_graph_matches_reference(graph_dir: Path, model: str, layer: str) -> None:
+    out = graph_dir / f"{model}-inner.onnx"
+    build(
+        BuildOptions(model=model, layer=layer, method="gradcam", weights="random", image_size=SIZE, output=out),
+        log=lambda _: None,
+    )
+    session = CamSession(out)
+    module = load_model(model, "random").module
+    image = np.random.default_rng(77).standard_normal((2, 3, *SIZE)).astype(np.float32)
+    target = np.array([-1, 123])
+    graph = session.run(image, target)
+    ref = reference_explain(module, layer, "gradcam", image, target)
+    assert graph["class_index"].tolist() == ref["class_index"].tolist()
+    scale = np.abs(ref["activations"]).max()
+    assert np.abs(graph["activations"] - ref["activations"]).max() <= 1e-4 * scale
+    g, r = graph["gradients"], ref["gradients"]
+    assert np.linalg.norm(g - r) <= 1e-2 * np.linalg.norm(r)
+    assert np.abs(graph["heatmap"] - ref["heatmap"]).max() <= 1e-2
