@@ -3,7 +3,7 @@
 ``torch.onnx.export`` cannot capture ``torch.autograd.grad``. ``make_fx`` can: it records the ATen ops that
 autograd dispatches, so the backward pass becomes ordinary ops in the same graph as the forward pass.
 Parameters and buffers enter the traced function as inputs (``torch.func.functional_call``), and the
-trace is symbolic in every size, so nothing about the example input (its values, its batch size) is
+trace is symbolic in the batch size, so nothing about the example input (its values, its batch size) is
 frozen into the graph; :class:`ExplainerModule` then binds the weights back as buffers for export.
 
 At the target layer a forward hook swaps the output ``A`` for a detached leaf that requires gradients:
@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from camexport.decompositions import ForwardRewrites, backward_decompositions
@@ -115,8 +117,17 @@ def trace_explainer(
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(TRACE_BATCH, 3, *image_size, generator=generator)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
+    # Only the batch dimension is symbolic: a fully symbolic trace carries every spatial size as a
+    # sympy expression through the whole network (minutes for a Swin Transformer, seconds this way).
+    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    batch_only = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] + [DimDynamic.STATIC] * 3)
+    fake_image = mode.from_tensor(image, symbolic_context=batch_only)
+    fake_target = mode.from_tensor(
+        target, symbolic_context=StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC])
+    )
+    fake_state = [mode.from_tensor(t, static_shapes=True) for t in state]
     graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(
-        state, image, target
+        fake_state, fake_image, fake_target
     )
     return TracedExplainer(graph=graph, state=state, state_names=names)
 
