@@ -173,17 +173,20 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         if wanted is None and size != default_size:  # the default layer is the one for the model's own size
             wanted = default_layer(loaded.module, probe_layers(loaded.module, default_size, options.model)).name
         layer = resolve_layer(loaded.module, layers, wanted)
-        if layer.shape[2] * layer.shape[3] < 2:
+        if layer.map_shape[1] * layer.map_shape[2] < 2:
             raise ImageSizeError(
                 f"at {size[0]}x{size[1]} the output of {layer.name} is 1x1, so a heatmap cannot localise anything; "
                 f"use a larger --image-size (the default is {default_size[0]}) or an earlier --layer"
             )
     how = "given" if options.layer else "default: last 4-D feature map"
     log(f"  weights: {loaded.weights}")
-    log(f"  layer: {layer.name} ({how}), output [N, {', '.join(map(str, layer.shape[1:]))}]")
+    explained = f"output [N, {', '.join(map(str, layer.map_shape))}]"
+    if layer.grid is not None:
+        explained = f"tokens {list(layer.shape[1:])} read as {explained} (prefix tokens dropped)"
+    log(f"  layer: {layer.name} ({how}), {explained}")
 
     with _step("trace", f"trace forward + backward to {layer.name} ({options.method})", timings, log):
-        traced = trace_explainer(loaded.module, layer.name, options.method, size, seed=options.seed)
+        traced = trace_explainer(loaded.module, layer.name, options.method, size, seed=options.seed, grid=layer.grid)
 
     props = metadata_props(
         model=options.model,
@@ -211,7 +214,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
             cases = random_cases(size, len(loaded.labels), seed=options.seed + 1234)
             if options.model == EFFICIENTNET_LITE0 and options.weights == "default":
                 cases.append(sample_photo_case(loaded))
-            results = validate(session, loaded.module, layer.name, options.method, cases)
+            results = validate(session, loaded.module, layer.name, options.method, cases, grid=layer.grid)
         for result in results:
             heat = next(c for c in result.checks if c.name == "heatmap")
             labels = ", ".join(loaded.labels[i] for i in result.class_index)
@@ -227,6 +230,11 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
                         else "prefer a later layer"
                     )
                 )
+        if all(c.reference_max_abs == 0 for result in results for c in result.checks if c.name == "gradients"):
+            log(
+                f"  warning: every gradient at {layer.name} is zero on the validation inputs (a zero-initialised "
+                "classifier head under --weights random?), so only the forward pass was really compared"
+            )
         data = temporary.read_bytes()
         summary.update(
             {
@@ -238,6 +246,8 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
                 "layer": layer.name,
                 "layer_default": options.layer is None,
                 "layer_output_shape": ["N", *layer.shape[1:]],
+                "layer_map_shape": ["N", *layer.map_shape],
+                "layer_token_grid": list(layer.grid) if layer.grid else None,
                 "method": options.method,
                 "image_size": list(size),
                 "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),

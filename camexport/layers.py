@@ -29,11 +29,46 @@ class LayerInfo:
     shape: tuple[int, ...] | None
     calls: int
     order: int
+    grid: tuple[int, int, int] | None = None
+
+    @property
+    def is_tokens(self) -> bool:
+        """True for a transformer's token output [N, T, C] that holds a patch grid (see :func:`token_grid`)."""
+        return self.grid is not None
 
     @property
     def is_feature_map(self) -> bool:
-        """True for a 4-D output, i.e. [N, C, h, w]."""
-        return self.shape is not None and len(self.shape) == 4
+        """True for a 4-D output [N, C, h, w], or tokens that reshape to one."""
+        return self.shape is not None and (len(self.shape) == 4 or self.is_tokens)
+
+    @property
+    def map_shape(self) -> tuple[int, ...]:
+        """The explained map's shape without the batch: (C, h, w), tokens reshaped."""
+        if self.grid is not None:
+            return (self.shape[2], self.grid[1], self.grid[2])
+        return tuple(self.shape[1:])
+
+
+def token_grid(shape: tuple[int, ...], image_size: tuple[int, int]) -> tuple[int, int, int] | None:
+    """Reads a token output [N, T, C] as ``prefix`` tokens (class, distillation) plus an h x w patch grid.
+
+    The grid must have the image's aspect ratio and at least 2 x 2 cells; a class token (prefix 1) is
+    tried first, then none, then two.
+
+    Returns:
+        (prefix, h, w), or None when the output is not such a token sequence.
+    """
+    if len(shape) != 3:
+        return None
+    height, width = image_size
+    for prefix in (1, 0, 2):
+        cells = shape[1] - prefix
+        if cells < 4:
+            continue
+        h = round((cells * height / width) ** 0.5)
+        if h >= 2 and cells % h == 0 and (cells // h) * height == h * width:
+            return (prefix, h, cells // h)
+    return None
 
 
 def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str = "the model") -> list[LayerInfo]:
@@ -70,7 +105,10 @@ def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str 
     finally:
         for handle in handles:
             handle.remove()
-    infos = [LayerInfo(name, shape, calls, order) for name, (shape, calls, order) in records.items()]
+    infos = [
+        LayerInfo(name, shape, calls, order, token_grid(shape, image_size) if shape else None)
+        for name, (shape, calls, order) in records.items()
+    ]
     return sorted(infos, key=lambda info: info.order)
 
 
@@ -103,7 +141,14 @@ def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
         for info in layers
         if info.is_feature_map and info.calls == 1 and not isinstance(modules[info.name], _GLOBAL_POOLS)
     ]
-    spatial = [info for info in maps if info.shape[2] * info.shape[3] > 1]
+    tokens = [info for info in maps if info.is_tokens]
+    grids = [info for info in maps if not info.is_tokens]
+    if tokens and (not grids or tokens[-1].order > grids[-1].order):
+        # A transformer: the last block's first normalisation, as pytorch-grad-cam recommends for ViT.
+        norms = [info for info in tokens if info.name.endswith(("ln_1", "norm1"))]
+        return (norms or tokens)[-1]
+    maps = grids
+    spatial = [info for info in maps if info.map_shape[1] * info.map_shape[2] > 1]
     if spatial:  # a 1x1 map (a pooled head such as SqueezeNet's classifier) cannot localise anything
         return spatial[-1]
     if not maps:
@@ -135,7 +180,8 @@ def resolve_layer(model: nn.Module, layers: list[LayerInfo], name: str | None) -
     if not info.is_feature_map:
         shape = "not a tensor" if info.shape is None else f"shape {list(info.shape)}"
         raise UnknownLayerError(
-            f"--layer {name}: its output is {shape}, not a 4-D feature map [N,C,h,w]; choose a convolutional layer"
+            f"--layer {name}: its output is {shape}, not a 4-D feature map [N,C,h,w] nor tokens of a patch grid; "
+            "choose a convolutional layer or a transformer block"
         )
     if info.calls != 1:
         raise UnknownLayerError(
@@ -156,7 +202,7 @@ def describe_layers(
     lines = [f"{'layer':{width}}  output [N, ...]   note", f"{'-' * width}  ---------------   ----"]
     for info in rows:
         shape = "-" if info.shape is None else "[N, " + ", ".join(map(str, info.shape[1:])) + "]"
-        notes = []
+        notes = [f"tokens: {info.grid[0]} prefix + {info.grid[1]}x{info.grid[2]} grid"] if info.grid else []
         if info.name == chosen:
             notes.append("default")
         if info.calls != 1:

@@ -51,6 +51,7 @@ def reference_explain(
     method: str,
     image: torch.Tensor | np.ndarray,
     target_class: torch.Tensor | np.ndarray | list[int] | None = None,
+    grid: tuple[int, int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Eager Grad-CAM/Grad-CAM++ for a batch.
 
@@ -60,6 +61,8 @@ def reference_explain(
         method: ``gradcampp`` or ``gradcam``.
         image: [N, 3, H, W] float32, normalised.
         target_class: [N] class indices, −1 (or None for all) meaning the top-1 class.
+        grid: (prefix, h, w) for a token output [N, T, C]: after the gradient is taken with respect to
+            all tokens, the prefix tokens are dropped and the rest laid out as [N, C, h, w].
 
     Returns:
         ``logits``, ``class_index``, ``heatmap``, ``cam``, ``activations``, ``gradients`` as numpy arrays
@@ -89,6 +92,10 @@ def reference_explain(
     (g,) = torch.autograd.grad(y_c.sum(), A)
 
     A64, g64 = A.detach().double(), g.double()
+    if grid is not None:
+        skip, rows, cols = grid
+        A64 = torch.stack([a[skip:].t().reshape(-1, rows, cols) for a in A64])
+        g64 = torch.stack([d[skip:].t().reshape(-1, rows, cols) for d in g64])
     weights = _paper_weights(method, A64, g64)
     cam = torch.einsum("nk,nkhw->nhw", weights, A64).clamp(min=0)
     upsampled = F.interpolate(cam[:, None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)

@@ -36,12 +36,18 @@ TRACE_BATCH = 2
 
 
 def make_explain_function(
-    model: nn.Module, layer: str, method: str, image_size: tuple[int, int], state_names: list[str]
+    model: nn.Module,
+    layer: str,
+    method: str,
+    image_size: tuple[int, int],
+    state_names: list[str],
+    grid: tuple[int, int, int] | None = None,
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
     """Builds ``fn(state, image, target_class) -> outputs`` (see :data:`OUTPUT_NAMES`).
 
     ``state`` holds the model's parameters and buffers in ``state_names`` order. A negative
-    ``target_class`` entry means "explain the top-1 class".
+    ``target_class`` entry means "explain the top-1 class". ``grid = (prefix, h, w)`` marks a token output
+    [N, T, C]: its patch tokens become the map A [N, C, h, w] and the prefix tokens are left out.
     """
     if method not in WEIGHTS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -52,6 +58,12 @@ def make_explain_function(
         captured: list[torch.Tensor] = []
 
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+            if grid is not None:  # tokens [N, T, C] -> prefix + patch map [N, C, h, w]
+                prefix, h, w = grid
+                patches = output[:, prefix:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
+                leaf = patches.detach().contiguous().requires_grad_(True)
+                captured.append(leaf)
+                return torch.cat([output[:, :prefix].detach(), leaf.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
             # Contiguous: autograd returns gradients in the strides of the input, and a strided copy
             # (as_strided_ + copy_) for a permuted output (ConvNeXt, Swin) has no ONNX lowering.
             leaf = output.detach().contiguous().requires_grad_(True)
@@ -101,7 +113,12 @@ def model_state(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
 
 
 def trace_explainer(
-    model: nn.Module, layer: str, method: str, image_size: tuple[int, int], seed: int = 0
+    model: nn.Module,
+    layer: str,
+    method: str,
+    image_size: tuple[int, int],
+    seed: int = 0,
+    grid: tuple[int, int, int] | None = None,
 ) -> TracedExplainer:
     """Traces forward, backward and CAM into one graph with a symbolic batch dimension.
 
@@ -111,9 +128,10 @@ def trace_explainer(
         method: ``gradcampp`` or ``gradcam``.
         image_size: (H, W) of the input.
         seed: seed of the example input (its values do not enter the graph).
+        grid: (prefix, h, w) when the layer outputs tokens (see :func:`make_explain_function`).
     """
     names, state = model_state(model)
-    explain = make_explain_function(model, layer, method, image_size, names)
+    explain = make_explain_function(model, layer, method, image_size, names, grid)
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(TRACE_BATCH, 3, *image_size, generator=generator)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
