@@ -178,7 +178,11 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
                 f"at {size[0]}x{size[1]} the output of {layer.name} is 1x1, so a heatmap cannot localise anything; "
                 f"use a larger --image-size (the default is {default_size[0]}) or an earlier --layer"
             )
-    how = "given" if options.layer else "default: last 4-D feature map"
+    how = (
+        "given"
+        if options.layer
+        else "default: " + ("last block's first normalisation" if layer.is_tokens else "last 4-D feature map")
+    )
     log(f"  weights: {loaded.weights}")
     explained = f"output [N, {', '.join(map(str, layer.map_shape))}]"
     if layer.grid is not None:
