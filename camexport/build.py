@@ -181,16 +181,20 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
     how = (
         "given"
         if options.layer
-        else "default: " + ("last block's first normalisation" if layer.is_tokens else "last 4-D feature map")
+        else "default: " + ("last block's first normalisation" if layer.layout else "last 4-D feature map")
     )
     log(f"  weights: {loaded.weights}")
     explained = f"output [N, {', '.join(map(str, layer.map_shape))}]"
     if layer.grid is not None:
         explained = f"tokens {list(layer.shape[1:])} read as {explained} (prefix tokens dropped)"
+    elif layer.channels_last:
+        explained = f"[N, h, w, C] {list(layer.shape[1:])} read as {explained}"
     log(f"  layer: {layer.name} ({how}), {explained}")
 
     with _step("trace", f"trace forward + backward to {layer.name} ({options.method})", timings, log):
-        traced = trace_explainer(loaded.module, layer.name, options.method, size, seed=options.seed, grid=layer.grid)
+        traced = trace_explainer(
+            loaded.module, layer.name, options.method, size, seed=options.seed, layout=layer.layout
+        )
 
     props = metadata_props(
         model=options.model,
@@ -218,7 +222,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
             cases = random_cases(size, len(loaded.labels), seed=options.seed + 1234)
             if options.model == EFFICIENTNET_LITE0 and options.weights == "default":
                 cases.append(sample_photo_case(loaded))
-            results = validate(session, loaded.module, layer.name, options.method, cases, grid=layer.grid)
+            results = validate(session, loaded.module, layer.name, options.method, cases, layout=layer.layout)
         for result in results:
             heat = next(c for c in result.checks if c.name == "heatmap")
             labels = ", ".join(loaded.labels[i] for i in result.class_index)
@@ -251,7 +255,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
                 "layer_default": options.layer is None,
                 "layer_output_shape": ["N", *layer.shape[1:]],
                 "layer_map_shape": ["N", *layer.map_shape],
-                "layer_token_grid": list(layer.grid) if layer.grid else None,
+                "layer_layout": list(layer.layout) if layer.layout else "nchw",
                 "method": options.method,
                 "image_size": list(size),
                 "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),

@@ -30,6 +30,7 @@ class LayerInfo:
     calls: int
     order: int
     grid: tuple[int, int, int] | None = None
+    channels_last: bool = False
 
     @property
     def is_tokens(self) -> bool:
@@ -46,7 +47,16 @@ class LayerInfo:
         """The explained map's shape without the batch: (C, h, w), tokens reshaped."""
         if self.grid is not None:
             return (self.shape[2], self.grid[1], self.grid[2])
+        if self.channels_last:
+            return (self.shape[3], self.shape[1], self.shape[2])
         return tuple(self.shape[1:])
+
+    @property
+    def layout(self) -> tuple | None:
+        """How the output becomes A [N, C, h, w]: None (already), ("nhwc",) or ("tokens", prefix, h, w)."""
+        if self.grid is not None:
+            return ("tokens", *self.grid)
+        return ("nhwc",) if self.channels_last else None
 
 
 def token_grid(shape: tuple[int, ...], image_size: tuple[int, int]) -> tuple[int, int, int] | None:
@@ -105,8 +115,16 @@ def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str 
     finally:
         for handle in handles:
             handle.remove()
+    modules = dict(model.named_modules())
     infos = [
-        LayerInfo(name, shape, calls, order, token_grid(shape, image_size) if shape else None)
+        LayerInfo(
+            name,
+            shape,
+            calls,
+            order,
+            token_grid(shape, image_size) if shape else None,
+            _channels_last_norm(modules[name], shape),
+        )
         for name, (shape, calls, order) in records.items()
     ]
     return sorted(infos, key=lambda info: info.order)
@@ -128,6 +146,16 @@ def count_logits(model: nn.Module, image_size: tuple[int, int], model_name: str 
     return int(output.shape[1])
 
 
+def _channels_last_norm(module: nn.Module, shape: tuple[int, ...] | None) -> bool:
+    """A LayerNorm over the last axis of a 4-D output: a [N, h, w, C] map (Swin Transformer blocks)."""
+    return (
+        isinstance(module, nn.LayerNorm)
+        and shape is not None
+        and len(shape) == 4
+        and tuple(module.normalized_shape) == (shape[-1],)
+    )
+
+
 def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
     """The last module, in execution order, whose output is a 4-D feature map (global pools excluded).
 
@@ -141,6 +169,9 @@ def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
         for info in layers
         if info.is_feature_map and info.calls == 1 and not isinstance(modules[info.name], _GLOBAL_POOLS)
     ]
+    block_norms = [info for info in maps if info.channels_last and info.name.endswith(("norm1", "ln_1"))]
+    if block_norms:  # a Swin-style transformer on [N, h, w, C] maps: the last block's first normalisation
+        return block_norms[-1]
     tokens = [info for info in maps if info.is_tokens]
     grids = [info for info in maps if not info.is_tokens]
     if tokens and (not grids or tokens[-1].order > grids[-1].order):
@@ -203,6 +234,8 @@ def describe_layers(
     for info in rows:
         shape = "-" if info.shape is None else "[N, " + ", ".join(map(str, info.shape[1:])) + "]"
         notes = [f"tokens: {info.grid[0]} prefix + {info.grid[1]}x{info.grid[2]} grid"] if info.grid else []
+        if info.channels_last:
+            notes.append("[N, h, w, C]: read as [N, C, h, w]")
         if info.name == chosen:
             notes.append("default")
         if info.calls != 1:

@@ -51,7 +51,7 @@ def reference_explain(
     method: str,
     image: torch.Tensor | np.ndarray,
     target_class: torch.Tensor | np.ndarray | list[int] | None = None,
-    grid: tuple[int, int, int] | None = None,
+    layout: tuple | None = None,
 ) -> dict[str, np.ndarray]:
     """Eager Grad-CAM/Grad-CAM++ for a batch.
 
@@ -61,8 +61,9 @@ def reference_explain(
         method: ``gradcampp`` or ``gradcam``.
         image: [N, 3, H, W] float32, normalised.
         target_class: [N] class indices, −1 (or None for all) meaning the top-1 class.
-        grid: (prefix, h, w) for a token output [N, T, C]: after the gradient is taken with respect to
-            all tokens, the prefix tokens are dropped and the rest laid out as [N, C, h, w].
+        layout: None for an [N, C, h, w] output; ``("nhwc",)`` for [N, h, w, C]; ``("tokens", prefix, h, w)``
+            for [N, T, C]: after the gradient is taken with respect to the raw output, the prefix tokens
+            are dropped and the rest laid out as [N, C, h, w].
 
     Returns:
         ``logits``, ``class_index``, ``heatmap``, ``cam``, ``activations``, ``gradients`` as numpy arrays
@@ -92,8 +93,10 @@ def reference_explain(
     (g,) = torch.autograd.grad(y_c.sum(), A)
 
     A64, g64 = A.detach().double(), g.double()
-    if grid is not None:
-        skip, rows, cols = grid
+    if layout is not None and layout[0] == "nhwc":
+        A64, g64 = A64.movedim(-1, 1), g64.movedim(-1, 1)
+    elif layout is not None:
+        _, skip, rows, cols = layout
         A64 = torch.stack([a[skip:].t().reshape(-1, rows, cols) for a in A64])
         g64 = torch.stack([d[skip:].t().reshape(-1, rows, cols) for d in g64])
     weights = _paper_weights(method, A64, g64)

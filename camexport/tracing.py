@@ -41,13 +41,14 @@ def make_explain_function(
     method: str,
     image_size: tuple[int, int],
     state_names: list[str],
-    grid: tuple[int, int, int] | None = None,
+    layout: tuple | None = None,
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
     """Builds ``fn(state, image, target_class) -> outputs`` (see :data:`OUTPUT_NAMES`).
 
     ``state`` holds the model's parameters and buffers in ``state_names`` order. A negative
-    ``target_class`` entry means "explain the top-1 class". ``grid = (prefix, h, w)`` marks a token output
-    [N, T, C]: its patch tokens become the map A [N, C, h, w] and the prefix tokens are left out.
+    ``target_class`` entry means "explain the top-1 class". ``layout`` says how the layer's output becomes
+    A [N, C, h, w]: None (it is already), ``("nhwc",)`` (permuted), or ``("tokens", prefix, h, w)`` for a
+    token output [N, T, C] whose patch tokens form the map (the prefix tokens are left out).
     """
     if method not in WEIGHTS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -58,8 +59,12 @@ def make_explain_function(
         captured: list[torch.Tensor] = []
 
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-            if grid is not None:  # tokens [N, T, C] -> prefix + patch map [N, C, h, w]
-                prefix, h, w = grid
+            if layout is not None and layout[0] == "nhwc":
+                leaf = output.permute(0, 3, 1, 2).detach().contiguous().requires_grad_(True)
+                captured.append(leaf)
+                return leaf.permute(0, 2, 3, 1).clone()
+            if layout is not None:  # tokens [N, T, C] -> prefix + patch map [N, C, h, w]
+                _, prefix, h, w = layout
                 patches = output[:, prefix:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
                 leaf = patches.detach().contiguous().requires_grad_(True)
                 captured.append(leaf)
@@ -118,7 +123,7 @@ def trace_explainer(
     method: str,
     image_size: tuple[int, int],
     seed: int = 0,
-    grid: tuple[int, int, int] | None = None,
+    layout: tuple | None = None,
 ) -> TracedExplainer:
     """Traces forward, backward and CAM into one graph with a symbolic batch dimension.
 
@@ -128,10 +133,10 @@ def trace_explainer(
         method: ``gradcampp`` or ``gradcam``.
         image_size: (H, W) of the input.
         seed: seed of the example input (its values do not enter the graph).
-        grid: (prefix, h, w) when the layer outputs tokens (see :func:`make_explain_function`).
+        layout: how the layer's output becomes [N, C, h, w] (see :func:`make_explain_function`).
     """
     names, state = model_state(model)
-    explain = make_explain_function(model, layer, method, image_size, names, grid)
+    explain = make_explain_function(model, layer, method, image_size, names, layout)
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(TRACE_BATCH, 3, *image_size, generator=generator)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)

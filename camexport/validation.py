@@ -126,7 +126,7 @@ def reference_spread(
     method: str,
     case: Case,
     reference: dict[str, np.ndarray],
-    grid: tuple[int, int, int] | None = None,
+    layout: tuple | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
     """How much the reference's gradient-derived outputs move under a 1e-5 relative input perturbation.
@@ -139,7 +139,7 @@ def reference_spread(
     for _ in range(PERTURBATIONS):
         noise = rng.standard_normal(case.image.shape).astype(np.float32)
         nudged = case.image * (1.0 + PERTURBATION * noise)
-        moved = reference_explain(model, layer, method, nudged, reference["class_index"], grid)
+        moved = reference_explain(model, layer, method, nudged, reference["class_index"], layout)
         for name in GRADIENT_OUTPUTS:
             spread[name] = max(spread[name], _relative_l2(moved[name], reference[name]))
     return spread
@@ -163,19 +163,19 @@ def run_case(
     layer: str,
     method: str,
     case: Case,
-    grid: tuple[int, int, int] | None = None,
+    layout: tuple | None = None,
 ) -> CaseResult:
     """Runs one case through the graph and the reference and compares them."""
     graph = session.run(case.image, case.target_class)
-    reference = reference_explain(model, layer, method, case.image, case.target_class, grid)
+    reference = reference_explain(model, layer, method, case.image, case.target_class, layout)
     tie_break = _tie_tolerant_classes(graph, reference)
     if tie_break is not None:
-        reference = reference_explain(model, layer, method, case.image, tie_break, grid)
+        reference = reference_explain(model, layer, method, case.image, tie_break, layout)
     checks = compare_outputs(graph, reference)
     if any(not c.passed and c.name in GRADIENT_OUTPUTS for c in checks) and all(
         c.passed for c in checks if c.name not in GRADIENT_OUTPUTS
     ):
-        spread = reference_spread(model, layer, method, case, reference, grid)
+        spread = reference_spread(model, layer, method, case, reference, layout)
         for check in checks:
             if check.name in GRADIENT_OUTPUTS:
                 check.reference_spread = spread[check.name]
@@ -210,14 +210,14 @@ def validate(
     layer: str,
     method: str,
     cases: list[Case],
-    grid: tuple[int, int, int] | None = None,
+    layout: tuple | None = None,
 ) -> list[CaseResult]:
     """Runs all cases.
 
     Raises:
         ValidationError: any output of any case is over tolerance; the message names the worst one.
     """
-    results = [run_case(session, model, layer, method, case, grid) for case in cases]
+    results = [run_case(session, model, layer, method, case, layout) for case in cases]
     failures = [(r, c) for r in results for c in r.checks if not c.passed]
     if failures:
         result, check = max(failures, key=lambda rc: rc[1].max_abs_diff / max(rc[1].tolerance, 1e-12))

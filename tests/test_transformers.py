@@ -45,10 +45,27 @@ def test_vit_graph_matches_reference(tmp_path: Path) -> None:
     image = np.random.default_rng(8).standard_normal((2, 3, 224, 224)).astype(np.float32)
     target = np.array([-1, 17])
     graph = session.run(image, target)
-    ref = reference_explain(module, session.info.layer, "gradcampp", image, target, grid=(1, 14, 14))
+    ref = reference_explain(module, session.info.layer, "gradcampp", image, target, layout=("tokens", 1, 14, 14))
     assert graph["activations"].shape == (2, 768, 14, 14) and graph["heatmap"].shape == (2, 224, 224)
     assert np.abs(ref["gradients"]).max() > 0
     assert graph["class_index"].tolist() == ref["class_index"].tolist()
+    assert np.abs(graph["activations"] - ref["activations"]).max() <= 1e-4 * np.abs(ref["activations"]).max()
+    assert np.linalg.norm(graph["gradients"] - ref["gradients"]) <= 1e-2 * np.linalg.norm(ref["gradients"])
+    assert np.abs(graph["heatmap"] - ref["heatmap"]).max() <= 1e-2
+
+
+@pytest.mark.slow
+def test_swin_reads_channels_last_norms(tmp_path: Path) -> None:
+    out = tmp_path / "swin.onnx"
+    build(BuildOptions(model="swin_t", weights="random", output=out), log=lambda _: None)
+    session = CamSession(out)
+    assert session.info.layer == "features.7.1.norm1"
+    module = load_model("swin_t", "random").module
+    image = np.random.default_rng(9).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    graph = session.run(image, [-1, 3])
+    ref = reference_explain(module, session.info.layer, "gradcampp", image, [-1, 3], layout=("nhwc",))
+    assert graph["activations"].shape == (2, 768, 7, 7)
+    assert np.abs(ref["gradients"]).max() > 0
     assert np.abs(graph["activations"] - ref["activations"]).max() <= 1e-4 * np.abs(ref["activations"]).max()
     assert np.linalg.norm(graph["gradients"] - ref["gradients"]) <= 1e-2 * np.linalg.norm(ref["gradients"])
     assert np.abs(graph["heatmap"] - ref["heatmap"]).max() <= 1e-2
