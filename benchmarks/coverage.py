@@ -123,13 +123,15 @@ def main() -> None:
     args = parser.parse_args()
     names = torchvision_models()
     chosen = [n for n in names if any(fnmatch.fnmatch(n, p) for p in args.models)]
-    rows: list[dict] = []
+    # Rows of models not swept this time are kept from the previous coverage.json, in model order.
+    previous = args.out / "coverage.json"
+    kept = {r["model"]: r for r in json.loads(previous.read_text())["rows"]} if previous.exists() else {}
     with tempfile.TemporaryDirectory() as folder:
         for name in chosen:
             row = build_one(name, Path(folder), args.timeout)
-            rows.append(row)
+            kept[name] = row
             print(f"{name}: {row['status']} {row['wall_s']} s {row['reason']}", flush=True)
-            write_tables(rows, args.out, len(names))
+            write_tables([kept[n] for n in names if n in kept], args.out, len(names))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 
 from camexport import __version__
-from camexport.errors import ImageSizeError, OutputPathError, UserError
+from camexport.errors import ImageSizeError, OutputPathError, UnsupportedModelError, UserError
 from camexport.export import check_opset, finalise, metadata_props, to_onnx
 from camexport.layers import count_logits, default_layer, probe_layers, resolve_layer
 from camexport.methods import METHODS
@@ -216,7 +217,13 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
     summary: dict = {}
 
     def write_validated(temporary: Path) -> None:
-        onnx.save_model(proto, temporary)
+        try:
+            onnx.save_model(proto, temporary)
+        except (ValueError, EncodeError):
+            raise UnsupportedModelError(
+                "the graph is over protobuf's 2 GB limit; camexport does not write ONNX external data yet, "
+                "so models this large cannot be exported"
+            ) from None
         with _step("validate", "validate in onnxruntime against the eager reference", timings, log):
             session = CamSession(temporary)
             cases = random_cases(size, len(loaded.labels), seed=options.seed + 1234)

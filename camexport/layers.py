@@ -106,11 +106,11 @@ def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str 
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, *image_size))
-    except RuntimeError as exc:
+    except (RuntimeError, AssertionError, ValueError) as exc:  # models check their input size in any of these
         reason = first_line(exc)[:160]
         raise ImageSizeError(
             f"{model_name} cannot run on {image_size[0]}x{image_size[1]} images ({reason}); "
-            "use a larger --image-size, e.g. the model's default"
+            "use another --image-size, e.g. the model's default"
         ) from None
     finally:
         for handle in handles:

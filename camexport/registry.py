@@ -188,6 +188,8 @@ def _load_torchvision(name: str, weights: str, seed: int, num_classes: int | Non
     if name in ("googlenet", "inception_v3"):
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = True
+    if name.startswith("vit_") and weights != "default":
+        kwargs["image_size"] = crop  # the DEFAULT weights' crop (518 for vit_h_14) sizes the position embedding
     if num_classes is not None:
         if weights == "default" and num_classes != len(labels):
             raise WeightsError(
