@@ -123,6 +123,18 @@ def _step(key: str, description: str, timings: dict[str, float], log: Callable[[
     log(f"  done in {timings[key]:.1f} s")
 
 
+@contextmanager
+def _within_protobuf_limit() -> Iterator[None]:
+    """Turns protobuf's failure on a graph over 2 GB into a one-line error."""
+    try:
+        yield
+    except EncodeError:
+        raise UnsupportedModelError(
+            "the graph is over protobuf's 2 GB limit; camexport does not write ONNX external data yet, "
+            "so models this large cannot be exported"
+        ) from None
+
+
 def _write_atomically(path: Path, writer: Callable[[Path], None]) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -210,20 +222,15 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         weights=loaded.weights,
         version=__version__,
     )
-    with _step("export", "export to ONNX", timings, log):
+    with _step("export", "export to ONNX", timings, log), _within_protobuf_limit():
         proto = finalise(to_onnx(traced, size, options.opset), props)
     del traced
 
     summary: dict = {}
 
     def write_validated(temporary: Path) -> None:
-        try:
+        with _within_protobuf_limit():
             onnx.save_model(proto, temporary)
-        except (ValueError, EncodeError):
-            raise UnsupportedModelError(
-                "the graph is over protobuf's 2 GB limit; camexport does not write ONNX external data yet, "
-                "so models this large cannot be exported"
-            ) from None
         with _step("validate", "validate in onnxruntime against the eager reference", timings, log):
             session = CamSession(temporary)
             cases = random_cases(size, len(loaded.labels), seed=options.seed + 1234)

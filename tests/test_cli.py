@@ -119,7 +119,7 @@ def test_image_size_the_model_cannot_run(capsys, out: Path) -> None:
     code, _, err = run_cli(
         capsys, "build", "alexnet", "--weights", "random", "--image-size", "16", "--output", str(out)
     )
-    assert_user_error(code, err, "alexnet cannot run on 16x16 images", "larger --image-size")
+    assert_user_error(code, err, "alexnet cannot run on 16x16 images", "another --image-size")
     _no_graph(out)
 
 
