@@ -1,13 +1,16 @@
-"""Small helpers shared by the modules that call into noisy third-party code."""
+"""Small helpers shared by several modules: quieting third-party code, error lines, atomic writes."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import os
 import re
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 
 @contextlib.contextmanager
@@ -33,3 +36,19 @@ def first_line(exc: BaseException) -> str:
         exc = exc.__cause__
     text = ANSI.sub("", str(exc)).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:240]
+
+
+def write_atomically(path: Path, writer: Callable[[Path], None]) -> None:
+    """Calls ``writer`` on a hidden temporary file beside ``path``, then renames it into place.
+
+    The temporary keeps ``path``'s suffix (``np.save`` would otherwise append ``.npy``). On any failure it
+    is removed, so nothing partial is ever left at ``path``.
+    """
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        writer(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

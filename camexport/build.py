@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import re
 import tempfile
@@ -20,6 +19,7 @@ import onnx
 from google.protobuf.message import EncodeError
 
 from camexport import __version__
+from camexport._util import write_atomically
 from camexport.errors import ImageSizeError, OutputPathError, UnsupportedModelError, UserError
 from camexport.export import check_opset, finalise, metadata_props, to_onnx
 from camexport.layers import count_logits, default_layer, probe_layers, resolve_layer
@@ -133,17 +133,6 @@ def _within_protobuf_limit() -> Iterator[None]:
             "the graph is over protobuf's 2 GB limit; camexport does not write ONNX external data yet, "
             "so models this large cannot be exported"
         ) from None
-
-
-def _write_atomically(path: Path, writer: Callable[[Path], None]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        writer(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildResult:
@@ -279,10 +268,10 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
             }
         )
 
-    _write_atomically(output, write_validated)
+    write_atomically(output, write_validated)
     summary["timings_s"] = timings
     report = report_path(output)
-    _write_atomically(report, lambda p: p.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n"))
+    write_atomically(report, lambda p: p.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n"))
     log(f"wrote {output} ({summary['graph_bytes'] / 1e6:.1f} MB) and {report} in {sum(timings.values()):.1f} s")
     return BuildResult(graph=output, report=report, layer=layer.name, summary=summary)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from camexport._util import write_atomically
 from camexport.errors import CamExportError, UserError
 from camexport.preprocess import open_image, to_input
 from camexport.session import CamSession
@@ -92,17 +91,6 @@ def collect_images(sources: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def _save_atomically(path: Path, writer: Callable[[Path], None]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        writer(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class ExplainSummary:
     """What ``explain_paths`` did."""
@@ -149,7 +137,7 @@ def explain_paths(
             picture = out / f"{path.stem}_cam.png"
             mask = seen_mask(session.info.preprocessing, *image.size)
             coloured = overlay(image, result.heatmap, alpha, colormap, mask)
-            _save_atomically(picture, lambda p, c=coloured: c.save(p, format="PNG"))
+            write_atomically(picture, lambda p, c=coloured: c.save(p, format="PNG"))
             written.append(picture)
             record = {
                 "image": str(path),
@@ -160,7 +148,7 @@ def explain_paths(
             }
             if save_heatmap:
                 array_path = out / f"{path.stem}_heatmap.npy"
-                _save_atomically(array_path, lambda p, h=result.heatmap: np.save(p, h))
+                write_atomically(array_path, lambda p, h=result.heatmap: np.save(p, h))
                 record["heatmap"] = str(array_path)
                 written.append(array_path)
             records.append(record)
@@ -171,5 +159,5 @@ def explain_paths(
             failures.append(message)
             log(f"error: {message}")
     predictions = out / "predictions.jsonl"
-    _save_atomically(predictions, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
+    write_atomically(predictions, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
     return ExplainSummary(written=written, failures=failures, predictions=predictions)
