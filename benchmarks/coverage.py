@@ -65,6 +65,7 @@ def build_one(name: str, folder: Path, timeout: int) -> dict:
             layer=report["layer"],
             build_s=round(sum(report["timings_s"].values()), 1),
             graph_mb=round(report["graph_bytes"] / 1e6, 1),
+            external_data=bool(report.get("external_data")),
             max_heatmap_diff=max(diffs),
             reason="",
         )
@@ -81,7 +82,7 @@ def build_one(name: str, folder: Path, timeout: int) -> dict:
             max_heatmap_diff=None,
             reason=reason.replace("camexport: error: ", "")[:300],
         )
-    for path in (graph, report_path):
+    for path in (graph, graph.with_name(graph.name + ".data"), report_path):  # .data: ONNX external weights
         path.unlink(missing_ok=True)
     return row
 
@@ -110,6 +111,9 @@ def write_tables(rows: list[dict], out: Path, total: int) -> None:
             f"| {r['model']} | {r['status']} | {r['layer']} | {r['build_s'] or ''} | {r['graph_mb'] or ''} | "
             f"{diff} | {r['reason'].replace('|', '/')} |"
         )
+    external = [r["model"] for r in ok if r.get("external_data")]
+    if external:
+        lines += ["", f"Weights in ONNX external data (`<graph>.onnx.data`, over 1.5 GB): {', '.join(external)}."]
     slowest = sorted(ok, key=lambda r: -r["build_s"])[:5]
     lines += ["", "Slowest builds: " + ", ".join(f"{r['model']} {r['build_s']} s" for r in slowest) + "."]
     (out / "coverage.md").write_text("\n".join(lines) + "\n")

@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -38,17 +39,29 @@ def first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:240]
 
 
-def write_atomically(path: Path, writer: Callable[[Path], None]) -> None:
-    """Calls ``writer`` on a hidden temporary file beside ``path``, then renames it into place.
+def write_atomically(path: Path, writer: Callable[[Path], None]) -> list[Path]:
+    """Calls ``writer`` on ``path``'s name in a hidden folder beside it, then moves what it wrote into place.
 
-    The temporary keeps ``path``'s suffix (``np.save`` would otherwise append ``.npy``). On any failure it
-    is removed, so nothing partial is ever left at ``path``.
+    Files the writer puts next to the staged one (an ONNX graph's external ``.data``) move first, the
+    file at ``path`` last. On any failure nothing of this call is left at the destination.
+
+    Returns:
+        The final paths, ``path`` last.
     """
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    moved: list[Path] = []
     try:
-        writer(Path(temporary))
-        os.replace(temporary, path)
+        staged = folder / path.name
+        writer(staged)
+        for companion in sorted(f for f in folder.iterdir() if f != staged):
+            os.replace(companion, path.parent / companion.name)
+            moved.append(path.parent / companion.name)
+        os.replace(staged, path)
+        moved.append(path)
+        return moved
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        for done in moved:
+            done.unlink(missing_ok=True)
         raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -15,21 +15,28 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
-import onnx
 from google.protobuf.message import EncodeError
+from torch import nn
 
 from camexport import __version__
-from camexport._util import write_atomically
-from camexport.errors import ImageSizeError, OutputPathError, UnsupportedModelError, UserError
-from camexport.export import check_opset, finalise, metadata_props, to_onnx
-from camexport.layers import count_logits, default_layer, probe_layers, resolve_layer
+from camexport._util import first_line, write_atomically
+from camexport.errors import (
+    CamExportError,
+    DynamicSizeError,
+    ImageSizeError,
+    OutputPathError,
+    UnsupportedModelError,
+    UserError,
+)
+from camexport.export import EXTERNAL_DATA_BYTES, check_opset, data_path, finalise, metadata_props, save_graph, to_onnx
+from camexport.layers import LayerInfo, count_logits, default_layer, probe_layers, resolve_layer
 from camexport.methods import METHODS
 from camexport.preprocess import open_image, to_input
 from camexport.registry import EFFICIENTNET_LITE0, LoadedModel, ModelOverrides, load_model
 from camexport.samples import sample_photo
 from camexport.session import CamSession
 from camexport.tracing import trace_explainer
-from camexport.validation import TOLERANCES, Case, random_cases, results_as_dict, validate
+from camexport.validation import TOLERANCES, Case, other_sizes, random_cases, results_as_dict, validate
 
 DEFAULT_OUTPUT_DIR = Path("models")
 # Relative L2 change of the reference heatmap under a 1e-5 input perturbation above which a warning is printed.
@@ -49,6 +56,7 @@ class BuildOptions:
     opset: int | None = None
     output: Path | None = None
     overrides: ModelOverrides = field(default_factory=ModelOverrides)
+    dynamic_size: bool = False
 
     def output_path(self) -> Path:
         """``--output`` or ``models/<model>-<method>.onnx`` (the model name made file-safe)."""
@@ -71,6 +79,32 @@ class BuildResult:
     report: Path
     layer: str
     summary: dict = field(default_factory=dict)
+
+
+def _check_dynamic_size(module: nn.Module, layer: LayerInfo, size: tuple[int, int], model: str) -> None:
+    """--dynamic-size needs a map that follows the image: a CNN layer, and a model that runs at other sizes."""
+    if layer.layout is not None:
+        raise DynamicSizeError(
+            f"--dynamic-size: {layer.name} is {layer.describe_layout()}, laid out for {size[0]}x{size[1]} "
+            "images only; build without --dynamic-size (one graph per --image-size)"
+        )
+    for other in other_sizes(size):
+        try:
+            probe_layers(module, other, model)
+        except ImageSizeError as exc:
+            raise DynamicSizeError(f"--dynamic-size: {exc}; build without --dynamic-size") from None
+
+
+@contextmanager
+def _traceable(dynamic_size: bool) -> Iterator[None]:
+    """Tracing failures that are not camexport's own become one :class:`UnsupportedModelError` line."""
+    try:
+        yield
+    except CamExportError:
+        raise
+    except Exception as exc:  # make_fx and the decompositions fail with many exception types
+        hint = "; build without --dynamic-size" if dynamic_size else ""
+        raise UnsupportedModelError(f"tracing failed ({type(exc).__name__}: {first_line(exc)[:200]}){hint}") from None
 
 
 def report_path(graph: Path) -> Path:
@@ -108,6 +142,16 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _sha256(files: list[Path]) -> str:
+    """One digest over the graph's files, in order, read in chunks (external data can be gigabytes)."""
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def sample_photo_case(loaded: LoadedModel) -> Case:
     """scikit-image's ``coffee()`` photo, preprocessed for the model (a real photo for the real weights)."""
     image = to_input(open_image(sample_photo("coffee")), loaded.preprocessing)
@@ -130,8 +174,8 @@ def _within_protobuf_limit() -> Iterator[None]:
         yield
     except EncodeError:
         raise UnsupportedModelError(
-            "the graph is over protobuf's 2 GB limit; camexport does not write ONNX external data yet, "
-            "so models this large cannot be exported"
+            "the graph is over protobuf's 2 GB limit even with its weights as ONNX external data; "
+            "this is a camexport bug, please report it with the model name"
         ) from None
 
 
@@ -173,13 +217,18 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
             )
         wanted = options.layer
         if wanted is None and size != default_size:  # the default layer is the one for the model's own size
-            wanted = default_layer(loaded.module, probe_layers(loaded.module, default_size, options.model)).name
+            try:
+                wanted = default_layer(loaded.module, probe_layers(loaded.module, default_size, options.model)).name
+            except ImageSizeError:  # a user's model that only runs at the given size: its default there
+                wanted = None
         layer = resolve_layer(loaded.module, layers, wanted)
         if layer.map_shape[1] * layer.map_shape[2] < 2:
             raise ImageSizeError(
                 f"at {size[0]}x{size[1]} the output of {layer.name} is 1x1, so a heatmap cannot localise anything; "
                 f"use a larger --image-size (the default is {default_size[0]}) or an earlier --layer"
             )
+        if options.dynamic_size:
+            _check_dynamic_size(loaded.module, layer, size, options.model)
     how = (
         "given"
         if options.layer
@@ -187,15 +236,22 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
     )
     log(f"  weights: {loaded.weights}")
     explained = f"output [N, {', '.join(map(str, layer.map_shape))}]"
-    if layer.grid is not None:
-        explained = f"tokens {list(layer.shape[1:])} read as {explained} (prefix tokens dropped)"
-    elif layer.channels_last:
-        explained = f"[N, h, w, C] {list(layer.shape[1:])} read as {explained}"
+    if layer.layout:
+        explained = f"{list(layer.shape[1:])} ({layer.describe_layout()}) read as {explained}"
     log(f"  layer: {layer.name} ({how}), {explained}")
 
-    with _step("trace", f"trace forward + backward to {layer.name} ({options.method})", timings, log):
+    with (
+        _step("trace", f"trace forward + backward to {layer.name} ({options.method})", timings, log),
+        _traceable(options.dynamic_size),
+    ):
         traced = trace_explainer(
-            loaded.module, layer.name, options.method, size, seed=options.seed, layout=layer.layout
+            loaded.module,
+            layer.name,
+            options.method,
+            size,
+            seed=options.seed,
+            layout=layer.layout,
+            dynamic_size=options.dynamic_size,
         )
 
     props = metadata_props(
@@ -210,26 +266,35 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         interpolation=loaded.preprocessing.interpolation,
         weights=loaded.weights,
         version=__version__,
+        dynamic_size=options.dynamic_size,
     )
     with _step("export", "export to ONNX", timings, log), _within_protobuf_limit():
-        proto = finalise(to_onnx(traced, size, options.opset), props)
+        proto = finalise(to_onnx(traced, size, options.opset, options.dynamic_size), props, options.dynamic_size)
     del traced
 
     summary: dict = {}
 
     def write_validated(temporary: Path) -> None:
         with _within_protobuf_limit():
-            onnx.save_model(proto, temporary)
+            files = save_graph(proto, temporary)
+        if len(files) > 1:
+            log(f"  weights over {EXTERNAL_DATA_BYTES / 1e9:.1f} GB: stored as ONNX external data in {files[1].name}")
         with _step("validate", "validate in onnxruntime against the eager reference", timings, log):
             session = CamSession(temporary)
-            cases = random_cases(size, len(loaded.labels), seed=options.seed + 1234)
+            sizes = other_sizes(size) if options.dynamic_size else []
+            cases = random_cases(size, len(loaded.labels), seed=options.seed + 1234, sizes=sizes)
             if options.model == EFFICIENTNET_LITE0 and options.weights == "default":
                 cases.append(sample_photo_case(loaded))
             results = validate(session, loaded.module, layer.name, options.method, cases, layout=layer.layout)
         for result in results:
             heat = next(c for c in result.checks if c.name == "heatmap")
             labels = ", ".join(loaded.labels[i] for i in result.class_index)
-            log(f"  ok: {result.description}: classes [{labels}], heatmap max diff {heat.max_abs_diff:.2g}")
+            grads = next(c for c in result.checks if c.name == "gradients")
+            zero = " (every heatmap all zero: cam <= 0 everywhere)" if heat.reference_max_abs == 0 else ""
+            log(
+                f"  ok: {result.description}: classes [{labels}], heatmap max diff {heat.max_abs_diff:.2g}{zero}, "
+                f"gradients rel L2 {grads.relative_l2:.1g}"
+            )
             if heat.reference_spread is not None and heat.reference_spread > ILL_CONDITIONED:
                 log(
                     f"  warning: the explanation is ill-conditioned here: a 1e-5 input perturbation moves the "
@@ -246,12 +311,12 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
                 f"  warning: every gradient at {layer.name} is zero on the validation inputs (a zero-initialised "
                 "classifier head under --weights random?), so only the forward pass was really compared"
             )
-        data = temporary.read_bytes()
         summary.update(
             {
                 "graph": str(output),
-                "graph_bytes": len(data),
-                "graph_sha256": hashlib.sha256(data).hexdigest(),
+                "graph_bytes": sum(f.stat().st_size for f in files),
+                "graph_sha256": _sha256(files),
+                "external_data": str(data_path(output)) if len(files) > 1 else None,
                 "model": options.model,
                 "weights": loaded.weights,
                 "layer": layer.name,
@@ -269,6 +334,8 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         )
 
     write_atomically(output, write_validated)
+    if summary["external_data"] is None:
+        data_path(output).unlink(missing_ok=True)  # a previous, larger build's weights
     summary["timings_s"] = timings
     report = report_path(output)
     write_atomically(report, lambda p: p.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n"))

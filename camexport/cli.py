@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,13 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="seed of random weights and validation inputs")
     build.add_argument("--image-size", type=int, nargs="+", metavar="H [W]", help="input size (default: the weights')")
     build.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 18 or newer)")
+    build.add_argument(
+        "--dynamic-size",
+        action="store_true",
+        help="one graph for any image height and width (CNN layers whose map follows the image)",
+    )
     build.add_argument("--output", type=Path, help="graph file (default: models/<model>-<method>.onnx)")
     build.add_argument("--labels", type=Path, help="class names: a JSON list or one name per line")
     build.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean")
     build.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std")
     build.add_argument("--num-classes", type=int, help="number of logits, passed to the model's constructor")
 
-    models = commands.add_parser("models", help="list the model names build accepts")
+    models = commands.add_parser("models", help="list the model names build accepts, with their default layers")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
 
     layers = commands.add_parser("layers", help="list a model's candidate layers (4-D outputs) with their shapes")
@@ -99,16 +103,25 @@ def _run(args: argparse.Namespace) -> int:
             image_size=size,
             opset=args.opset,
             output=args.output,
+            dynamic_size=args.dynamic_size,
         )
         build(options, log=lambda line: print(line, flush=True))
         return 0
     if args.command == "models":
-        from camexport.registry import available_models
+        from camexport.catalog import matching_models, model_entries
 
-        names = [n for n in available_models() if fnmatch.fnmatch(n, args.pattern)]
-        print("\n".join(names) if names else f"no model matches {args.pattern!r}")
+        names = matching_models(args.pattern)
+        if not names:
+            print(f"no model matches {args.pattern!r}; run 'camexport models' for the list", file=sys.stderr)
+            return EXIT_USER_ERROR
+        width = max(len(name) for name in names)
+        print(f"{'model':{width}}  {'input':9}  default layer -> explained map [C, h, w]")
+        for entry in model_entries(names):
+            size = f"{entry.image_size[0]}x{entry.image_size[1]}"
+            where = f"{entry.layer} -> {list(entry.map_shape)}" if entry.layer else f"({entry.problem})"
+            print(f"{entry.name:{width}}  {size:9}  {where}", flush=True)
         print("also: timm:ARCH for any name in timm.list_models(), and package.module:factory or file.py:factory")
-        return 0 if names else EXIT_USER_ERROR
+        return 0
     if args.command == "layers":
         from camexport.layers import describe_layers
         from camexport.registry import load_model

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch._decomp import core_aten_decompositions
 from torch.overrides import TorchFunctionMode
 
-from camexport.errors import UnsupportedModelError
+from camexport.errors import DynamicSizeError, UnsupportedModelError
 
 aten = torch.ops.aten
 
@@ -26,6 +26,45 @@ def conv_output_padding(in_size: int, kernel: int, stride: int, padding: int, di
     ``(in + 2p − d(k−1) − 1) mod s``: the rows a strided convolution skipped at the end.
     """
     return (in_size + 2 * padding - dilation * (kernel - 1) - 1) % stride
+
+
+def _is_symbolic(*sizes: object) -> bool:
+    return any(isinstance(size, torch.SymInt) for size in sizes)
+
+
+def _dynamic_size_unsupported(what: str) -> DynamicSizeError:
+    return DynamicSizeError(
+        f"--dynamic-size: the backward pass crosses {what}, whose shape depends on the image size; "
+        "build without --dynamic-size, or choose a --layer after it"
+    )
+
+
+def _transposed_to_size(
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    sizes: Sequence[object],
+) -> torch.Tensor:
+    """A transposed convolution cut to the forward input's (possibly symbolic) ``sizes``.
+
+    The full transposed output (no padding) covers the padded input but for the last
+    ``(in + 2p − d(k−1) − 1) mod s`` rows, which the strided convolution skipped (their gradient is 0):
+    pad those at the end, then crop ``p`` rows from the start. Unlike ``output_padding``, this needs no
+    constant.
+    """
+    spatial = len(stride)
+    zeros = [0] * spatial
+    full = aten.convolution.default(grad, weight, None, list(stride), zeros, list(dilation), True, zeros, groups)
+    pads: list = []
+    for d in reversed(range(spatial)):
+        pads += [0, sizes[d] + 2 * padding[d] - full.shape[2 + d]]
+    full = aten.constant_pad_nd.default(full, pads, 0.0)
+    for d in range(spatial):
+        full = aten.slice.Tensor(full, 2 + d, padding[d], padding[d] + sizes[d])
+    return full
 
 
 def convolution_backward(
@@ -57,9 +96,13 @@ def convolution_backward(
             conv_output_padding(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d], dilation[d])
             for d in range(spatial)
         ]
-        grad_input = aten.convolution.default(
-            grad_output, weight, None, list(stride), list(padding), list(dilation), True, extra, groups
-        )
+        if all(isinstance(e, int) for e in extra):
+            grad_input = aten.convolution.default(
+                grad_output, weight, None, list(stride), list(padding), list(dilation), True, extra, groups
+            )
+        else:  # symbolic spatial sizes (--dynamic-size): the output padding is not a constant
+            sizes = [input.shape[2 + d] for d in range(spatial)]
+            grad_input = _transposed_to_size(grad_output, weight, stride, padding, dilation, groups, sizes)
     return grad_input, None, None
 
 
@@ -94,6 +137,8 @@ def _adaptive_pool_matrix(in_size: int, out_size: int, like: torch.Tensor) -> to
 
 def adaptive_avg_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
     """Adaptive average pooling is ``P_h X P_wᵀ``, so its input gradient is ``P_hᵀ G P_w``."""
+    if _is_symbolic(*input.shape[-2:]):
+        raise _dynamic_size_unsupported("an adaptive average pooling to a fixed grid")
     in_h, in_w = int(input.shape[-2]), int(input.shape[-1])
     out_h, out_w = int(grad_output.shape[-2]), int(grad_output.shape[-1])
     p_h = _adaptive_pool_matrix(in_h, out_h, grad_output)
@@ -108,9 +153,11 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: int | Sequence[int | N
     permute (ConvNeXt, Swin) leaves a strided scatter in the graph that ONNX cannot express.
     """
     pair = [output_size, output_size] if isinstance(output_size, int) else list(output_size)
-    size = [int(v) if v is not None else int(input.shape[-2 + i]) for i, v in enumerate(pair)]
-    if size == [1, 1]:
+    if pair == [1, 1]:
         return input.mean(dim=(-2, -1), keepdim=True)
+    if _is_symbolic(*input.shape[-2:]):
+        raise _dynamic_size_unsupported("an adaptive average pooling to a fixed grid")
+    size = [int(v) if v is not None else int(input.shape[-2 + i]) for i, v in enumerate(pair)]
     return aten._adaptive_avg_pool2d.default(input.contiguous(), size)
 
 
@@ -138,12 +185,18 @@ def avg_pool2d_backward(
 ) -> torch.Tensor:
     """Each output gradient, divided by its window's divisor, spread over the window: a transposed
     depthwise convolution with a kernel of ones (cropped where ``ceil_mode`` windows overhang)."""
-    del ceil_mode
     kernel = list(kernel_size) if len(kernel_size) == 2 else [kernel_size[0]] * 2
     steps = list(stride) if stride else kernel
     steps = steps if len(steps) == 2 else [steps[0]] * 2
     pads = list(padding) if len(padding) == 2 else [padding[0]] * 2
-    channels, in_h, in_w = int(input.shape[1]), int(input.shape[-2]), int(input.shape[-1])
+    channels = int(input.shape[1])
+    ones = torch.ones(channels, 1, kernel[0], kernel[1], dtype=grad_output.dtype)
+    if _is_symbolic(*input.shape[-2:]):  # --dynamic-size: only windows that never overhang keep one divisor
+        if ceil_mode or (any(pads) and not count_include_pad and not divisor_override):
+            raise _dynamic_size_unsupported("an average pooling whose windows overhang the border")
+        scaled = grad_output / float(divisor_override or kernel[0] * kernel[1])
+        return _transposed_to_size(scaled, ones, steps, pads, [1, 1], channels, list(input.shape[-2:]))
+    in_h, in_w = int(input.shape[-2]), int(input.shape[-1])
     out_h, out_w = int(grad_output.shape[-2]), int(grad_output.shape[-1])
     if divisor_override:
         scaled = grad_output / float(divisor_override)
@@ -152,7 +205,6 @@ def avg_pool2d_backward(
         cols = _avg_pool_divisors(in_w, out_w, kernel[1], steps[1], pads[1], count_include_pad)
         divisors = torch.tensor([[1.0 / (r * c) for c in cols] for r in rows], dtype=grad_output.dtype)
         scaled = grad_output * divisors
-    ones = torch.ones(channels, 1, kernel[0], kernel[1], dtype=grad_output.dtype)
     full_h = (out_h - 1) * steps[0] - 2 * pads[0] + kernel[0]
     full_w = (out_w - 1) * steps[1] - 2 * pads[1] + kernel[1]
     extra = [max(0, in_h - full_h), max(0, in_w - full_w)]

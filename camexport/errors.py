@@ -40,6 +40,10 @@ class ImageSizeError(UserError):
     """The requested image size does not fit the architecture."""
 
 
+class DynamicSizeError(UserError):
+    """``--dynamic-size`` was asked of a model or layer whose map cannot follow the image size."""
+
+
 class UnsupportedModelError(CamExportError):
     """The model or layer needs an operation that camexport cannot put into an ONNX graph yet."""
 

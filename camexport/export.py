@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -24,6 +25,8 @@ from camexport.errors import UnsupportedModelError, UserError
 from camexport.tracing import INPUT_NAMES, OUTPUT_NAMES, TRACE_BATCH, ExplainerModule, TracedExplainer
 
 BATCH_DIM = "batch"
+HEIGHT_DIM = "height"
+WIDTH_DIM = "width"
 TARGET_DIM = "target_batch"
 MIN_OPSET = 18
 _EXPANDED_TARGET = "target_class_expanded"
@@ -40,8 +43,10 @@ def check_opset(opset: int | None) -> None:
         )
 
 
-def to_onnx(traced: TracedExplainer, image_size: tuple[int, int], opset: int | None = None) -> onnx.ModelProto:
-    """Exports the traced graph with a dynamic batch dimension.
+def to_onnx(
+    traced: TracedExplainer, image_size: tuple[int, int], opset: int | None = None, dynamic_size: bool = False
+) -> onnx.ModelProto:
+    """Exports the traced graph with a dynamic batch dimension (and dynamic height and width if asked).
 
     Raises:
         UserError: ``opset`` is below :data:`MIN_OPSET`.
@@ -52,10 +57,13 @@ def to_onnx(traced: TracedExplainer, image_size: tuple[int, int], opset: int | N
     image = torch.zeros(TRACE_BATCH, 3, *image_size)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
     batch = torch.export.Dim(BATCH_DIM, min=1)
+    image_dims: dict[int, object] = {0: batch}
+    if dynamic_size:
+        image_dims |= {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     try:
         with quiet():
             program = torch.export.export(
-                module, (image, target), dynamic_shapes={"image": {0: batch}, "target_class": {0: batch}}
+                module, (image, target), dynamic_shapes={"image": image_dims, "target_class": {0: batch}}
             )
             onnx_program = torch.onnx.export(
                 program,
@@ -91,30 +99,60 @@ def _rank(graph: onnx.GraphProto, name: str) -> int | None:
     return None
 
 
+def _swaps_last_two(node: onnx.NodeProto) -> bool:
+    """A Transpose whose ``perm`` keeps the leading axes and swaps the last two ([0, 2, 1], ...)."""
+    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+    return len(perm) >= 2 and perm == [*range(len(perm) - 2), len(perm) - 1, len(perm) - 2]
+
+
 def fold_broadcast_matmuls(graph: onnx.GraphProto) -> int:
     """``MatMul(x, Expand(W2d, [B, K, N]))`` → ``MatMul(x, W2d)``: the same result by broadcasting.
 
-    ``F.linear`` on a 3-D non-contiguous input (``nn.MultiheadAttention``) traces as a batched matmul with
-    the weight expanded along the batch. In PyTorch that expand is a free view; in ONNX it materialises a
-    copy of the weight per row (1.4 GB for one ViT-B projection). Returns how many were folded.
+    Also ``MatMul(x, Transpose(Expand(W2d), perm=[0, 2, 1]))`` → ``MatMul(x, Transpose(W2d))``.
+
+    ``F.linear`` on a 3-D non-contiguous input (``nn.MultiheadAttention``, sequence first) traces as a
+    batched matmul with the weight expanded along the sequence, and its backward as the transposed
+    expand. In PyTorch that expand is a free view; in ONNX it materialises a copy of the weight per row
+    (1.4 GB for one ViT-B/16 projection, 27 GB for ViT-H/14 at batch 3). Returns how many were folded.
     """
     producers = {out: node for node in graph.node for out in node.output}
     folded = 0
+    added: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
     for node in graph.node:
         if node.op_type != "MatMul":
             continue
         source = producers.get(node.input[1])
-        if source is not None and source.op_type == "Expand" and _rank(graph, source.input[0]) == 2:
+        transpose = None
+        if source is not None and source.op_type == "Transpose" and _swaps_last_two(source):
+            transpose, source = source, producers.get(source.input[0])
+        if source is None or source.op_type != "Expand" or _rank(graph, source.input[0]) != 2:
+            continue
+        if transpose is None:
             node.input[1] = source.input[0]
-            folded += 1
+        else:
+            flipped = helper.make_node(
+                "Transpose", [source.input[0]], [f"{node.input[1]}_2d"], name=f"{transpose.name}_2d", perm=[1, 0]
+            )
+            node.input[1] = flipped.output[0]
+            added.append((node, flipped))
+        folded += 1
+    for consumer, flipped in added:  # before its consumer, so the graph stays topologically sorted
+        nodes = list(graph.node)
+        nodes.insert(nodes.index(consumer), flipped)
+        graph.ClearField("node")
+        graph.node.extend(nodes)
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    dead = [n for n in graph.node if n.op_type == "Expand" and not any(o in used for o in n.output)]
-    for node in dead:
-        graph.node.remove(node)
+    while True:  # the Expands (and Transposes of them) left without consumers
+        dead = [n for n in graph.node if n.op_type in ("Expand", "Transpose") and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     return folded
 
 
-def finalise(model: onnx.ModelProto, metadata: Mapping[str, str]) -> onnx.ModelProto:
+def finalise(model: onnx.ModelProto, metadata: Mapping[str, str], dynamic_size: bool = False) -> onnx.ModelProto:
     """Applies the IO contract: named batch dims, an optional ``target_class``, metadata; then checks it.
 
     ``target_class`` keeps its name as the graph input and gets a default initializer ``[-1]``; the graph
@@ -141,10 +179,13 @@ def finalise(model: onnx.ModelProto, metadata: Mapping[str, str]) -> onnx.ModelP
     graph.node.extend(nodes)
     graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "target_class"))
 
-    _set_dims(inputs["image"], {0: BATCH_DIM})
+    spatial = {2: HEIGHT_DIM, 3: WIDTH_DIM} if dynamic_size else {}
+    _set_dims(inputs["image"], {0: BATCH_DIM, **spatial})
     _set_dims(inputs["target_class"], {0: TARGET_DIM})
     for name in OUTPUT_NAMES:
         _set_dims(outputs[name], {0: BATCH_DIM})
+    if dynamic_size:
+        _set_dims(outputs["heatmap"], {1: HEIGHT_DIM, 2: WIDTH_DIM})
 
     if inputs["image"].type.tensor_type.elem_type != TensorProto.FLOAT:
         raise UnsupportedModelError("the exported image input is not float32; this is a camexport bug")
@@ -160,11 +201,59 @@ def finalise(model: onnx.ModelProto, metadata: Mapping[str, str]) -> onnx.ModelP
     for key, value in metadata.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     model.producer_name = "camexport"
+    if not needs_external_data(model):  # a larger graph is checked from its files by save_graph
+        _check(model)
+    return model
+
+
+# Protobuf cannot serialise a message over 2 GB; well below that, the weights go to a companion file.
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the graph's weights (initializers held in the proto)."""
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """True when the weights are too large for one protobuf file (ONNX external data is used instead)."""
+    return initializer_bytes(model) > EXTERNAL_DATA_BYTES
+
+
+def data_path(graph: Path) -> Path:
+    """The external-data file of a graph: ``x.onnx`` → ``x.onnx.data``, beside it."""
+    return graph.with_name(graph.name + ".data")
+
+
+def save_graph(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Writes the graph; one over :data:`EXTERNAL_DATA_BYTES` keeps its weights in ``<name>.onnx.data``.
+
+    Returns:
+        The files written, the graph first.
+
+    Raises:
+        UnsupportedModelError: ``onnx.checker`` rejects a graph saved with external data.
+    """
+    if not needs_external_data(model):
+        onnx.save_model(model, str(path))
+        return [path]
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_path(path).name,
+        size_threshold=1024,
+    )
+    _check(str(path))
+    return [path, data_path(path)]
+
+
+def _check(model: onnx.ModelProto | str) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise UnsupportedModelError(f"onnx.checker rejects the graph: {first_line(exc)}") from None
-    return model
 
 
 def metadata_props(
@@ -180,6 +269,7 @@ def metadata_props(
     interpolation: str,
     weights: str,
     version: str,
+    dynamic_size: bool = False,
 ) -> dict[str, str]:
     """The ``camexport.*`` metadata props; lists and numbers are JSON."""
     return {
@@ -194,4 +284,5 @@ def metadata_props(
         "camexport.interpolation": interpolation,
         "camexport.weights": weights,
         "camexport.version": version,
+        "camexport.dynamic_size": json.dumps(dynamic_size),
     }

@@ -18,7 +18,7 @@ from torch import nn
 
 from camexport.errors import UserError
 from camexport.preprocess import Preprocessing
-from camexport.registry import LoadedModel, _finish, _seeded, load_state_dict_strict, read_checkpoint
+from camexport.registry import LoadedModel, finish, load_state_dict_strict, randomised, read_checkpoint, seeded
 
 # What a factory's model is assumed to expect unless --mean/--std/--image-size say otherwise (ImageNet).
 DEFAULT_PREPROCESSING = Preprocessing(
@@ -89,7 +89,7 @@ def load_factory_model(spec: str, weights: str, seed: int, num_classes: int | No
             raise UserError(f"model '{spec}': the factory returned {type(model).__name__}, not a torch.nn.Module")
         return model
 
-    module = _seeded(seed, create)
+    module = randomised(seed, create) if weights == "random" else seeded(seed, create)
     if weights == "default":
         described = f"as returned by {spec}"
     elif weights == "random":
@@ -97,7 +97,7 @@ def load_factory_model(spec: str, weights: str, seed: int, num_classes: int | No
     else:
         load_state_dict_strict(module, read_checkpoint(weights), weights)
         described = str(weights)
-    return LoadedModel(spec, _finish(module), [], DEFAULT_PREPROCESSING, described)
+    return LoadedModel(spec, finish(module), [], DEFAULT_PREPROCESSING, described)
 
 
 def read_labels(path: str | Path) -> list[str]:

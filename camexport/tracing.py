@@ -47,8 +47,9 @@ def make_explain_function(
 
     ``state`` holds the model's parameters and buffers in ``state_names`` order. A negative
     ``target_class`` entry means "explain the top-1 class". ``layout`` says how the layer's output becomes
-    A [N, C, h, w]: None (it is already), ``("nhwc",)`` (permuted), or ``("tokens", prefix, h, w)`` for a
-    token output [N, T, C] whose patch tokens form the map (the prefix tokens are left out).
+    A [N, C, h, w]: None (it is already), ``("nhwc",)`` (permuted), ``("tokens", prefix, h, w)`` for a
+    token output [N, T, C] whose patch tokens form the map (the prefix tokens are left out), or
+    ``("windows", p, gh, gw, swap)`` for MaxViT's partitioned tokens (see :class:`camexport.layers.LayerInfo`).
     """
     if method not in WEIGHTS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -59,16 +60,26 @@ def make_explain_function(
         captured: list[torch.Tensor] = []
 
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-            if layout is not None and layout[0] == "nhwc":
+            kind = layout[0] if layout else None
+            if kind == "nhwc":
                 leaf = output.permute(0, 3, 1, 2).detach().contiguous().requires_grad_(True)
                 captured.append(leaf)
                 return leaf.permute(0, 2, 3, 1).clone()
-            if layout is not None:  # tokens [N, T, C] -> prefix + patch map [N, C, h, w]
+            if kind == "tokens":  # tokens [N, T, C] -> prefix + patch map [N, C, h, w]
                 _, prefix, h, w = layout
                 patches = output[:, prefix:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
                 leaf = patches.detach().contiguous().requires_grad_(True)
                 captured.append(leaf)
                 return torch.cat([output[:, :prefix].detach(), leaf.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+            if kind == "windows":  # [N, gh*gw, p*p, C] -> [N, C, gh*p, gw*p], MaxViT's window departition
+                _, p, gh, gw, swap = layout
+                tokens = output.transpose(1, 2) if swap else output
+                cells = tokens.unflatten(1, (gh, gw)).unflatten(3, (p, p)).permute(0, 5, 1, 3, 2, 4)
+                leaf = cells.flatten(4, 5).flatten(2, 3).detach().contiguous().requires_grad_(True)
+                captured.append(leaf)
+                back = leaf.unflatten(2, (gh, p)).unflatten(4, (gw, p)).permute(0, 2, 4, 3, 5, 1)
+                back = back.flatten(3, 4).flatten(1, 2)
+                return (back.transpose(1, 2) if swap else back).contiguous()
             # Contiguous: autograd returns gradients in the strides of the input, and a strided copy
             # (as_strided_ + copy_) for a permuted output (ConvNeXt, Swin) has no ONNX lowering.
             leaf = output.detach().contiguous().requires_grad_(True)
@@ -89,7 +100,7 @@ def make_explain_function(
             handle.remove()
         activations = activations.detach()
         cam = class_activation_map(activations, weights_of(activations, gradients))
-        heatmap = normalised_heatmap(cam, image_size)
+        heatmap = normalised_heatmap(cam, (image.shape[2], image.shape[3]))  # symbolic with --dynamic-size
         return logits.detach(), class_index, heatmap, cam, activations, gradients
 
     return explain
@@ -124,6 +135,7 @@ def trace_explainer(
     image_size: tuple[int, int],
     seed: int = 0,
     layout: tuple | None = None,
+    dynamic_size: bool = False,
 ) -> TracedExplainer:
     """Traces forward, backward and CAM into one graph with a symbolic batch dimension.
 
@@ -134,6 +146,7 @@ def trace_explainer(
         image_size: (H, W) of the input.
         seed: seed of the example input (its values do not enter the graph).
         layout: how the layer's output becomes [N, C, h, w] (see :func:`make_explain_function`).
+        dynamic_size: the height and width are symbolic too (one graph for any H x W).
     """
     names, state = model_state(model)
     explain = make_explain_function(model, layer, method, image_size, names, layout)
@@ -143,8 +156,9 @@ def trace_explainer(
     # Only the batch dimension is symbolic: a fully symbolic trace carries every spatial size as a
     # sympy expression through the whole network (minutes for a Swin Transformer, seconds this way).
     mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
-    batch_only = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] + [DimDynamic.STATIC] * 3)
-    fake_image = mode.from_tensor(image, symbolic_context=batch_only)
+    spatial = DimDynamic.DYNAMIC if dynamic_size else DimDynamic.STATIC
+    dims = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC, spatial, spatial])
+    fake_image = mode.from_tensor(image, symbolic_context=dims)
     fake_target = mode.from_tensor(
         target, symbolic_context=StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC])
     )

@@ -190,8 +190,18 @@ def run_case(
     )
 
 
-def random_cases(image_size: tuple[int, int], num_classes: int, seed: int = 1234) -> list[Case]:
-    """Fresh random inputs at batch sizes 3 and 1 (tracing used 2), with and without ``target_class``."""
+def other_sizes(image_size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Sizes unlike the traced one for a ``--dynamic-size`` graph: taller and narrower, then shorter and wider,
+    neither a multiple of the usual strides (so the convolution backward's skipped rows vary)."""
+    h, w = image_size
+    return [(h + 24, max(w - 40, 8)), (max(h - 56, 8), w + 8)]
+
+
+def random_cases(
+    image_size: tuple[int, int], num_classes: int, seed: int = 1234, sizes: list[tuple[int, int]] = ()
+) -> list[Case]:
+    """Fresh random inputs at batch sizes 3 and 1 (tracing used 2), with and without ``target_class``;
+    then a batch of 2 at each of ``sizes`` (for a graph with a dynamic image size)."""
     rng = np.random.default_rng(seed)
     h, w = image_size
     batch3 = rng.standard_normal((3, 3, h, w)).astype(np.float32)
@@ -201,6 +211,13 @@ def random_cases(image_size: tuple[int, int], num_classes: int, seed: int = 1234
         Case("random batch of 3, top-1 class (target_class omitted)", batch3, None),
         Case("random batch of 3, target_class [-1, c1, c2]", batch3, targets),
         Case("random batch of 1, target_class [c]", single, targets[1:2]),
+    ] + [
+        Case(
+            f"random batch of 2 at {sh}x{sw}, target_class [-1, c1]",
+            rng.standard_normal((2, 3, sh, sw)).astype(np.float32),
+            targets[:2],
+        )
+        for sh, sw in sizes
     ]
 
 

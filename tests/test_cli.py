@@ -141,9 +141,17 @@ def test_bad_arguments_are_one_line(capsys) -> None:
 
 def test_models_lists_and_filters(capsys) -> None:
     code, stdout, _ = run_cli(capsys, "models", "resnet1*")
-    lines = stdout.splitlines()
-    assert code == 0 and lines[:3] == ["resnet101", "resnet152", "resnet18"]
-    assert "timm:ARCH" in lines[3]
+    rows = [line.split() for line in stdout.splitlines()[1:-1]]
+    assert code == 0 and [row[0] for row in rows] == ["resnet101", "resnet152", "resnet18"]
+    assert rows[2] == ["resnet18", "224x224", "layer4", "->", "[512,", "7,", "7]"]
+    assert "timm:ARCH" in stdout.splitlines()[-1]
+
+
+def test_models_shows_transformer_defaults(capsys) -> None:
+    code, stdout, _ = run_cli(capsys, "models", "maxvit_t")
+    assert code == 0 and "blocks.3.layers.1.layers.window_attention.attn_layer.0 -> [512, 7, 7]" in stdout
+    code, _, stderr = run_cli(capsys, "models", "nothing*")
+    assert code == 2 and "no model matches 'nothing*'" in stderr
 
 
 def test_console_script_end_to_end(tmp_path: Path) -> None:

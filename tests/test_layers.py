@@ -56,3 +56,28 @@ def test_default_skips_pooled_1x1_heads(name: str, expected: str) -> None:
     loaded = load_model(name, "random")
     layers = probe_layers(loaded.module, loaded.preprocessing.image_size)
     assert default_layer(loaded.module, layers).name == expected
+
+
+def test_channels_last_outputs_are_found() -> None:
+    """Swin blocks and the MLP inside a ConvNeXt block run on [N, h, w, C]; their neighbours do not."""
+    import torchvision
+
+    convnext = torchvision.models.convnext_tiny().eval()
+    layers = {info.name: info for info in probe_layers(convnext, (64, 64))}
+    assert layers["features.7.2.block.3"].layout == ("nhwc",)  # Linear 768 -> 3072 on [N, 2, 2, C]
+    assert layers["features.7.2.block.3"].map_shape == (3072, 2, 2)
+    assert layers["features.7.2.block.2"].layout == ("nhwc",)  # the block's LayerNorm
+    assert layers["features.7.2.block.0"].layout is None  # the depthwise convolution, [N, C, h, w]
+    assert layers["features.7.2"].layout is None
+    swin = torchvision.models.swin_t().eval()
+    layers = {info.name: info for info in probe_layers(swin, (224, 224))}
+    assert layers["features.7.1"].layout == ("nhwc",) and layers["features.7.1"].map_shape == (768, 7, 7)
+    assert layers["features.5.3.mlp"].layout == ("nhwc",)
+    assert layers["permute"].layout is None and layers["permute"].map_shape == (768, 7, 7)
+
+
+def test_square_ambiguous_shapes_stay_channels_first() -> None:
+    """[N, 4, 4, 4] reads both ways; without evidence it is taken as [N, C, h, w]."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 2))
+    layers = {info.name: info for info in probe_layers(model.eval(), (8, 8))}
+    assert layers["1"].layout is None and layers["1"].map_shape == (4, 4, 4)

@@ -32,14 +32,11 @@ def test_token_grid(shape, size, grid) -> None:
 
 @pytest.mark.slow
 def test_vit_graph_matches_reference(tmp_path: Path) -> None:
-    # torchvision zero-initialises ViT's head, which would make every gradient zero: give it weights.
+    # torchvision zero-initialises ViT's head; --weights random draws it, so gradients are not all zero.
     module = load_model("vit_b_16", "random").module
-    torch.manual_seed(0)
-    torch.nn.init.normal_(module.heads.head.weight, std=0.05)
-    checkpoint = tmp_path / "vit.pt"
-    torch.save(module.state_dict(), checkpoint)
+    assert module.heads.head.weight.abs().min() > 0
     out = tmp_path / "vit.onnx"
-    build(BuildOptions(model="vit_b_16", weights=str(checkpoint), output=out), log=lambda _: None)
+    build(BuildOptions(model="vit_b_16", weights="random", output=out), log=lambda _: None)
     session = CamSession(out)
     assert session.info.layer == "encoder.layers.encoder_layer_11.ln_1"
     image = np.random.default_rng(8).standard_normal((2, 3, 224, 224)).astype(np.float32)
@@ -69,3 +66,72 @@ def test_swin_reads_channels_last_norms(tmp_path: Path) -> None:
     assert np.abs(graph["activations"] - ref["activations"]).max() <= 1e-4 * np.abs(ref["activations"]).max()
     assert np.linalg.norm(graph["gradients"] - ref["gradients"]) <= 1e-2 * np.linalg.norm(ref["gradients"])
     assert np.abs(graph["heatmap"] - ref["heatmap"]).max() <= 1e-2
+
+
+TINY_MAXVIT = """
+from torchvision.models.maxvit import MaxVit
+
+
+def factory(num_classes=10):
+    return MaxVit(input_size=(64, 64), stem_channels=8, partition_size=2, block_channels=[16, 32],
+                  block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=num_classes)
+"""
+
+
+@pytest.mark.parametrize(
+    ("layer", "layout", "channels"),
+    [
+        (None, ("windows", 2, 4, 4, False), 32),  # default: the last block's window-attention norm
+        ("blocks.0.layers.0.layers.grid_attention.mlp_layer.1", ("windows", 8, 2, 2, True), 64),
+    ],
+)
+def test_maxvit_partitioned_tokens(tmp_path: Path, layer, layout, channels) -> None:
+    """MaxViT's [N, windows, cells, C] tokens, window and grid partitions, read back as the map they came from."""
+    (tmp_path / "tiny_maxvit.py").write_text(TINY_MAXVIT)
+    spec = f"{tmp_path / 'tiny_maxvit.py'}:factory"
+    out = tmp_path / "maxvit.onnx"
+    build(BuildOptions(model=spec, weights="random", image_size=(64, 64), layer=layer, output=out), log=lambda _: None)
+    session = CamSession(out)
+    module = load_model(spec, "random").module
+    if layer is None:
+        assert session.info.layer == "blocks.1.layers.0.layers.window_attention.attn_layer.0"
+    size = 8 if layer is None else 16
+    image = np.random.default_rng(10).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    target = np.array([-1, 2, 7])
+    graph = session.run(image, target)
+    ref = reference_explain(module, session.info.layer, "gradcampp", image, target, layout=layout)
+    assert graph["activations"].shape == (3, channels, size, size)
+    assert np.abs(ref["gradients"]).max() > 0 and ref["heatmap"].max() > 0
+    assert np.abs(graph["activations"] - ref["activations"]).max() <= 1e-4 * np.abs(ref["activations"]).max()
+    assert np.linalg.norm(graph["gradients"] - ref["gradients"]) <= 1e-3 * np.linalg.norm(ref["gradients"])
+    assert np.abs(graph["heatmap"] - ref["heatmap"]).max() <= 4e-3
+
+
+def test_maxvit_departition_is_torchvisions() -> None:
+    """The reference's reading of window tokens is exactly torchvision's own WindowDepartition."""
+    from torchvision.models.maxvit import WindowDepartition, WindowPartition
+
+    image = torch.randn(2, 5, 12, 8)
+    for p, swap in ((2, False), (4, True)):
+        tokens = WindowPartition()(image, p)
+        tokens = tokens.swapaxes(1, 2) if swap else tokens
+        layout = ("windows", p, 12 // p, 8 // p, swap)
+        A = _reference_map(tokens, layout)
+        undone = WindowDepartition()(tokens.swapaxes(1, 2) if swap else tokens, p, 12 // p, 8 // p)
+        assert torch.equal(A, undone) and torch.equal(A, image)
+
+
+def _reference_map(tokens: torch.Tensor, layout: tuple) -> torch.Tensor:
+    """The reference's A for layer output ``tokens``, via a module that returns them."""
+
+    class Emit(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokens = torch.nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.tokens(tokens * x.mean()).mean((1, 2))
+
+    ones = np.ones((1, 3, 4, 4), dtype=np.float32)
+    activations = reference_explain(Emit(), "tokens", "gradcam", ones, [0], layout=layout)["activations"]
+    return torch.as_tensor(activations).float()
