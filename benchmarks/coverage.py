@@ -15,13 +15,13 @@ import argparse
 import fnmatch
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
+
+import machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -89,16 +89,14 @@ def build_one(name: str, folder: Path, timeout: int) -> dict:
 
 def write_tables(rows: list[dict], out: Path, total: int) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
-    versions = {p: metadata.version(p) for p in ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript")}
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
-    (out / "coverage.json").write_text(json.dumps({"machine": machine, "versions": versions, "rows": rows}, indent=2))
+    versions = machine.versions()
+    where = machine.description()
+    (out / "coverage.json").write_text(json.dumps({"machine": where, "versions": versions, "rows": rows}, indent=2))
     lines = [
         "# Coverage: torchvision classifiers (random weights, default layer, Grad-CAM++)",
         "",
         f"Built and validated: **{len(ok)} of {len(rows)}** swept ({total} torchvision classifiers in all).",
-        f"Machine: {machine}. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        f"Machine: {where}. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "Reproduce: `python benchmarks/coverage.py`. Max heatmap diff: onnxruntime vs the eager reference,",
         "over build's validation cases (random inputs at batch 3 and 1; tracing used 2).",
         "",

@@ -31,7 +31,7 @@ from camexport.errors import (
 from camexport.export import EXTERNAL_DATA_BYTES, check_opset, data_path, finalise, metadata_props, save_graph, to_onnx
 from camexport.layers import LayerInfo, count_logits, default_layer, probe_layers, resolve_layer
 from camexport.methods import METHODS
-from camexport.preprocess import open_image, to_input
+from camexport.preprocess import normalise, open_image, to_pixels
 from camexport.registry import EFFICIENTNET_LITE0, LoadedModel, ModelOverrides, load_model
 from camexport.samples import sample_photo
 from camexport.session import CamSession
@@ -39,6 +39,8 @@ from camexport.tracing import trace_explainer
 from camexport.validation import TOLERANCES, Case, other_sizes, random_cases, results_as_dict, validate
 
 DEFAULT_OUTPUT_DIR = Path("models")
+# float32: normalised [N, 3, H, W]; uint8: RGB pixels [N, H, W, 3], converted and normalised in the graph.
+INPUT_KINDS = ("float32", "uint8")
 # Relative L2 change of the reference heatmap under a 1e-5 input perturbation above which a warning is printed.
 ILL_CONDITIONED = 0.1
 
@@ -57,6 +59,7 @@ class BuildOptions:
     output: Path | None = None
     overrides: ModelOverrides = field(default_factory=ModelOverrides)
     dynamic_size: bool = False
+    input: str = "float32"
 
     def output_path(self) -> Path:
         """``--output`` or ``models/<model>-<method>.onnx`` (the model name made file-safe)."""
@@ -152,10 +155,11 @@ def _sha256(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def sample_photo_case(loaded: LoadedModel) -> Case:
+def sample_photo_case(loaded: LoadedModel, pixels: bool = False) -> Case:
     """scikit-image's ``coffee()`` photo, preprocessed for the model (a real photo for the real weights)."""
-    image = to_input(open_image(sample_photo("coffee")), loaded.preprocessing)
-    return Case("real photo: skimage.data.coffee()", image[None], None)
+    crop = to_pixels(open_image(sample_photo("coffee")), loaded.preprocessing)[None]
+    image = normalise(crop, loaded.preprocessing)
+    return Case("real photo: skimage.data.coffee()", crop if pixels else image, None, image)
 
 
 @contextmanager
@@ -195,6 +199,9 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         raise UserError(f"--image-size {options.image_size}: sizes must be positive integers")
     if options.seed < 0:
         raise UserError(f"--seed {options.seed}: use a non-negative integer")
+    if options.input not in INPUT_KINDS:
+        raise UserError(f"--input {options.input}: unknown; use one of {', '.join(INPUT_KINDS)}")
+    pixels = options.input == "uint8"
     check_opset(options.opset)
     output = options.output_path()
     check_output(output)
@@ -252,6 +259,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
             seed=options.seed,
             layout=layer.layout,
             dynamic_size=options.dynamic_size,
+            pixels=(loaded.preprocessing.mean, loaded.preprocessing.std) if pixels else None,
         )
 
     props = metadata_props(
@@ -267,9 +275,11 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         weights=loaded.weights,
         version=__version__,
         dynamic_size=options.dynamic_size,
+        input=options.input,
     )
     with _step("export", "export to ONNX", timings, log), _within_protobuf_limit():
-        proto = finalise(to_onnx(traced, size, options.opset, options.dynamic_size), props, options.dynamic_size)
+        proto = to_onnx(traced, size, options.opset, options.dynamic_size, pixels)
+        proto = finalise(proto, props, options.dynamic_size, pixels)
     del traced
 
     summary: dict = {}
@@ -282,9 +292,10 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         with _step("validate", "validate in onnxruntime against the eager reference", timings, log):
             session = CamSession(temporary)
             sizes = other_sizes(size) if options.dynamic_size else []
-            cases = random_cases(size, len(loaded.labels), seed=options.seed + 1234, sizes=sizes)
+            prep = loaded.preprocessing if pixels else None
+            cases = random_cases(size, len(loaded.labels), seed=options.seed + 1234, sizes=sizes, pixels=prep)
             if options.model == EFFICIENTNET_LITE0 and options.weights == "default":
-                cases.append(sample_photo_case(loaded))
+                cases.append(sample_photo_case(loaded, pixels))
             results = validate(session, loaded.module, layer.name, options.method, cases, layout=layer.layout)
         for result in results:
             heat = next(c for c in result.checks if c.name == "heatmap")

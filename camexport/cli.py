@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--image-size", type=int, nargs="+", metavar="H [W]", help="input size (default: the weights')")
     build.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 18 or newer)")
     build.add_argument(
+        "--input",
+        choices=("float32", "uint8"),
+        default="float32",
+        help="image input: float32 [N,3,H,W] normalised (default) or uint8 [N,H,W,3] RGB pixels, normalised inside",
+    )
+    build.add_argument(
         "--dynamic-size",
         action="store_true",
         help="one graph for any image height and width (CNN layers whose map follows the image)",
@@ -74,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     explain.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
     explain.add_argument("--save-heatmap", action="store_true", help="also save each heatmap as .npy")
+    explain.add_argument("--batch-size", type=int, default=8, help="images per onnxruntime run (default 8)")
+    explain.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
+    explain.add_argument("--quiet", action="store_true", help="no line per image, only errors and the summary")
 
     samples = commands.add_parser("samples", help="write the real photos bundled with scikit-image and matplotlib")
     samples.add_argument("folder", type=Path, nargs="?", default=Path("photos"), help="where (default: photos/)")
@@ -104,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
             opset=args.opset,
             output=args.output,
             dynamic_size=args.dynamic_size,
+            input=args.input,
         )
         build(options, log=lambda line: print(line, flush=True))
         return 0
@@ -134,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         from camexport.explain import explain_paths
         from camexport.session import CamSession
 
-        session = CamSession(args.graph, provider=args.provider)
+        session = CamSession(args.graph, provider=args.provider, threads=args.threads)
         summary = explain_paths(
             session,
             args.images,
@@ -144,9 +154,16 @@ def _run(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             colormap=args.colormap,
             save_heatmap=args.save_heatmap,
+            batch_size=args.batch_size,
+            progress=sys.stderr.isatty(),
+            log=(lambda _line: None) if args.quiet else print,
         )
-        done = sum(1 for path in summary.written if path.suffix == ".png")
-        print(f"explained {done} image(s), {len(summary.failures)} failed; predictions: {summary.predictions}")
+        skipped = f", {len(summary.skipped)} non-image file(s) skipped" if summary.skipped else ""
+        print(
+            f"explained {summary.explained} image(s) in {summary.seconds:.1f} s "
+            f"({summary.images_per_second:.1f} images/s), {len(summary.failures)} failed{skipped}; "
+            f"overlays in {args.out}/, predictions: {summary.predictions}"
+        )
         return 1 if summary.failures else 0
     if args.command == "samples":
         from camexport.samples import write_samples

@@ -1,103 +1,84 @@
-"""Explaining photos with a built graph: predictions, heatmaps at the photo's resolution, overlays."""
+"""``camexport explain``: a folder of photos through a graph, in batches, to overlays and JSON Lines.
+
+Each file is read and preprocessed on its own, so a bad file costs one line and the rest go on; good
+files are run in batches of ``batch_size``. Every output is written atomically (a hidden temporary,
+then a rename), so an interrupted run leaves no partial file.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from camexport._util import write_atomically
 from camexport.errors import CamExportError, UserError
-from camexport.preprocess import open_image, to_input
-from camexport.session import CamSession
-from camexport.visualize import heatmap_to_original, overlay, seen_mask
+from camexport.session import CamSession, Explanation
+from camexport.visualize import check_style, overlay
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 @dataclass
-class Explanation:
-    """One photo's explanation.
+class ExplainSummary:
+    """What :func:`explain_paths` did.
 
     Attributes:
-        top: the top-k classes as (index, label, probability).
-        class_index: the class the heatmap explains.
-        label: its name.
-        heatmap: float32 [height, width] in [0, 1] at the photo's resolution.
+        written: every file written (overlays, heatmaps), in order.
+        failures: one line per file that failed, naming it and the problem.
+        predictions: the JSON Lines file (one record per explained image).
+        explained: how many images were explained.
+        skipped: files in the given folders that are not images (by suffix), left alone.
+        seconds: wall time of the whole run.
     """
 
-    top: list[tuple[int, str, float]]
-    class_index: int
-    label: str
-    heatmap: np.ndarray
+    written: list[Path] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    predictions: Path | None = None
+    explained: int = 0
+    skipped: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        """Explained images per second of wall time."""
+        return self.explained / self.seconds if self.seconds > 0 else 0.0
 
 
-def resolve_class(session: CamSession, wanted: str | int | None) -> int:
-    """A class given as an index or a label name → its index (−1 for None: the top-1 class).
+def collect_images(sources: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Expands folders (non-recursively, sorted) into image files; files are taken as given.
 
-    Raises:
-        UserError: an index out of range or a name not among the labels.
+    Returns:
+        (images, skipped): the files to explain, and the folders' other files (by suffix).
     """
-    if wanted is None:
-        return -1
-    labels = session.info.labels
-    text = str(wanted).strip()
-    if text.lstrip("-").isdigit():
-        index = int(text)
-        if not 0 <= index < len(labels):
-            raise UserError(f"--class {index}: out of range; the graph has classes 0..{len(labels) - 1}")
-        return index
-    matches = [i for i, name in enumerate(labels) if name.lower() == text.lower()]
-    if not matches:
-        import difflib
-
-        close = difflib.get_close_matches(text, labels, n=3)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "pass an index instead"
-        raise UserError(f"--class {text!r}: not a label of this graph; {hint}")
-    return matches[0]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-def explain_image(session: CamSession, image: Image.Image, target: int = -1, top_k: int = 5) -> Explanation:
-    """Runs one photo through the graph."""
-    prep = session.info.preprocessing
-    outputs = session.run(to_input(image, prep)[None], np.array([target], dtype=np.int64))
-    probs = _softmax(outputs["logits"][0].astype(np.float64))
-    order = np.argsort(-probs)[: max(1, top_k)]
-    labels = session.info.labels
-    top = [(int(i), labels[int(i)], float(probs[i])) for i in order]
-    index = int(outputs["class_index"][0])
-    heatmap = heatmap_to_original(outputs["heatmap"][0], prep, *image.size)
-    return Explanation(top=top, class_index=index, label=labels[index], heatmap=heatmap)
-
-
-def collect_images(sources: Iterable[str | Path]) -> list[Path]:
-    """Expands folders (non-recursively, sorted) into image files; files are taken as given."""
     found: list[Path] = []
+    skipped: list[Path] = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            for child in sorted(p for p in path.iterdir() if p.is_file()):
+                (found if child.suffix.lower() in IMAGE_SUFFIXES else skipped).append(child)
         else:
             found.append(path)
-    return found
+    return found, skipped
 
 
-@dataclass
-class ExplainSummary:
-    """What ``explain_paths`` did."""
-
-    written: list[Path]
-    failures: list[str]
-    predictions: Path
+def _record(path: Path, picture: Path, result: Explanation) -> dict:
+    return {
+        "image": str(path),
+        "overlay": str(picture),
+        "class_index": result.class_index,
+        "label": result.label,
+        "probability": round(result.probability, 6),
+        "top": [{"index": i, "label": name, "probability": round(p, 6)} for i, name, p in result.top],
+    }
 
 
 def explain_paths(
@@ -109,55 +90,98 @@ def explain_paths(
     alpha: float = 0.5,
     colormap: str = "jet",
     save_heatmap: bool = False,
+    batch_size: int = 8,
+    progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ExplainSummary:
     """Explains every image; writes ``<stem>_cam.png`` overlays and ``predictions.jsonl`` to ``out_dir``.
 
-    A file that fails gets one line in ``failures``; the others are still processed.
+    A file that fails gets one line in ``failures``; the others are still processed. With ``progress``
+    and more than one image, a progress bar runs on stderr.
+
+    Raises:
+        UserError: a bad argument (class, top-k, batch size, alpha, colormap, output folder) or no images.
     """
-    target_index = resolve_class(session, target)
+    started = time.perf_counter()
+    target_index = session.class_index(target)
     if top_k < 1:
         raise UserError(f"--top-k {top_k}: use 1 or more")
-    overlay(Image.new("RGB", (1, 1)), np.zeros((1, 1), np.float32), alpha, colormap)  # validates alpha/colormap
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: use 1 or more")
+    check_style(alpha, colormap)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
-    paths = collect_images(sources)
+    paths, skipped = collect_images(sources)
     if not paths:
         raise UserError("no images found; pass image files or folders that hold .png/.jpg files")
-    written: list[Path] = []
-    failures: list[str] = []
+    summary = ExplainSummary(skipped=skipped)
     records: list[dict] = []
-    for path in paths:
+    stems: dict[str, int] = {}
+    bar = tqdm(total=len(paths), unit="img", disable=not progress or len(paths) < 2, leave=False)
+
+    def say(line: str) -> None:
+        with tqdm.external_write_mode():  # the bar steps aside for the line, then redraws
+            log(line)
+
+    def fail(message: str) -> None:
+        summary.failures.append(message)
+        with tqdm.external_write_mode(file=sys.stderr):
+            print(f"error: {message}", file=sys.stderr)
+
+    def flush(batch: list[tuple[Path, Image.Image, np.ndarray]]) -> None:
         try:
-            image = open_image(path)
-            result = explain_image(session, image, target_index, top_k)
-            picture = out / f"{path.stem}_cam.png"
-            mask = seen_mask(session.info.preprocessing, *image.size)
-            coloured = overlay(image, result.heatmap, alpha, colormap, mask)
+            results = session.explain_prepared([(photo, array) for _, photo, array in batch], target_index, top_k)
+        except CamExportError as exc:
+            for path, _, _ in batch:
+                fail(f"{path}: {exc}")
+            return
+        for (path, photo, _), result in zip(batch, results, strict=True):
+            stem = _unique_stem(path, stems)
+            picture = out / f"{stem}_cam.png"
+            coloured = overlay(photo, result.heatmap, alpha, colormap, result.seen)
             write_atomically(picture, lambda p, c=coloured: c.save(p, format="PNG"))
-            written.append(picture)
-            record = {
-                "image": str(path),
-                "overlay": str(picture),
-                "class_index": result.class_index,
-                "label": result.label,
-                "top": [{"index": i, "label": name, "probability": round(p, 6)} for i, name, p in result.top],
-            }
+            summary.written.append(picture)
+            record = _record(path, picture, result)
             if save_heatmap:
-                array_path = out / f"{path.stem}_heatmap.npy"
+                array_path = out / f"{stem}_heatmap.npy"
                 write_atomically(array_path, lambda p, h=result.heatmap: np.save(p, h))
                 record["heatmap"] = str(array_path)
-                written.append(array_path)
+                summary.written.append(array_path)
             records.append(record)
+            summary.explained += 1
             best = result.top[0]
-            log(f"{path}: {best[1]} ({best[2]:.2f}); explained '{result.label}' -> {picture}")
-        except CamExportError as exc:
-            message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-            failures.append(message)
-            log(f"error: {message}")
+            say(f"{path}: {best[1]} ({best[2]:.2f}); explained '{result.label}' -> {picture}")
+
+    pending: list[tuple[Path, Image.Image, np.ndarray]] = []
+    try:
+        for path in paths:
+            try:
+                photo, array = session.prepare(path, str(path))
+                pending.append((path, photo, array))
+            except CamExportError as exc:
+                fail(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+                bar.update(1)
+            if len(pending) == batch_size:
+                flush(pending)
+                bar.update(len(pending))
+                pending = []
+        if pending:
+            flush(pending)
+            bar.update(len(pending))
+    finally:
+        bar.close()
     predictions = out / "predictions.jsonl"
     write_atomically(predictions, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
-    return ExplainSummary(written=written, failures=failures, predictions=predictions)
+    summary.predictions = predictions
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _unique_stem(path: Path, seen: dict[str, int]) -> str:
+    """``photo`` for the first ``photo.jpg``, ``photo-2`` for a second one (e.g. ``photo.png`` or another folder)."""
+    count = seen.get(path.stem, 0) + 1
+    seen[path.stem] = count
+    return path.stem if count == 1 else f"{path.stem}-{count}"

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from camexport._util import first_line, quiet
 from camexport.errors import UnsupportedModelError, UserError
-from camexport.tracing import INPUT_NAMES, OUTPUT_NAMES, TRACE_BATCH, ExplainerModule, TracedExplainer
+from camexport.tracing import INPUT_NAMES, OUTPUT_NAMES, TRACE_BATCH, ExplainerModule, TracedExplainer, example_image
 
 BATCH_DIM = "batch"
 HEIGHT_DIM = "height"
@@ -44,7 +44,11 @@ def check_opset(opset: int | None) -> None:
 
 
 def to_onnx(
-    traced: TracedExplainer, image_size: tuple[int, int], opset: int | None = None, dynamic_size: bool = False
+    traced: TracedExplainer,
+    image_size: tuple[int, int],
+    opset: int | None = None,
+    dynamic_size: bool = False,
+    pixels: bool = False,
 ) -> onnx.ModelProto:
     """Exports the traced graph with a dynamic batch dimension (and dynamic height and width if asked).
 
@@ -54,12 +58,13 @@ def to_onnx(
     """
     check_opset(opset)
     module = ExplainerModule(traced)
-    image = torch.zeros(TRACE_BATCH, 3, *image_size)
+    image = example_image(image_size, pixels)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
     batch = torch.export.Dim(BATCH_DIM, min=1)
     image_dims: dict[int, object] = {0: batch}
     if dynamic_size:
-        image_dims |= {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+        h, w = (1, 2) if pixels else (2, 3)
+        image_dims |= {h: torch.export.Dim.DYNAMIC, w: torch.export.Dim.DYNAMIC}
     try:
         with quiet():
             program = torch.export.export(
@@ -152,7 +157,9 @@ def fold_broadcast_matmuls(graph: onnx.GraphProto) -> int:
     return folded
 
 
-def finalise(model: onnx.ModelProto, metadata: Mapping[str, str], dynamic_size: bool = False) -> onnx.ModelProto:
+def finalise(
+    model: onnx.ModelProto, metadata: Mapping[str, str], dynamic_size: bool = False, pixels: bool = False
+) -> onnx.ModelProto:
     """Applies the IO contract: named batch dims, an optional ``target_class``, metadata; then checks it.
 
     ``target_class`` keeps its name as the graph input and gets a default initializer ``[-1]``; the graph
@@ -179,7 +186,7 @@ def finalise(model: onnx.ModelProto, metadata: Mapping[str, str], dynamic_size: 
     graph.node.extend(nodes)
     graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "target_class"))
 
-    spatial = {2: HEIGHT_DIM, 3: WIDTH_DIM} if dynamic_size else {}
+    spatial = ({1: HEIGHT_DIM, 2: WIDTH_DIM} if pixels else {2: HEIGHT_DIM, 3: WIDTH_DIM}) if dynamic_size else {}
     _set_dims(inputs["image"], {0: BATCH_DIM, **spatial})
     _set_dims(inputs["target_class"], {0: TARGET_DIM})
     for name in OUTPUT_NAMES:
@@ -187,8 +194,8 @@ def finalise(model: onnx.ModelProto, metadata: Mapping[str, str], dynamic_size: 
     if dynamic_size:
         _set_dims(outputs["heatmap"], {1: HEIGHT_DIM, 2: WIDTH_DIM})
 
-    if inputs["image"].type.tensor_type.elem_type != TensorProto.FLOAT:
-        raise UnsupportedModelError("the exported image input is not float32; this is a camexport bug")
+    if inputs["image"].type.tensor_type.elem_type != (TensorProto.UINT8 if pixels else TensorProto.FLOAT):
+        raise UnsupportedModelError("the exported image input has the wrong type; this is a camexport bug")
 
     domains = {node.domain for node in graph.node if node.domain not in ("", "ai.onnx")}
     local_functions = {f.domain for f in model.functions}
@@ -270,6 +277,7 @@ def metadata_props(
     weights: str,
     version: str,
     dynamic_size: bool = False,
+    input: str = "float32",
 ) -> dict[str, str]:
     """The ``camexport.*`` metadata props; lists and numbers are JSON."""
     return {
@@ -285,4 +293,5 @@ def metadata_props(
         "camexport.weights": weights,
         "camexport.version": version,
         "camexport.dynamic_size": json.dumps(dynamic_size),
+        "camexport.input": input,
     }

@@ -1,4 +1,4 @@
-"""Preprocessing with Pillow: a photo becomes the graph's normalised ``image`` input, and back.
+"""Preprocessing with Pillow: a photo becomes the graph's ``image`` input, and a heatmap goes back onto it.
 
 The steps follow torchvision's and timm's evaluation transforms: convert to RGB, resize the shorter side to
 ``resize_size``, centre-crop ``image_size``, scale to [0, 1], subtract ``mean``, divide by ``std``.
@@ -92,13 +92,57 @@ def open_image(source: str | Path | Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def to_input(image: Image.Image, prep: Preprocessing) -> np.ndarray:
-    """Resize, centre-crop and normalise one RGB image into a float32 [3, H, W] array."""
+def to_pixels(image: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """Resize and centre-crop one image: uint8 [H, W, 3] RGB, what a ``--input uint8`` graph takes."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     size, box = prep.geometry(*image.size)
     resized = image.resize(size, _FILTERS.get(prep.interpolation, Image.Resampling.BILINEAR))
-    cropped = resized.crop(box)
-    array = np.asarray(cropped, dtype=np.float32) / 255.0
+    return np.ascontiguousarray(np.asarray(resized.crop(box), dtype=np.uint8))
+
+
+def normalise(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """uint8 [..., H, W, 3] pixels → float32 [..., 3, H, W]: scaled to [0, 1], minus mean, over std."""
+    array = np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
     array = (array - np.asarray(prep.mean, dtype=np.float32)) / np.asarray(prep.std, dtype=np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.moveaxis(array, -1, -3))
+
+
+def to_input(image: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """Resize, centre-crop and normalise one RGB image into a float32 [3, H, W] array."""
+    return normalise(to_pixels(image, prep), prep)
+
+
+def heatmap_to_original(heatmap: np.ndarray, prep: Preprocessing, width: int, height: int) -> np.ndarray:
+    """Places a network-input heatmap [H, W] onto the original ``width`` x ``height`` photo.
+
+    The network sees only the centre crop, so the map is resized (bilinear) to the crop's footprint in
+    the original image and pasted there; pixels outside the crop get 0.
+
+    Returns:
+        float32 [height, width] in [0, 1].
+    """
+    left, top, right, bottom = prep.crop_box(width, height)
+    box_w, box_h = max(1, round(right - left)), max(1, round(bottom - top))
+    resized = np.asarray(
+        Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
+            (box_w, box_h), Image.Resampling.BILINEAR
+        )
+    )
+    canvas = np.zeros((height, width), dtype=np.float32)
+    x0, y0 = round(left), round(top)
+    src_x0, src_y0 = max(0, -x0), max(0, -y0)
+    dst_x0, dst_y0 = max(0, x0), max(0, y0)
+    w = min(width - dst_x0, box_w - src_x0)
+    h = min(height - dst_y0, box_h - src_y0)
+    if w > 0 and h > 0:
+        canvas[dst_y0 : dst_y0 + h, dst_x0 : dst_x0 + w] = resized[src_y0 : src_y0 + h, src_x0 : src_x0 + w]
+    return np.clip(canvas, 0.0, 1.0)
+
+
+def seen_mask(prep: Preprocessing, width: int, height: int) -> np.ndarray:
+    """Boolean [height, width]: True where the network saw the photo (inside the centre crop)."""
+    left, top, right, bottom = prep.crop_box(width, height)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[max(0, round(top)) : max(0, round(bottom)), max(0, round(left)) : max(0, round(right))] = True
+    return mask

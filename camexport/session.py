@@ -1,17 +1,21 @@
-"""Running a camexport graph with onnxruntime, with its metadata read back. No torch needed here."""
+"""Running a camexport graph with onnxruntime: metadata read back, photos in, explanations out. No torch here."""
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from camexport._util import first_line
 from camexport.errors import CamExportError, UserError
-from camexport.preprocess import Preprocessing
+from camexport.preprocess import Preprocessing, heatmap_to_original, normalise, open_image, seen_mask, to_pixels
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -27,6 +31,12 @@ class GraphInfo:
     preprocessing: Preprocessing
     version: str
     dynamic_size: bool = False
+    input: str = "float32"
+
+    @property
+    def takes_pixels(self) -> bool:
+        """True for a ``--input uint8`` graph: ``image`` is uint8 [N, H, W, 3] RGB, normalised inside."""
+        return self.input == "uint8"
 
 
 def _read_info(meta: dict[str, str], path: Path) -> GraphInfo:
@@ -50,6 +60,7 @@ def _read_info(meta: dict[str, str], path: Path) -> GraphInfo:
             ),
             version=meta["camexport.version"],
             dynamic_size=bool(json.loads(meta.get("camexport.dynamic_size", "false"))),
+            input=meta.get("camexport.input", "float32"),
         )
     except (KeyError, ValueError, TypeError, IndexError) as exc:
         raise UserError(
@@ -69,7 +80,8 @@ def resolve_providers(provider: str) -> list[str]:
     if wanted not in ort.get_available_providers():
         raise UserError(
             f"--provider {provider}: this onnxruntime has no {wanted} (it has "
-            f"{', '.join(ort.get_available_providers())}); install a GPU build: pip install onnxruntime-gpu"
+            f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu in place of onnxruntime: "
+            "pip uninstall -y onnxruntime && pip install 'camexport[gpu]'"
         )
     return [wanted, "CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [wanted]
 
@@ -110,11 +122,12 @@ class CamSession:
         return len(self.info.labels)
 
     def run(self, image: np.ndarray, target_class: np.ndarray | list[int] | int | None = None) -> dict[str, np.ndarray]:
-        """Runs the graph on a normalised batch.
+        """Runs the graph on a prepared batch.
 
         Args:
-            image: float32 [N, 3, H, W], normalised as the graph's metadata says; H x W is the graph's
-                image size, or any size for a graph built with ``--dynamic-size``.
+            image: float32 [N, 3, H, W], normalised as the graph's metadata says; for a ``--input uint8``
+                graph, uint8 [N, H, W, 3] RGB pixels. H x W is the graph's image size, or any size for a
+                graph built with ``--dynamic-size``.
             target_class: None (top-1 class for every image), an int for all images, or [N] indices with
                 −1 meaning top-1.
 
@@ -123,20 +136,10 @@ class CamSession:
 
         Raises:
             UserError: wrong shape or dtype, NaN/Inf values, class index out of range.
+            CamExportError: onnxruntime failed while running the graph.
         """
         image = np.asarray(image)
-        height, width = self.info.preprocessing.image_size
-        if self.info.dynamic_size:
-            if image.ndim != 4 or image.shape[1] != 3:
-                raise UserError(f"image batch has shape {list(image.shape)}; the graph takes [N, 3, H, W]")
-        elif image.ndim != 4 or image.shape[1:] != (3, height, width):
-            raise UserError(f"image batch has shape {list(image.shape)}; the graph takes [N, 3, {height}, {width}]")
-        if image.shape[0] == 0:
-            raise UserError("image batch is empty; pass at least one image")
-        image = np.ascontiguousarray(image, dtype=np.float32)
-        if not np.isfinite(image).all():
-            raise UserError("image batch holds NaN or Inf values; pass finite pixel values")
-        feeds: dict[str, np.ndarray] = {"image": image}
+        feeds: dict[str, np.ndarray] = {"image": self._check_batch(image)}
         if target_class is not None:
             target = np.atleast_1d(np.asarray(target_class))
             if target.dtype.kind not in "iu" or target.ndim != 1 or target.shape[0] not in (1, image.shape[0]):
@@ -156,3 +159,170 @@ class CamSession:
                 f"({first_line(exc)[-200:]}); rebuild the graph with 'camexport build'"
             ) from None
         return dict(zip(self.output_names, outputs, strict=True))
+
+    def _check_batch(self, image: np.ndarray) -> np.ndarray:
+        height, width = self.info.preprocessing.image_size
+        if self.info.takes_pixels:
+            want = "[N, H, W, 3] uint8" if self.info.dynamic_size else f"[N, {height}, {width}, 3] uint8"
+            fits = image.ndim == 4 and image.shape[3] == 3
+            fits = fits and (self.info.dynamic_size or image.shape[1:3] == (height, width))
+            if not fits or image.dtype != np.uint8:
+                raise UserError(f"image batch is {list(image.shape)} {image.dtype}; the graph takes {want} RGB pixels")
+        else:
+            want = "[N, 3, H, W]" if self.info.dynamic_size else f"[N, 3, {height}, {width}]"
+            fits = image.ndim == 4 and image.shape[1] == 3
+            if not fits or not (self.info.dynamic_size or image.shape[2:] == (height, width)):
+                raise UserError(f"image batch has shape {list(image.shape)}; the graph takes {want}")
+            image = np.ascontiguousarray(image, dtype=np.float32)
+            if not np.isfinite(image).all():
+                raise UserError("image batch holds NaN or Inf values; pass finite pixel values")
+        if image.shape[0] == 0:
+            raise UserError("image batch is empty; pass at least one image")
+        return np.ascontiguousarray(image)
+
+    def class_index(self, wanted: str | int | None) -> int:
+        """A class given as an index or a label name → its index (−1 for None: the top-1 class).
+
+        Raises:
+            UserError: an index out of range or a name not among the labels.
+        """
+        if wanted is None:
+            return -1
+        labels = self.info.labels
+        text = str(wanted).strip()
+        if text.lstrip("-").isdigit():
+            index = int(text)
+            if not -1 <= index < len(labels):
+                raise UserError(f"class {index}: out of range; the graph has classes 0..{len(labels) - 1}")
+            return index
+        matches = [i for i, name in enumerate(labels) if name.lower() == text.lower()]
+        if not matches:
+            close = difflib.get_close_matches(text, labels, n=3)
+            hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "pass an index instead"
+            raise UserError(f"class {text!r}: not a label of this graph; {hint}")
+        return matches[0]
+
+    def prepare(self, image: ImageLike, name: str = "image") -> tuple[Image.Image, np.ndarray]:
+        """One image (PIL image, file path, or uint8/float array [H, W], [H, W, 3|4]) → (RGB photo, graph input).
+
+        Raises:
+            UserError: unreadable file, or an array of the wrong shape or with NaN/Inf values.
+        """
+        photo = as_photo(image, name)
+        pixels = to_pixels(photo, self.info.preprocessing)
+        return photo, pixels if self.info.takes_pixels else normalise(pixels, self.info.preprocessing)
+
+    def explain(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        target: str | int | None = None,
+        top_k: int = 5,
+        batch_size: int = 8,
+    ) -> list[Explanation]:
+        """Explains photos: preprocessing (Pillow), batched runs, heatmaps back at each photo's size.
+
+        Args:
+            images: one image or a sequence of them: PIL images, file paths, or arrays [H, W] / [H, W, 3] /
+                [H, W, 4] (uint8, or float in [0, 1]).
+            target: the class to explain, by index or label name; None explains each image's top-1 class.
+            top_k: how many classes to report per image.
+            batch_size: images per onnxruntime run.
+
+        Returns:
+            One :class:`Explanation` per image, in order.
+
+        Raises:
+            UserError: a bad image (named by its path or position), class, ``top_k`` or ``batch_size``.
+        """
+        single = isinstance(images, (str, Path, Image.Image, np.ndarray))
+        items = [images] if single else list(images)
+        if top_k < 1:
+            raise UserError(f"top_k {top_k}: use 1 or more")
+        if batch_size < 1:
+            raise UserError(f"batch_size {batch_size}: use 1 or more")
+        index = self.class_index(target)
+        results: list[Explanation] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            prepared = [self.prepare(item, _name(item, start + i)) for i, item in enumerate(chunk)]
+            results += self.explain_prepared(prepared, index, top_k)
+        return results
+
+    def explain_prepared(
+        self, prepared: Sequence[tuple[Image.Image, np.ndarray]], target: int = -1, top_k: int = 5
+    ) -> list[Explanation]:
+        """Runs one batch of :meth:`prepare` results (the CLI's path, which prepares files one by one)."""
+        batch = np.stack([array for _, array in prepared])
+        outputs = self.run(batch, np.array([target], dtype=np.int64))
+        logits = outputs["logits"].astype(np.float64)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        labels = self.info.labels
+        results = []
+        for i, (photo, _) in enumerate(prepared):
+            order = np.argsort(-probs[i], kind="stable")[:top_k]
+            chosen = int(outputs["class_index"][i])
+            results.append(
+                Explanation(
+                    top=[(int(k), labels[int(k)], float(probs[i, k])) for k in order],
+                    class_index=chosen,
+                    label=labels[chosen],
+                    probability=float(probs[i, chosen]),
+                    heatmap=heatmap_to_original(outputs["heatmap"][i], self.info.preprocessing, *photo.size),
+                    seen=seen_mask(self.info.preprocessing, *photo.size),
+                )
+            )
+        return results
+
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 - a runtime alias
+
+
+@dataclass
+class Explanation:
+    """One photo's explanation.
+
+    Attributes:
+        top: the top-k classes as (index, label, probability), most probable first.
+        class_index: the class the heatmap explains.
+        label: its name.
+        probability: its softmax probability.
+        heatmap: float32 [height, width] in [0, 1] at the photo's own resolution (0 outside what the
+            network saw).
+        seen: bool [height, width], True where the network saw the photo (inside the centre crop).
+    """
+
+    top: list[tuple[int, str, float]]
+    class_index: int
+    label: str
+    probability: float
+    heatmap: np.ndarray
+    seen: np.ndarray
+
+
+def _name(item: ImageLike, position: int) -> str:
+    return str(item) if isinstance(item, (str, Path)) else f"image {position}"
+
+
+def as_photo(image: ImageLike, name: str = "image") -> Image.Image:
+    """A PIL image, a file path or an array → an 8-bit RGB PIL image.
+
+    Arrays: [H, W] (grayscale), [H, W, 3] (RGB) or [H, W, 4] (RGBA, alpha dropped); uint8, or float in
+    [0, 1].
+
+    Raises:
+        UserError: unreadable file; wrong array shape or dtype; NaN or Inf; float values outside [0, 1].
+    """
+    if not isinstance(image, np.ndarray):
+        return open_image(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)) or 0 in image.shape:
+        raise UserError(f"{name}: array of shape {list(image.shape)}; pass [H, W], [H, W, 3] or [H, W, 4] pixels")
+    if image.dtype.kind == "f":
+        if not np.isfinite(image).all():
+            raise UserError(f"{name}: the array holds NaN or Inf; pass finite pixel values")
+        if image.min() < 0.0 or image.max() > 1.0:
+            raise UserError(f"{name}: float pixels must lie in [0, 1] (or pass uint8 0..255)")
+        image = np.round(image * 255.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise UserError(f"{name}: array of {image.dtype}; pass uint8 (0..255) or float (0..1) pixels")
+    return open_image(Image.fromarray(np.ascontiguousarray(image)))

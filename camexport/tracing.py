@@ -42,6 +42,7 @@ def make_explain_function(
     image_size: tuple[int, int],
     state_names: list[str],
     layout: tuple | None = None,
+    pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
     """Builds ``fn(state, image, target_class) -> outputs`` (see :data:`OUTPUT_NAMES`).
 
@@ -50,6 +51,8 @@ def make_explain_function(
     A [N, C, h, w]: None (it is already), ``("nhwc",)`` (permuted), ``("tokens", prefix, h, w)`` for a
     token output [N, T, C] whose patch tokens form the map (the prefix tokens are left out), or
     ``("windows", p, gh, gw, swap)`` for MaxViT's partitioned tokens (see :class:`camexport.layers.LayerInfo`).
+    With ``pixels = (mean, std)`` the image is uint8 [N, H, W, 3] RGB, scaled to [0, 1] and normalised
+    inside the graph.
     """
     if method not in WEIGHTS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -58,6 +61,9 @@ def make_explain_function(
 
     def explain(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
         captured: list[torch.Tensor] = []
+        if pixels is not None:  # uint8 [N, H, W, 3] -> normalised float [N, 3, H, W]
+            mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, 3, 1, 1) for v in pixels)
+            image = (image.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - mean) / std
 
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
             kind = layout[0] if layout else None
@@ -136,6 +142,7 @@ def trace_explainer(
     seed: int = 0,
     layout: tuple | None = None,
     dynamic_size: bool = False,
+    pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> TracedExplainer:
     """Traces forward, backward and CAM into one graph with a symbolic batch dimension.
 
@@ -147,17 +154,19 @@ def trace_explainer(
         seed: seed of the example input (its values do not enter the graph).
         layout: how the layer's output becomes [N, C, h, w] (see :func:`make_explain_function`).
         dynamic_size: the height and width are symbolic too (one graph for any H x W).
+        pixels: ``(mean, std)`` for a graph that takes uint8 [N, H, W, 3] pixels (see
+            :func:`make_explain_function`); None for normalised float32 [N, 3, H, W].
     """
     names, state = model_state(model)
-    explain = make_explain_function(model, layer, method, image_size, names, layout)
-    generator = torch.Generator().manual_seed(seed)
-    image = torch.randn(TRACE_BATCH, 3, *image_size, generator=generator)
+    explain = make_explain_function(model, layer, method, image_size, names, layout, pixels)
+    image = example_image(image_size, pixels is not None, seed)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
     # Only the batch dimension is symbolic: a fully symbolic trace carries every spatial size as a
     # sympy expression through the whole network (minutes for a Swin Transformer, seconds this way).
     mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
     spatial = DimDynamic.DYNAMIC if dynamic_size else DimDynamic.STATIC
-    dims = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC, spatial, spatial])
+    sizes = [spatial, spatial, DimDynamic.STATIC] if pixels is not None else [DimDynamic.STATIC, spatial, spatial]
+    dims = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, *sizes])
     fake_image = mode.from_tensor(image, symbolic_context=dims)
     fake_target = mode.from_tensor(
         target, symbolic_context=StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC])
@@ -167,6 +176,14 @@ def trace_explainer(
         fake_state, fake_image, fake_target
     )
     return TracedExplainer(graph=graph, state=state, state_names=names)
+
+
+def example_image(image_size: tuple[int, int], pixels: bool, seed: int = 0) -> torch.Tensor:
+    """A seeded example input of :data:`TRACE_BATCH` images: float32 [N, 3, H, W] or uint8 [N, H, W, 3]."""
+    generator = torch.Generator().manual_seed(seed)
+    if pixels:
+        return torch.randint(0, 256, (TRACE_BATCH, *image_size, 3), generator=generator, dtype=torch.uint8)
+    return torch.randn(TRACE_BATCH, 3, *image_size, generator=generator)
 
 
 def _buffer_name(name: str, taken: set[str]) -> str:

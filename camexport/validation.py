@@ -27,6 +27,7 @@ import numpy as np
 from torch import nn
 
 from camexport.errors import ValidationError
+from camexport.preprocess import Preprocessing, normalise
 from camexport.reference import reference_explain
 from camexport.session import CamSession
 from camexport.tracing import OUTPUT_NAMES
@@ -69,6 +70,12 @@ class Case:
     description: str
     image: np.ndarray
     target_class: np.ndarray | None
+    reference_image: np.ndarray | None = None
+
+    @property
+    def reference_input(self) -> np.ndarray:
+        """What the eager reference takes: the normalised float32 [N, 3, H, W] form of ``image``."""
+        return self.image if self.reference_image is None else self.reference_image
 
 
 @dataclass
@@ -137,8 +144,8 @@ def reference_spread(
     rng = np.random.default_rng(seed)
     spread = dict.fromkeys(GRADIENT_OUTPUTS, 0.0)
     for _ in range(PERTURBATIONS):
-        noise = rng.standard_normal(case.image.shape).astype(np.float32)
-        nudged = case.image * (1.0 + PERTURBATION * noise)
+        noise = rng.standard_normal(case.reference_input.shape).astype(np.float32)
+        nudged = case.reference_input * (1.0 + PERTURBATION * noise)
         moved = reference_explain(model, layer, method, nudged, reference["class_index"], layout)
         for name in GRADIENT_OUTPUTS:
             spread[name] = max(spread[name], _relative_l2(moved[name], reference[name]))
@@ -167,10 +174,10 @@ def run_case(
 ) -> CaseResult:
     """Runs one case through the graph and the reference and compares them."""
     graph = session.run(case.image, case.target_class)
-    reference = reference_explain(model, layer, method, case.image, case.target_class, layout)
+    reference = reference_explain(model, layer, method, case.reference_input, case.target_class, layout)
     tie_break = _tie_tolerant_classes(graph, reference)
     if tie_break is not None:
-        reference = reference_explain(model, layer, method, case.image, tie_break, layout)
+        reference = reference_explain(model, layer, method, case.reference_input, tie_break, layout)
     checks = compare_outputs(graph, reference)
     if any(not c.passed and c.name in GRADIENT_OUTPUTS for c in checks) and all(
         c.passed for c in checks if c.name not in GRADIENT_OUTPUTS
@@ -198,27 +205,38 @@ def other_sizes(image_size: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def random_cases(
-    image_size: tuple[int, int], num_classes: int, seed: int = 1234, sizes: list[tuple[int, int]] = ()
+    image_size: tuple[int, int],
+    num_classes: int,
+    seed: int = 1234,
+    sizes: list[tuple[int, int]] = (),
+    pixels: Preprocessing | None = None,
 ) -> list[Case]:
     """Fresh random inputs at batch sizes 3 and 1 (tracing used 2), with and without ``target_class``;
-    then a batch of 2 at each of ``sizes`` (for a graph with a dynamic image size)."""
+    then a batch of 2 at each of ``sizes`` (for a graph with a dynamic image size).
+
+    With ``pixels`` (a ``--input uint8`` graph), the inputs are random uint8 [N, H, W, 3] pixels and the
+    reference gets them normalised with ``pixels``' mean and std (:func:`camexport.preprocess.normalise`).
+    """
     rng = np.random.default_rng(seed)
-    h, w = image_size
-    batch3 = rng.standard_normal((3, 3, h, w)).astype(np.float32)
+
+    def draw(batch: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if pixels is None:
+            return rng.standard_normal((batch, 3, h, w)).astype(np.float32), None
+        image = rng.integers(0, 256, size=(batch, h, w, 3), dtype=np.uint8)
+        return image, normalise(image, pixels)
+
+    batch3 = draw(3, *image_size)
     targets = np.array([-1, int(rng.integers(num_classes)), int(rng.integers(num_classes))], dtype=np.int64)
-    single = rng.standard_normal((1, 3, h, w)).astype(np.float32)
-    return [
-        Case("random batch of 3, top-1 class (target_class omitted)", batch3, None),
-        Case("random batch of 3, target_class [-1, c1, c2]", batch3, targets),
-        Case("random batch of 1, target_class [c]", single, targets[1:2]),
-    ] + [
-        Case(
-            f"random batch of 2 at {sh}x{sw}, target_class [-1, c1]",
-            rng.standard_normal((2, 3, sh, sw)).astype(np.float32),
-            targets[:2],
-        )
-        for sh, sw in sizes
+    cases = [
+        Case("random batch of 3, top-1 class (target_class omitted)", batch3[0], None, batch3[1]),
+        Case("random batch of 3, target_class [-1, c1, c2]", batch3[0], targets, batch3[1]),
     ]
+    single = draw(1, *image_size)
+    cases.append(Case("random batch of 1, target_class [c]", single[0], targets[1:2], single[1]))
+    for sh, sw in sizes:
+        drawn = draw(2, sh, sw)
+        cases.append(Case(f"random batch of 2 at {sh}x{sw}, target_class [-1, c1]", drawn[0], targets[:2], drawn[1]))
+    return cases
 
 
 def validate(

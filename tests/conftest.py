@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,18 +34,18 @@ def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("graphs")
 
 
-_BUILT: dict[tuple[str, str | None, str, str], Path] = {}
+_BUILT: dict[tuple[str, str | None, str, str, str], Path] = {}
 
 
-def built_graph(folder: Path, model: str, layer: str | None, method: str, weights: str = "random") -> Path:
+def built_graph(
+    folder: Path, model: str, layer: str | None, method: str, weights: str = "random", input: str = "float32"
+) -> Path:
     """Builds (once per session) and returns the graph's path."""
-    key = (model, layer, method, weights)
+    key = (model, layer, method, weights, input)
     if key not in _BUILT:
-        name = f"{model}-{(layer or 'default').replace('.', '_')}-{method}-{weights}.onnx"
-        result = build(
-            BuildOptions(model=model, layer=layer, method=method, weights=weights, output=folder / name),
-            log=lambda _line: None,
-        )
+        name = f"{model}-{(layer or 'default').replace('.', '_')}-{method}-{weights}-{input}.onnx"
+        options = BuildOptions(model=model, layer=layer, method=method, weights=weights, input=input)
+        result = build(replace(options, output=folder / name), log=lambda _line: None)
         _BUILT[key] = result.graph
     return _BUILT[key]
 

@@ -1,4 +1,4 @@
-"""Explaining photos with a built graph: class resolution, per-file failures, written outputs."""
+"""camexport explain: folders in, overlays and JSON Lines out; bad files named one line each; no partial files."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import built_graph
+from matplotlib import colormaps
 from PIL import Image
 
 from camexport.cli import main
-from camexport.errors import UserError
-from camexport.explain import explain_paths, resolve_class
+from camexport.explain import explain_paths
+from camexport.samples import sample_photo
 from camexport.session import CamSession
 
 
@@ -21,43 +22,127 @@ def session(graph_dir: Path) -> CamSession:
     return CamSession(built_graph(graph_dir, "resnet18", "layer4", "gradcampp"))
 
 
-@pytest.mark.slow
-def test_resolve_class(session: CamSession) -> None:
-    assert resolve_class(session, None) == -1
-    assert resolve_class(session, "281") == 281
-    assert resolve_class(session, "Tabby") == 281
-    with pytest.raises(UserError, match="did you mean 'tabby'"):
-        resolve_class(session, "tabbby")
-    with pytest.raises(UserError, match="out of range"):
-        resolve_class(session, 1000)
+def _mixed_folder(folder: Path) -> None:
+    """Photos in every mode a user meets, plus files that are not images or are broken."""
+    folder.mkdir()
+    coffee = sample_photo("coffee")
+    coffee.save(folder / "rgb.jpg")
+    coffee.convert("L").save(folder / "grey.png")
+    coffee.convert("RGBA").save(folder / "rgba.png")
+    coffee.convert("P").save(folder / "palette.png")
+    grey16 = (np.asarray(coffee.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(grey16).save(folder / "deep16.png")
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(folder / "tiny.png")
+    coffee.resize((3000, 2000)).save(folder / "large.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
 
 
 @pytest.mark.slow
-def test_good_files_survive_bad_ones(session: CamSession, tmp_path: Path) -> None:
-    photos = tmp_path / "in"
-    photos.mkdir()
-    Image.new("RGB", (300, 200), (90, 140, 30)).save(photos / "green.png")
-    Image.new("L", (50, 80), 128).save(photos / "grey.jpg")
-    (photos / "broken.png").write_bytes(b"not an image")
-    (photos / "notes.txt").write_text("ignored: not an image suffix")
+def test_a_mixed_folder(session: CamSession, tmp_path: Path) -> None:
+    _mixed_folder(tmp_path / "in")
     out = tmp_path / "out"
-    summary = explain_paths(session, [photos], out, target="tabby", save_heatmap=True, log=lambda _: None)
-    assert len(summary.failures) == 1 and "broken.png" in summary.failures[0]
-    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert [Path(r["image"]).name for r in records] == ["green.png", "grey.jpg"]
-    assert all(r["class_index"] == 281 and r["label"] == "tabby" for r in records)
-    heat = np.load(out / "green_heatmap.npy")
-    assert heat.shape == (200, 300) and np.isfinite(heat).all() and 0 <= heat.min() and heat.max() <= 1
-    assert Image.open(out / "green_cam.png").size == (300, 200)
-    assert not any(p.name.startswith(".") for p in out.iterdir())
+    summary = explain_paths(session, [tmp_path / "in"], out, save_heatmap=True, batch_size=3, log=lambda _: None)
+    assert sorted(Path(f.split(":")[0]).name for f in summary.failures) == ["broken.png", "empty.jpg"]
+    assert all("not a readable image" in f for f in summary.failures)
+    assert [p.name for p in summary.skipped] == ["notes.txt"]
+    records = {Path(r["image"]).name: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    assert sorted(records) == ["deep16.png", "grey.png", "large.jpg", "palette.png", "rgb.jpg", "rgba.png", "tiny.png"]
+    assert summary.explained == 7 and summary.images_per_second > 0
+    sizes = {"large.jpg": (3000, 2000), "tiny.png": (1, 1)}
+    for name, record in records.items():
+        width, height = sizes.get(name, (600, 400))
+        heat = np.load(record["heatmap"])
+        assert heat.shape == (height, width) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
+        assert Image.open(record["overlay"]).size == (width, height)
+        assert len(record["top"]) == 5 and record["label"] == record["top"][0]["label"]
+    # the same photo in RGB, RGBA and palette form is explained alike (alpha dropped, palette expanded)
+    rgb, rgba = np.load(records["rgb.jpg"]["heatmap"]), np.load(records["rgba.png"]["heatmap"])
+    assert records["rgba.png"]["class_index"] == records["rgb.jpg"]["class_index"]
+    assert np.abs(rgb - rgba).mean() < 0.05  # JPEG vs lossless: close, not equal
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no temporaries left
 
 
 @pytest.mark.slow
-def test_cli_explain_exit_codes(graph_dir: Path, tmp_path: Path, capsys) -> None:
+def test_overlay_pixels_are_the_blend_of_photo_and_colormap(session: CamSession, tmp_path: Path) -> None:
+    photo = sample_photo("chelsea")
+    photo.save(tmp_path / "cat.png")
+    explain_paths(
+        session, [tmp_path / "cat.png"], tmp_path / "o", alpha=0.3, colormap="viridis", save_heatmap=True, log=print
+    )
+    heat = np.load(tmp_path / "o" / "cat_heatmap.npy")
+    written = np.asarray(Image.open(tmp_path / "o" / "cat_cam.png"), dtype=np.float64)
+    original = np.asarray(photo, dtype=np.float64)
+    expected = 0.7 * original + 0.3 * colormaps["viridis"](heat)[..., :3] * 255.0
+    (result,) = session.explain(photo)
+    expected = np.where(result.seen[..., None], expected, original)
+    assert np.abs(written - np.round(expected)).max() <= 1.0
+    # where the network did not look (left and right of the centre crop) the photo is untouched
+    assert not result.seen[:, 0].any() and np.array_equal(written[:, 0], original[:, 0])
+
+
+@pytest.mark.slow
+def test_progress_bar_summary_and_exit_codes(graph_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    graph = built_graph(graph_dir, "resnet18", "layer4", "gradcampp")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        sample_photo("rocket").resize((200 + i, 150)).save(folder / f"r{i}.png")
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    assert main(["explain", str(graph), str(folder), "--out", str(tmp_path / "o"), "--batch-size", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "0/3 [" in err and "2/3 [" in err  # tqdm's bar on stderr, cleared at the end
+    assert "explained 3 image(s) in" in out and "images/s), 0 failed" in out
+    (folder / "bad.jpg").write_text("no")
+    assert main(["explain", str(graph), str(folder), "--out", str(tmp_path / "o2"), "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert "explained 3 image(s)" in out and "1 failed" in out and out.count("\n") == 1
+    assert "bad.jpg: not a readable image" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--class", "unicorn"], "class 'unicorn': not a label of this graph"),
+        (["--class", "1000"], "class 1000: out of range; the graph has classes 0..999"),
+        (["--batch-size", "0"], "--batch-size 0: use 1 or more"),
+        (["--alpha", "1.5"], "--alpha 1.5: use a value between 0 and 1"),
+        (["--colormap", "nope"], "--colormap nope: not a matplotlib colormap"),
+    ],
+)
+def test_bad_arguments_are_one_line(graph_dir: Path, tmp_path: Path, capsys, argv, message) -> None:
     graph = built_graph(graph_dir, "resnet18", "layer4", "gradcampp")
     Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "a.png")
-    assert main(["explain", str(graph), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 0
-    assert main(["explain", str(graph), str(tmp_path / "missing.png"), "--out", str(tmp_path / "o2")]) == 1
-    assert main(["explain", str(graph), str(tmp_path / "a.png"), "--class", "unicorn"]) == 2
+    out = tmp_path / "o"
+    assert main(["explain", str(graph), str(tmp_path / "a.png"), "--out", str(out), *argv]) == 2
     err = capsys.readouterr().err
-    assert "--class 'unicorn': not a label" in err and "Traceback" not in err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow
+def test_not_a_camexport_graph(tmp_path: Path, capsys) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    identity = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    onnx.save(helper.make_model(identity), tmp_path / "other.onnx")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert main(["explain", str(tmp_path / "other.onnx"), str(tmp_path / "a.png")]) == 2
+    assert "not a graph built by camexport" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_same_stem_in_two_folders_gets_two_overlays(session: CamSession, tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        sample_photo("coffee").save(tmp_path / folder / "photo.png")
+    summary = explain_paths(session, [tmp_path / "a", tmp_path / "b"], tmp_path / "o", log=lambda _: None)
+    assert [p.name for p in summary.written] == ["photo_cam.png", "photo-2_cam.png"]

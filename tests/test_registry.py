@@ -12,7 +12,6 @@ import torchvision
 
 from camexport import registry
 from camexport.errors import UnknownModelError, WeightsError
-from camexport.explain import explain_image
 from camexport.registry import available_models, load_model
 from camexport.samples import sample_photo
 from camexport.session import CamSession
@@ -100,7 +99,7 @@ def test_efficientnet_lite0_preprocessing_comes_from_timm() -> None:
 def test_efficientnet_lite0_calls_coffee_espresso_and_looks_at_the_cup(efficientnet_graph: Path) -> None:
     session = CamSession(efficientnet_graph)
     photo = sample_photo("coffee")  # 600 x 400
-    result = explain_image(session, photo)
+    (result,) = session.explain(photo)
     _, label, probability = result.top[0]
     assert label == "espresso" and probability > 0.9
     assert result.label == "espresso"

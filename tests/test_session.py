@@ -1,4 +1,4 @@
-"""CamSession: metadata, input checks and provider errors."""
+"""CamSession: metadata, input checks, provider errors, and explaining photos (PIL, paths, arrays)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import onnx
 import pytest
 from conftest import built_graph
 from onnx import TensorProto, helper
+from PIL import Image
 
 from camexport.errors import UserError
+from camexport.samples import sample_photo
 from camexport.session import CamSession, resolve_providers
 
 
@@ -61,3 +63,102 @@ def test_run_checks_its_inputs(graph_dir: Path) -> None:
     with pytest.raises(UserError, match="out of range"):
         session.run(good, [1000])
     assert session.run(good, 7)["class_index"].tolist() == [7]
+
+
+@pytest.fixture(scope="module")
+def session(graph_dir: Path) -> CamSession:
+    return CamSession(built_graph(graph_dir, "resnet18", "layer4", "gradcampp"))
+
+
+@pytest.mark.slow
+def test_class_by_index_or_name(session: CamSession) -> None:
+    assert session.class_index(None) == -1
+    assert session.class_index("281") == 281 and session.class_index(-1) == -1
+    assert session.class_index("Tabby") == 281
+    with pytest.raises(UserError, match="did you mean 'tabby'"):
+        session.class_index("tabbby")
+    with pytest.raises(UserError, match="out of range"):
+        session.class_index(1000)
+
+
+def _photo(width: int = 320, height: int = 240) -> Image.Image:
+    """A photo with structure: scikit-image's coffee, resized."""
+    return sample_photo("coffee").resize((width, height))
+
+
+@pytest.mark.slow
+def test_explain_takes_images_paths_and_arrays(session: CamSession, tmp_path: Path) -> None:
+    photo = _photo()
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    pixels = np.asarray(photo)
+    results = session.explain([photo, path, pixels, pixels / 255.0], top_k=3, batch_size=3)
+    assert len(results) == 4
+    for result in results:
+        assert result.heatmap.shape == (240, 320) and result.seen.shape == (240, 320)
+        assert len(result.top) == 3 and result.top[0][2] >= result.top[1][2] >= result.top[2][2]
+        np.testing.assert_allclose(result.heatmap, results[0].heatmap, atol=1e-5)
+    assert results[0].heatmap.max() == pytest.approx(1.0, abs=1e-3)
+    # top-1 class and its probability agree with a softmax over the graph's own logits
+    logits = session.run(session.prepare(photo)[1][None])["logits"][0].astype(np.float64)
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert results[0].class_index == int(probs.argmax()) and results[0].probability == pytest.approx(probs.max())
+
+
+@pytest.mark.slow
+def test_explain_matches_the_reference_at_the_photo_size(session: CamSession, resnet18_random) -> None:
+    from camexport.preprocess import heatmap_to_original, to_input
+    from camexport.reference import reference_explain
+
+    photo = _photo(300, 200)
+    (result,) = session.explain(photo, target="tabby")
+    ref = reference_explain(
+        resnet18_random, "layer4", "gradcampp", to_input(photo, session.info.preprocessing)[None], [281]
+    )
+    expected = heatmap_to_original(ref["heatmap"][0].astype(np.float32), session.info.preprocessing, 300, 200)
+    assert result.class_index == 281 and result.label == "tabby"
+    assert np.abs(result.heatmap - expected).max() <= 4e-3
+    # outside the centre crop (the network never saw it) the heatmap is 0
+    assert not result.seen[:, :40].any() and result.heatmap[:, :40].max() == 0.0
+
+
+@pytest.mark.slow
+def test_batch_size_does_not_change_results(session: CamSession) -> None:
+    photos = [_photo(200 + 40 * i, 180) for i in range(5)]
+    one = session.explain(photos, batch_size=1)
+    many = session.explain(photos, batch_size=4)
+    for a, b in zip(one, many, strict=True):
+        assert a.class_index == b.class_index
+        assert np.abs(a.heatmap - b.heatmap).max() <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.full((20, 20, 3), np.nan, np.float32), "image 1: the array holds NaN or Inf"),
+        (np.full((20, 20, 3), 2.0, np.float32), r"image 1: float pixels must lie in \[0, 1\]"),
+        (np.zeros((20, 20, 5), np.uint8), r"image 1: array of shape \[20, 20, 5\]"),
+        (np.zeros((20, 20, 3), np.int16), "image 1: array of int16"),
+    ],
+)
+def test_bad_arrays_are_named(session: CamSession, array: np.ndarray, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        session.explain([np.zeros((20, 20), np.uint8), array])
+
+
+@pytest.mark.slow
+def test_uint8_graph_equals_the_float_graph(graph_dir: Path, session: CamSession) -> None:
+    """--input uint8: decoded pixels in, conversion and normalisation inside the graph, same heatmaps."""
+    pixels_session = CamSession(built_graph(graph_dir, "resnet18", "layer4", "gradcampp", input="uint8"))
+    assert pixels_session.info.takes_pixels and not session.info.takes_pixels
+    graph = onnx.load(str(pixels_session.path), load_external_data=False)
+    image = next(i for i in graph.graph.input if i.name == "image").type.tensor_type
+    assert image.elem_type == TensorProto.UINT8
+    assert [d.dim_param or d.dim_value for d in image.shape.dim] == ["batch", 224, 224, 3]
+    photos = [_photo(), sample_photo("chelsea")]
+    for a, b in zip(session.explain(photos), pixels_session.explain(photos), strict=True):
+        assert a.class_index == b.class_index
+        assert np.abs(a.heatmap - b.heatmap).max() <= 1e-4
+    with pytest.raises(UserError, match=r"the graph takes \[N, 224, 224, 3\] uint8"):
+        pixels_session.run(np.zeros((1, 3, 224, 224), np.float32))

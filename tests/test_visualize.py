@@ -8,8 +8,8 @@ from matplotlib import colormaps
 from PIL import Image
 
 from camexport.errors import UserError
-from camexport.preprocess import Preprocessing
-from camexport.visualize import heatmap_to_original, overlay, seen_mask
+from camexport.preprocess import Preprocessing, heatmap_to_original, seen_mask
+from camexport.visualize import overlay
 
 PREP = Preprocessing(mean=(0, 0, 0), std=(1, 1, 1), image_size=(4, 4), resize_size=4, interpolation="bilinear")
 
