@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import machine
+from camexport.bench import machine, machine_line
 
 HERE = Path(__file__).resolve().parent
 
@@ -89,8 +89,8 @@ def build_one(name: str, folder: Path, timeout: int) -> dict:
 
 def write_tables(rows: list[dict], out: Path, total: int) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
-    versions = machine.versions()
-    where = machine.description()
+    versions = machine()["versions"]
+    where = machine_line()
     (out / "coverage.json").write_text(json.dumps({"machine": where, "versions": versions, "rows": rows}, indent=2))
     lines = [
         "# Coverage: torchvision classifiers (random weights, default layer, Grad-CAM++)",

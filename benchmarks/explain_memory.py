@@ -17,8 +17,9 @@ import resource
 import tempfile
 from pathlib import Path
 
-import machine
 import numpy as np
+
+from camexport.bench import machine, machine_line
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -104,8 +105,8 @@ def main() -> None:
             "growth_after_100": round(end_rss - after_first, 1),
         },
         "samples": samples,
-        "machine": machine.description(),
-        "versions": machine.versions(),
+        "machine": machine_line(),
+        "versions": machine()["versions"],
     }
     (args.out / "explain_memory.json").write_text(json.dumps(result, indent=2) + "\n")
     r = result["rss_mb"]

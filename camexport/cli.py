@@ -70,6 +70,23 @@ def _parser() -> argparse.ArgumentParser:
     layers.add_argument("--image-size", type=int, nargs="+", metavar="H [W]", help="input size (default: the model's)")
     layers.add_argument("--all", action="store_true", help="list every module, not only 4-D feature maps")
 
+    bench = commands.add_parser("bench", help="time the graph against eager PyTorch, the CAM libraries, plain ORT")
+    bench.add_argument("model", help="a model name as for build")
+    bench.add_argument("--layer", help="target layer (default: the model's default)")
+    bench.add_argument("--method", default="gradcampp", help="gradcampp (default) or gradcam")
+    bench.add_argument("--weights", default="random", help="random (default), default or PATH")
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="default: 1 8 32")
+    bench.add_argument("--runs", type=int, default=15, help="timed rounds per batch size (default 15)")
+    bench.add_argument("--warmup", type=int, default=3, help="warm-up runs per contender (default 3)")
+    bench.add_argument("--threads", type=int, default=0, help="threads for torch and onnxruntime (default: all cores)")
+    bench.add_argument("--provider", default="cpu", help="cpu (default) or cuda (eager contenders on the GPU too)")
+    bench.add_argument(
+        "--contenders", help="comma-separated subset, e.g. e_ort_plain,f_ort_camexport (default: all six)"
+    )
+    bench.add_argument("--no-memory", action="store_true", help="skip the per-contender peak-memory processes")
+    bench.add_argument(
+        "--out", type=Path, default=Path("bench"), help="folder for the JSON and Markdown (default bench/)"
+    )
     explain = commands.add_parser("explain", help="explain photos with a built graph (overlays + predictions)")
     explain.add_argument("graph", type=Path, help="a .onnx file written by 'camexport build'")
     explain.add_argument("images", nargs="+", help="image files or folders")
@@ -139,6 +156,30 @@ def _run(args: argparse.Namespace) -> int:
         loaded = load_model(args.model, "random")
         size = _image_size(args.image_size) if args.image_size else loaded.preprocessing.image_size
         print("\n".join(describe_layers(loaded.module, size, args.model, everything=args.all)))
+        return 0
+    if args.command == "bench":
+        from camexport.bench import CONTENDERS, BenchConfig, bench_model, report_terminal
+
+        config = BenchConfig(
+            batch_sizes=tuple(args.batch_sizes),
+            runs=args.runs,
+            warmup=args.warmup,
+            threads=args.threads,
+            provider=args.provider,
+            contenders=tuple(args.contenders.split(",")) if args.contenders else CONTENDERS,
+            memory=not args.no_memory,
+        )
+        result, json_path, md_path = bench_model(
+            args.model,
+            args.layer,
+            args.method,
+            args.weights,
+            config,
+            args.out,
+            log=lambda line: print(line, flush=True),
+        )
+        print(report_terminal(result))
+        print(f"wrote {json_path} and {md_path}")
         return 0
     if args.command == "explain":
         from camexport.explain import explain_paths

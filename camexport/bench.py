@@ -1,0 +1,549 @@
+"""``camexport bench``: the explanation's cost next to plain inference, eager autograd and the CAM libraries.
+
+Contenders, all on the same inputs, thread count and machine:
+
+* ``a_eager``: eager PyTorch inference, no gradients (logits only);
+* ``b_eager_gradcampp``: eager PyTorch Grad-CAM++ (forward with a hook, ``autograd.grad``, the formulas,
+  bilinear upsampling and min-max to the input size), float32;
+* ``c_pytorch_grad_cam``: pytorch-grad-cam's ``GradCAMPlusPlus`` (heatmaps at input size);
+* ``d_torchcam``: torchcam's ``GradCAMpp``, upsampled to input size with ``F.interpolate``;
+* ``e_ort_plain``: onnxruntime running the plain model's ONNX graph (logits only);
+* ``f_ort_camexport``: onnxruntime running the camexport graph (logits, class, heatmap, ...).
+
+For each batch size: a warm-up, then rounds in which every contender runs once, in an order that rotates
+from round to round, so that machine drift hits all alike; the median and interquartile range of each
+contender's times. Peak memory is measured per contender and batch size in a fresh process (the peak
+resident memory of two runs above what the ready model, session and batch hold).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camexport._util import quiet
+from camexport.errors import UserError
+from camexport.methods import WEIGHTS, class_activation_map, normalised_heatmap
+from camexport.session import resolve_providers
+
+CONTENDERS = (
+    "a_eager",
+    "b_eager_gradcampp",
+    "c_pytorch_grad_cam",
+    "d_torchcam",
+    "e_ort_plain",
+    "f_ort_camexport",
+)
+DESCRIPTIONS = {
+    "a_eager": "eager PyTorch, inference only (no heatmap)",
+    "b_eager_gradcampp": "eager PyTorch Grad-CAM++ (forward + autograd)",
+    "c_pytorch_grad_cam": "pytorch-grad-cam GradCAMPlusPlus",
+    "d_torchcam": "torchcam GradCAMpp (+ upsampling)",
+    "e_ort_plain": "onnxruntime, plain model ONNX (no heatmap)",
+    "f_ort_camexport": "onnxruntime, camexport graph (heatmap)",
+}
+# The targets of issue 5, checked in the report: (numerator, denominator, limit, at batch sizes).
+TARGETS = (
+    ("f_ort_camexport", "e_ort_plain", 1.05, "(f) ÷ (e) ≤ 1.05"),
+    ("c_pytorch_grad_cam", "f_ort_camexport", 6.0, "(c) ÷ (f) ≥ 6"),
+    ("b_eager_gradcampp", "f_ort_camexport", 2.0, "(b) ÷ (f) ≥ 2"),
+)
+
+
+@dataclass
+class Timing:
+    """One contender at one batch size."""
+
+    contender: str
+    batch: int
+    times_s: list[float] = field(default_factory=list)
+    peak_mb: float | None = None
+    skipped: str = ""
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.times_s)) if self.times_s else float("nan")
+
+    @property
+    def iqr_s(self) -> float:
+        if not self.times_s:
+            return float("nan")
+        q1, q3 = np.percentile(self.times_s, [25, 75])
+        return float(q3 - q1)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch / self.median_s if self.times_s else float("nan")
+
+    def as_dict(self) -> dict:
+        return {
+            "contender": self.contender,
+            "batch": self.batch,
+            "median_ms": round(self.median_s * 1e3, 3),
+            "iqr_ms": round(self.iqr_s * 1e3, 3),
+            "images_per_s": round(self.images_per_s, 2),
+            "peak_mb": self.peak_mb,
+            "runs": len(self.times_s),
+            "skipped": self.skipped,
+        }
+
+
+@dataclass
+class BenchConfig:
+    """What to measure."""
+
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    runs: int = 15
+    warmup: int = 3
+    threads: int = 0
+    provider: str = "cpu"
+    contenders: tuple[str, ...] = CONTENDERS
+    seed: int = 0
+    memory: bool = True
+
+    def check(self) -> None:
+        """Raises UserError for a bad setting."""
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise UserError(f"--batch-sizes {list(self.batch_sizes)}: use positive integers")
+        if self.runs < 3:
+            raise UserError(f"--runs {self.runs}: use 3 or more (a median and quartiles need several runs)")
+        if self.warmup < 0 or self.threads < 0:
+            raise UserError("--warmup and --threads must be 0 or more")
+        unknown = [c for c in self.contenders if c not in CONTENDERS]
+        if unknown:
+            raise UserError(f"--contenders {','.join(unknown)}: unknown; choose from {', '.join(CONTENDERS)}")
+
+
+def _eager_gradcampp(model: nn.Module, layer: str, method: str) -> Callable[[torch.Tensor], object]:
+    """(b): eager Grad-CAM++ in float32, the same formulas as the graph, run by autograd."""
+    module = model.get_submodule(layer)
+    weights_of = WEIGHTS[method]
+
+    def run(image: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            with torch.enable_grad():
+                logits = model(image)
+                score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+                (grads,) = torch.autograd.grad(score, captured[-1])
+        finally:
+            handle.remove()
+        activations = captured[-1].detach()
+        cam = class_activation_map(activations, weights_of(activations, grads))
+        return normalised_heatmap(cam, tuple(image.shape[-2:]))
+
+    return run
+
+
+def _pytorch_grad_cam(model: nn.Module, layer: str) -> Callable[[torch.Tensor], object]:
+    from pytorch_grad_cam import GradCAMPlusPlus
+
+    cam = GradCAMPlusPlus(model=model, target_layers=[model.get_submodule(layer)])
+
+    def run(image: torch.Tensor) -> np.ndarray:
+        return cam(input_tensor=image, targets=None)
+
+    return run
+
+
+def _torchcam(model: nn.Module, layer: str, size: tuple[int, int]) -> Callable[[torch.Tensor], object]:
+    from torchcam.methods import GradCAMpp
+
+    with quiet():
+        extractor = GradCAMpp(model, target_layer=layer, input_shape=(3, *size))
+
+    def run(image: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            scores = model(image)
+            classes = scores.argmax(1).tolist()
+            (cams,) = extractor(classes, scores)
+        return F.interpolate(cams[:, None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
+
+    return run
+
+
+def _ort_session(path: Path, threads: int, provider: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=resolve_providers(provider))
+
+
+def export_plain(model: nn.Module, size: tuple[int, int], path: Path) -> Path:
+    """(e)'s graph: the plain model exported by torch.onnx (dynamo) with a dynamic batch."""
+    example = torch.zeros(2, 3, *size)
+    with quiet():
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path))
+    return path
+
+
+def peak_memory_mb(spec: dict) -> float:
+    """Peak resident memory of one contender's run, measured in a fresh process (so that what other
+    contenders allocated does not hide it): the peak resident memory (Linux VmHWM, reset once the model,
+    session and batch are ready) of two runs, minus the memory held at that point, in MB; NaN where the
+    measurement is not possible (not Linux).
+
+    ``spec``: model, weights, layer, method, graph, plain, image_size, batch, contender, threads, provider.
+    """
+    code = (
+        "import json, sys; from camexport.bench import _peak_in_this_process; "
+        "print(json.dumps(_peak_in_this_process(json.loads(sys.argv[1]))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, timeout=900, check=False
+    )
+    if done.returncode != 0:
+        return float("nan")
+    return float(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _peak_in_this_process(spec: dict) -> float:
+    from camexport.registry import load_model
+
+    torch.set_num_threads(spec["threads"])
+    size = tuple(spec["image_size"])
+    model = load_model(spec["model"], spec["weights"]).module
+    config = BenchConfig(threads=spec["threads"], provider=spec["provider"], contenders=(spec["contender"],))
+    run = _contender(
+        spec["contender"], model, spec["layer"], spec["method"], Path(spec["graph"]), Path(spec["plain"]), size, config
+    )
+    batch = np.random.default_rng(0).standard_normal((spec["batch"], 3, *size)).astype(np.float32)
+    ready = _status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak (VmHWM) to the current RSS
+    for _ in range(2):
+        run(batch)
+    return round(max(_status_mb("VmHWM") - ready, 0.0), 1)
+
+
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def make_contenders(
+    model: nn.Module,
+    layer: str,
+    method: str,
+    graph: Path,
+    plain: Path,
+    size: tuple[int, int],
+    config: BenchConfig,
+) -> dict[str, Callable[[np.ndarray], object] | str]:
+    """Each contender as ``run(batch)``; a string instead says why it is skipped."""
+    made: dict[str, Callable[[np.ndarray], object] | str] = {}
+    for name in config.contenders:
+        try:
+            made[name] = _contender(name, model, layer, method, graph, plain, size, config)
+        except ImportError as exc:
+            made[name] = f"not installed ({exc.name})"
+    return made
+
+
+def _contender(
+    name: str,
+    model: nn.Module,
+    layer: str,
+    method: str,
+    graph: Path,
+    plain: Path,
+    size: tuple[int, int],
+    config: BenchConfig,
+) -> Callable[[np.ndarray], object]:
+    device = torch.device("cuda" if config.provider == "cuda" else "cpu")
+    # As a user holds a model eagerly: parameters that require gradients (what the CAM libraries expect).
+    on_device = copy.deepcopy(model).to(device).eval().requires_grad_(True)
+
+    def torch_input(batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(batch).to(device)
+
+    def synced(fn: Callable[[torch.Tensor], object]) -> Callable[[np.ndarray], object]:
+        def run(batch: np.ndarray) -> object:
+            out = fn(torch_input(batch))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        return run
+
+    if name == "a_eager":
+
+        def infer(image: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return on_device(image)
+
+        return synced(infer)
+    if name == "b_eager_gradcampp":
+        return synced(_eager_gradcampp(on_device, layer, method))
+    if name == "c_pytorch_grad_cam":
+        return synced(_pytorch_grad_cam(on_device, layer))
+    if name == "d_torchcam":
+        return synced(_torchcam(on_device, layer, size))
+    session = _ort_session(plain if name == "e_ort_plain" else graph, config.threads, config.provider)
+    names = [o.name for o in session.get_outputs()]
+    return lambda batch: session.run(names, {"image": batch})
+
+
+def measure(
+    contenders: dict[str, Callable[[np.ndarray], object] | str],
+    size: tuple[int, int],
+    config: BenchConfig,
+    log: Callable[[str], None] = print,
+    memory: dict | None = None,
+) -> list[Timing]:
+    """Times every contender at every batch size (interleaved rounds); with ``memory`` (the spec of
+    :func:`peak_memory_mb` but for batch and contender), also each one's peak memory in its own process."""
+    rng = np.random.default_rng(config.seed)
+    timings: list[Timing] = []
+    for batch_size in config.batch_sizes:
+        batch = rng.standard_normal((batch_size, 3, *size)).astype(np.float32)
+        rows = {name: Timing(name, batch_size) for name in contenders}
+        runnable = [name for name, run in contenders.items() if callable(run)]
+        for name, run in contenders.items():
+            if not callable(run):
+                rows[name].skipped = run
+        for name in runnable:
+            for _ in range(config.warmup):
+                contenders[name](batch)
+        for round_index in range(config.runs):
+            shift = round_index % max(len(runnable), 1)
+            for name in runnable[shift:] + runnable[:shift]:
+                start = time.perf_counter()
+                contenders[name](batch)
+                rows[name].times_s.append(time.perf_counter() - start)
+        if memory is not None:
+            for name in runnable:
+                rows[name].peak_mb = peak_memory_mb({**memory, "batch": batch_size, "contender": name})
+        for row in rows.values():
+            if row.times_s:
+                log(f"  batch {batch_size:>3} {row.contender:20} median {row.median_s * 1e3:9.2f} ms")
+        timings += rows.values()
+    return timings
+
+
+def ratios(timings: list[Timing]) -> list[dict]:
+    """The issue's targets per batch size: the measured ratio of medians and whether it is met."""
+    by = {(t.contender, t.batch): t for t in timings if t.times_s}
+    checks = []
+    for numerator, denominator, limit, label in TARGETS:
+        for batch in sorted({t.batch for t in timings}):
+            if (numerator, batch) not in by or (denominator, batch) not in by:
+                continue
+            value = by[numerator, batch].median_s / by[denominator, batch].median_s
+            met = value <= limit if numerator == "f_ort_camexport" else value >= limit
+            checks.append({"target": label, "batch": batch, "ratio": round(value, 3), "met": bool(met)})
+    return checks
+
+
+def machine() -> dict:
+    """CPU model, cores, memory, Python, GPU (if torch sees one), onnxruntime providers, package versions."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo, meminfo = Path("/proc/cpuinfo"), Path("/proc/meminfo")
+    if cpuinfo.exists():
+        models = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = models[0] if models else cpu
+    memory = None
+    if meminfo.exists():
+        total = [line.split()[1] for line in meminfo.read_text().splitlines() if line.startswith("MemTotal:")]
+        memory = round(int(total[0]) / 1024**2, 1) if total else None
+    versions = {}
+    for package in ("camexport", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "grad-cam", "torchcam"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": memory,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "onnxruntime_providers": ort.get_available_providers(),
+        "versions": versions,
+    }
+
+
+def machine_line(info: dict | None = None) -> str:
+    """One line for a report: CPU, cores, memory, Python, versions."""
+    info = info or machine()
+    memory = f", {info['memory_gb']} GB RAM" if info.get("memory_gb") else ""
+    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ""
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    return f"{info['cpu']}, {info['cores']} cores{memory}{gpu}, Python {info['python']}; {versions}"
+
+
+def report_markdown(result: dict) -> str:
+    """The Markdown table of one bench run."""
+    lines = [
+        f"### {result['model']} — layer `{result['layer']}`, {result['method']}, {result['image_size'][0]}×"
+        f"{result['image_size'][1]}, {result['threads']} threads, {result['provider']}",
+        "",
+        f"Graph: {result['graph_mb']} MB, built in {result['build_s']} s. {result['runs']} interleaved rounds "
+        f"after {result['warmup']} warm-up runs; median and interquartile range (IQR) per batch. Machine: "
+        f"{machine_line(result['machine'])}.",
+        "",
+        "| contender | batch | median ms | IQR ms | images/s | peak MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["timings"]:
+        if row["skipped"]:
+            lines.append(f"| {DESCRIPTIONS[row['contender']]} | {row['batch']} | {row['skipped']} | | | |")
+            continue
+        lines.append(
+            f"| {DESCRIPTIONS[row['contender']]} | {row['batch']} | {row['median_ms']:.2f} | {row['iqr_ms']:.2f} | "
+            f"{row['images_per_s']:.1f} | {row['peak_mb']} |"
+        )
+    lines += ["", "| target | batch | measured | met |", "|---|---|---|---|"]
+    for check in result["targets"]:
+        lines.append(
+            f"| {check['target']} | {check['batch']} | {check['ratio']:.3f} | {'yes' if check['met'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def report_terminal(result: dict) -> str:
+    """A plain-text table for the terminal."""
+    lines = [f"{'contender':46} {'batch':>5} {'median ms':>10} {'IQR ms':>8} {'img/s':>8} {'peak MB':>8}"]
+    for row in result["timings"]:
+        label = DESCRIPTIONS[row["contender"]]
+        if row["skipped"]:
+            lines.append(f"{label:46} {row['batch']:>5} {row['skipped']}")
+        else:
+            lines.append(
+                f"{label:46} {row['batch']:>5} {row['median_ms']:>10.2f} {row['iqr_ms']:>8.2f} "
+                f"{row['images_per_s']:>8.1f} {row['peak_mb']!s:>8}"
+            )
+    for check in result["targets"]:
+        lines.append(
+            f"target {check['target']} at batch {check['batch']}: {check['ratio']:.3f} "
+            f"({'met' if check['met'] else 'MISSED'})"
+        )
+    return "\n".join(lines)
+
+
+def run_bench(
+    loaded_model: nn.Module,
+    model_name: str,
+    layer: str,
+    method: str,
+    graph: Path,
+    build_report: dict,
+    size: tuple[int, int],
+    config: BenchConfig,
+    log: Callable[[str], None] = print,
+    weights: str | None = None,
+) -> dict:
+    """Exports the plain model, measures every contender, and returns the JSON-ready result.
+
+    With ``weights`` (how :func:`camexport.registry.load_model` gets the same model again), each
+    contender's peak memory is measured in a fresh process; without, it is left out.
+    """
+    config.check()
+    threads = config.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    config = BenchConfig(**{**asdict(config), "threads": threads})
+    with tempfile.TemporaryDirectory() as folder:
+        log("export the plain model to ONNX for (e)...")
+        plain = export_plain(loaded_model, size, Path(folder) / "plain.onnx")
+        contenders = make_contenders(loaded_model, layer, method, graph, plain, size, config)
+        memory = None
+        if weights is not None and config.memory:
+            memory = {
+                "model": model_name,
+                "weights": weights,
+                "layer": layer,
+                "method": method,
+                "graph": str(graph),
+                "plain": str(plain),
+                "image_size": list(size),
+                "threads": threads,
+                "provider": config.provider,
+            }
+        timings = measure(contenders, size, config, log, memory)
+    return {
+        "model": model_name,
+        "layer": layer,
+        "method": method,
+        "image_size": list(size),
+        "threads": threads,
+        "provider": config.provider,
+        "runs": config.runs,
+        "warmup": config.warmup,
+        "batch_sizes": list(config.batch_sizes),
+        "graph": str(graph),
+        "graph_mb": round(build_report.get("graph_bytes", graph.stat().st_size) / 1e6, 1),
+        "build_s": round(sum(build_report.get("timings_s", {}).values()), 1),
+        "machine": machine(),
+        "timings": [t.as_dict() for t in timings],
+        "targets": ratios(timings),
+    }
+
+
+def bench_model(
+    model: str,
+    layer: str | None,
+    method: str,
+    weights: str,
+    config: BenchConfig,
+    out_dir: Path,
+    log: Callable[[str], None] = print,
+) -> tuple[dict, Path, Path]:
+    """Builds the graph (timed), runs :func:`run_bench`, writes ``<name>.json`` and ``<name>.md`` to ``out_dir``.
+
+    Returns:
+        The result and the two paths written.
+    """
+    from camexport._util import write_atomically
+    from camexport.build import BuildOptions, build, model_slug
+    from camexport.registry import load_model
+
+    config.check()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        log(f"build {model} ({layer or 'default layer'}, {method}, weights {weights})...")
+        built = build(
+            BuildOptions(model=model, layer=layer, method=method, weights=weights, output=Path(folder) / "g.onnx"),
+            log=lambda _line: None,
+        )
+        loaded = load_model(model, weights)
+        size = tuple(built.summary["image_size"])
+        result = run_bench(
+            loaded.module, model, built.layer, method, built.graph, built.summary, size, config, log, weights
+        )
+    name = f"{model_slug(model)}-{built.layer.replace('.', '_')}-{method}-{config.provider}"
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    write_atomically(json_path, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    write_atomically(md_path, lambda p: p.write_text(report_markdown(result)))
+    return result, json_path, md_path
