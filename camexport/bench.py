@@ -11,7 +11,8 @@ Contenders, all on the same inputs, thread count and machine:
 * ``f_ort_camexport``: onnxruntime running the camexport graph (logits, class, heatmap, ...).
 
 For each batch size: a warm-up, then rounds in which every contender runs once, in an order that rotates
-from round to round, so that machine drift hits all alike; the median and interquartile range of each
+from round to round, so that machine drift hits all alike, with a short pause after each run (see
+``BenchConfig.pause_s``); the median and interquartile range of each
 contender's times. Peak memory is measured per contender and batch size in a fresh process (the peak
 resident memory of two runs above what the ready model, session and batch hold).
 """
@@ -116,6 +117,11 @@ class BenchConfig:
     contenders: tuple[str, ...] = CONTENDERS
     seed: int = 0
     memory: bool = True
+    # Between two timed runs: onnxruntime's and OpenMP's worker threads spin after a run, and a contender
+    # started while the previous one's threads still spin runs up to 10x slower (resnet18 eager: 274 ms
+    # instead of 25 ms right after an onnxruntime run). A pause lets them go idle, so each run starts on a
+    # quiet machine with its runtime's default settings.
+    pause_s: float = 0.05
 
     def check(self) -> None:
         """Raises UserError for a bad setting."""
@@ -334,12 +340,14 @@ def measure(
         for name in runnable:
             for _ in range(config.warmup):
                 contenders[name](batch)
+            time.sleep(config.pause_s)
         for round_index in range(config.runs):
             shift = round_index % max(len(runnable), 1)
             for name in runnable[shift:] + runnable[:shift]:
                 start = time.perf_counter()
                 contenders[name](batch)
                 rows[name].times_s.append(time.perf_counter() - start)
+                time.sleep(config.pause_s)
         if memory is not None:
             for name in runnable:
                 rows[name].peak_mb = peak_memory_mb({**memory, "batch": batch_size, "contender": name})

@@ -67,6 +67,15 @@ def _transposed_to_size(
     return full
 
 
+def _flipped_transposed(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """[out, in/g, *k] → [in, out/g, *k] per group, each kernel flipped in every spatial axis."""
+    out_channels, in_per_group = weight.shape[:2]
+    kernel = weight.shape[2:]
+    grouped = weight.reshape(groups, out_channels // groups, in_per_group, *kernel).transpose(1, 2)
+    swapped = grouped.reshape(groups * in_per_group, out_channels // groups, *kernel)
+    return swapped.flip(list(range(2, 2 + len(kernel))))
+
+
 def convolution_backward(
     grad_output: torch.Tensor,
     input: torch.Tensor,
@@ -96,7 +105,23 @@ def convolution_backward(
             conv_output_padding(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d], dilation[d])
             for d in range(spatial)
         ]
-        if all(isinstance(e, int) for e in extra):
+        flipped_padding = [dilation[d] * (weight.shape[2 + d] - 1) - padding[d] for d in range(spatial)]
+        if all(v == 1 for v in stride) and all(isinstance(v, int) and v >= 0 for v in flipped_padding):
+            # Stride 1: the input gradient is an ordinary convolution with the kernel flipped and its
+            # channel axes swapped (per group). onnxruntime runs Conv on its fast blocked kernels, while
+            # ConvTranspose goes through im2col; the weight rearrangement is folded at session start.
+            grad_input = aten.convolution.default(
+                grad_output,
+                _flipped_transposed(weight, groups),
+                None,
+                [1] * spatial,
+                flipped_padding,
+                list(dilation),
+                False,
+                [0] * spatial,
+                groups,
+            )
+        elif all(isinstance(e, int) for e in extra):
             grad_input = aten.convolution.default(
                 grad_output, weight, None, list(stride), list(padding), list(dilation), True, extra, groups
             )

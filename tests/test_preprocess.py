@@ -51,3 +51,11 @@ def test_corrupt_and_missing_files(tmp_path: Path) -> None:
         open_image(bad)
     with pytest.raises(UserError, match="no such file"):
         open_image(tmp_path / "missing.png")
+
+
+def test_decompression_bombs_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow refuses images over twice its pixel limit; the user gets one line naming the file."""
+    Image.new("RGB", (120, 100)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 12,000 pixels is over 2 x 5,000
+    with pytest.raises(UserError, match=r"huge.png: not a readable image \(Image size \(12000 pixels\) exceeds"):
+        open_image(tmp_path / "huge.png")

@@ -14,7 +14,7 @@ import torch
 from conftest import ProbeModel
 from torch import nn
 
-from camexport.decompositions import adaptive_avg_pool2d_backward, conv_output_padding
+from camexport.decompositions import adaptive_avg_pool2d_backward, conv_output_padding, convolution_backward
 from camexport.export import finalise, metadata_props, to_onnx
 from camexport.tracing import OUTPUT_NAMES, TRACE_BATCH, trace_explainer
 
@@ -134,6 +134,30 @@ def test_conv_output_padding_restores_the_input_size(size, kernel, stride, paddi
         y, w, stride=stride, padding=padding, output_padding=extra, dilation=dilation
     )
     assert back.shape[-1] == size
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "kernel", "stride", "padding", "dilation", "groups"),
+    [
+        (8, 16, 3, 1, 1, 1, 1),  # stride 1: a flipped, channel-swapped Conv
+        (8, 8, 3, 1, 1, 1, 8),  # depthwise
+        (8, 16, 5, 1, 2, 2, 2),  # dilated, grouped
+        (6, 4, 1, 1, 0, 1, 1),
+        (4, 4, 3, 1, 0, 1, 1),  # no padding
+        (8, 16, 3, 2, 1, 1, 1),  # strided: ConvTranspose with output_padding
+        (8, 8, 3, 2, 1, 1, 8),
+    ],
+)
+def test_convolution_input_gradient_matches_autograd(cin, cout, kernel, stride, padding, dilation, groups) -> None:
+    x = torch.randn(2, cin, 13, 11, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(cout, cin // groups, kernel, kernel, dtype=torch.float64)
+    y = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, groups)
+    grad_y = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, grad_y)
+    mask = [True, False, False]
+    args = (grad_y, x.detach(), w, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], groups, mask)
+    ours, _, _ = convolution_backward(*args)
+    assert ours.shape == x.shape and (ours - expected).abs().max() <= 1e-12
 
 
 @pytest.mark.parametrize(("in_size", "out_size"), [((7, 7), (3, 2)), ((6, 9), (6, 9)), ((5, 5), (1, 1))])

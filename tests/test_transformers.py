@@ -135,3 +135,19 @@ def _reference_map(tokens: torch.Tensor, layout: tuple) -> torch.Tensor:
     ones = np.ones((1, 3, 4, 4), dtype=np.float32)
     activations = reference_explain(Emit(), "tokens", "gradcam", ones, [0], layout=layout)["activations"]
     return torch.as_tensor(activations).float()
+
+
+@pytest.mark.slow
+def test_timm_vit_tokens(tmp_path: Path) -> None:
+    """timm's ViT (fused attention, its own block names): blocks[-1].norm1, class token dropped."""
+    out = tmp_path / "timm_vit.onnx"
+    build(BuildOptions(model="timm:vit_tiny_patch16_224", weights="random", output=out), log=lambda _: None)
+    session = CamSession(out)
+    assert session.info.layer == "blocks.11.norm1" and session.info.preprocessing.image_size == (224, 224)
+    module = load_model("timm:vit_tiny_patch16_224", "random").module
+    image = np.random.default_rng(11).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    graph = session.run(image, [-1, 7, 500])
+    ref = reference_explain(module, session.info.layer, "gradcampp", image, [-1, 7, 500], layout=("tokens", 1, 14, 14))
+    assert graph["activations"].shape == (3, 192, 14, 14) and np.abs(ref["gradients"]).max() > 0
+    assert np.linalg.norm(graph["gradients"] - ref["gradients"]) <= 1e-3 * np.linalg.norm(ref["gradients"])
+    assert np.abs(graph["heatmap"] - ref["heatmap"]).max() <= 4e-3
