@@ -40,7 +40,7 @@ from torch import nn
 
 from camexport._util import quiet
 from camexport.errors import UserError
-from camexport.methods import WEIGHTS, class_activation_map, normalised_heatmap
+from camexport.methods import CAMS, normalised_heatmap
 from camexport.session import resolve_providers
 
 CONTENDERS = (
@@ -139,7 +139,7 @@ class BenchConfig:
 def _eager_gradcampp(model: nn.Module, layer: str, method: str) -> Callable[[torch.Tensor], object]:
     """(b): eager Grad-CAM++ in float32, the same formulas as the graph, run by autograd."""
     module = model.get_submodule(layer)
-    weights_of = WEIGHTS[method]
+    cam_of = CAMS[method]
 
     def run(image: torch.Tensor) -> torch.Tensor:
         captured: list[torch.Tensor] = []
@@ -152,7 +152,7 @@ def _eager_gradcampp(model: nn.Module, layer: str, method: str) -> Callable[[tor
         finally:
             handle.remove()
         activations = captured[-1].detach()
-        cam = class_activation_map(activations, weights_of(activations, grads))
+        cam = cam_of(activations, grads)
         return normalised_heatmap(cam, tuple(image.shape[-2:]))
 
     return run

@@ -13,7 +13,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-METHODS = ("gradcampp", "gradcam")
 # Relative span below which an upsampled map counts as constant (float32 rounding is ~1e-7).
 FLAT_MAP = 1e-5
 
@@ -59,15 +58,64 @@ def gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> tor
     return (alpha * F.relu(gradients)).sum(dim=(2, 3))
 
 
+def xgradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM channel weights (Fu et al., BMVC 2020, arXiv 2008.02312, eq. 9).
+
+    ``w_k = Σ_ij (A_kij / Σ_ab A_kab) g_kij``, with ``w_k = 0`` where ``Σ_ab A_kab = 0``.
+
+    Args:
+        activations: A, [N, K, h, w].
+        gradients: g = ∂y_c/∂A, [N, K, h, w].
+
+    Returns:
+        w, [N, K].
+    """
+    sums = activations.sum(dim=(2, 3))
+    nonzero = sums != 0
+    weighted = (activations * gradients).sum(dim=(2, 3))
+    return torch.where(nonzero, weighted / torch.where(nonzero, sums, torch.ones_like(sums)), 0.0)
+
+
 WEIGHTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "gradcampp": gradcampp_weights,
     "gradcam": gradcam_weights,
+    "xgradcam": xgradcam_weights,
 }
 
 
 def class_activation_map(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``cam = ReLU(Σ_k w_k A_k)``, [N, h, w]."""
     return F.relu((weights[:, :, None, None] * activations).sum(dim=1))
+
+
+def layercam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """LayerCAM (Jiang et al., IEEE TIP 2021, "LayerCAM: Exploring Hierarchical Class Activation Maps for
+    Localization", eqs. 4-5): a weight per position, ``cam = ReLU(Σ_k ReLU(g_kij) A_kij)``, [N, h, w]."""
+    return F.relu((F.relu(gradients) * activations).sum(dim=1))
+
+
+def hirescam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """HiResCAM (Draelos & Carin 2020, arXiv 2011.08891, eq. 4): the gradient itself as the weight at each
+    position, ``cam = ReLU(Σ_k g_kij A_kij)``, [N, h, w]; unlike Grad-CAM's averaged weights, it shows
+    exactly the locations that raise the score (right before a global-average-pooled head, where the gradient
+    is constant per channel, it equals Grad-CAM)."""
+    return F.relu((gradients * activations).sum(dim=1))
+
+
+def _channel_weighted(weights_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    def cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return class_activation_map(activations, weights_of(activations, gradients))
+
+    return cam
+
+
+# Every method as ``cam(A, g) -> [N, h, w]``; the first is the default.
+CAMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    **{name: _channel_weighted(weights_of) for name, weights_of in WEIGHTS.items()},
+    "layercam": layercam,
+    "hirescam": hirescam,
+}
+METHODS = tuple(CAMS)
 
 
 def interpolation_matrix(out_size: int, in_size: int) -> torch.Tensor:

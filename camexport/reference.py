@@ -1,4 +1,4 @@
-"""The eager yardstick: Grad-CAM and Grad-CAM++ in plain PyTorch, independent of the tracing path.
+"""The eager yardstick: the CAM methods in plain PyTorch, independent of the tracing path.
 
 A forward hook captures the target layer's output ``A``; ``torch.autograd.grad`` gives ``g = ∂y_c/∂A`` for
 the pre-softmax logit ``y_c``; the formulas then run in float64, written out from the papers:
@@ -6,8 +6,11 @@ the pre-softmax logit ``y_c``; the formulas then run in float64, written out fro
 * Grad-CAM (Selvaraju et al. 2017): ``w_k = (1/Z) Σ_ij g_kij``.
 * Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19): ``α_kij = g² / (2g² + (Σ_ab A_kab)·g³)`` (0 where the
   denominator is 0), ``w_k = Σ_ij α_kij·ReLU(g_kij)``.
-* ``cam = ReLU(Σ_k w_k A_k)``; ``heatmap`` = bilinear (half-pixel) upsampling to the input size, then
-  per-image min-max to [0, 1] (zeros for a map that is constant up to 1e-5 of its maximum).
+* XGrad-CAM (Fu et al. 2020): ``w_k = Σ_ij A_kij g_kij / Σ_ab A_kab`` (0 where the sum is 0).
+* ``cam = ReLU(Σ_k w_k A_k)`` for those three; LayerCAM (Jiang et al. 2021):
+  ``cam = ReLU(Σ_k ReLU(g_kij) A_kij)``; HiResCAM (Draelos & Carin 2020): ``cam = ReLU(Σ_k g_kij A_kij)``.
+* ``heatmap`` = bilinear (half-pixel) upsampling to the input size, then per-image min-max to [0, 1] (zeros
+  for a map that is constant up to 1e-5 of its maximum).
 
 Nothing here is shared with :mod:`camexport.methods` or :mod:`camexport.tracing`, so that the graph is
 checked against a separate implementation.
@@ -21,10 +24,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _paper_cam(method: str, A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    if method == "layercam":
+        return torch.einsum("nkhw,nkhw->nhw", g.clamp(min=0), A).clamp(min=0)
+    if method == "hirescam":
+        return torch.einsum("nkhw,nkhw->nhw", g, A).clamp(min=0)
+    return torch.einsum("nk,nkhw->nhw", _paper_weights(method, A, g), A).clamp(min=0)
+
+
 def _paper_weights(method: str, A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     n, k, h, w = A.shape
     if method == "gradcam":
         return g.reshape(n, k, h * w).sum(-1) / (h * w)
+    if method == "xgradcam":
+        totals = A.reshape(n, k, h * w).sum(-1)
+        products = (A * g).reshape(n, k, h * w).sum(-1)
+        out = torch.zeros_like(totals)
+        defined = totals != 0
+        out[defined] = products[defined] / totals[defined]
+        return out
     if method == "gradcampp":
         sum_A = A.reshape(n, k, h * w).sum(-1)[:, :, None, None]
         numerator = g.pow(2)
@@ -63,7 +81,7 @@ def reference_explain(
     Args:
         model: network in eval mode.
         layer: dotted name of the target module.
-        method: ``gradcampp`` or ``gradcam``.
+        method: ``gradcampp``, ``gradcam``, ``xgradcam``, ``layercam`` or ``hirescam``.
         image: [N, 3, H, W] float32, normalised.
         target_class: [N] class indices, −1 (or None for all) meaning the top-1 class.
         layout: None for an [N, C, h, w] output; ``("nhwc",)`` for [N, h, w, C]; ``("tokens", prefix, h, w)``
@@ -108,8 +126,7 @@ def reference_explain(
     elif layout is not None:  # MaxViT windows, undone as torchvision's WindowDepartition does it
         _, p, gh, gw, swap = layout
         A64, g64 = (_departition(t.swapaxes(1, 2) if swap else t, p, gh, gw) for t in (A64, g64))
-    weights = _paper_weights(method, A64, g64)
-    cam = torch.einsum("nk,nkhw->nhw", weights, A64).clamp(min=0)
+    cam = _paper_cam(method, A64, g64)
     upsampled = F.interpolate(cam[:, None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
     heatmap = _min_max(upsampled[:, 0])
     return {

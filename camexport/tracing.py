@@ -26,7 +26,7 @@ from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, Stateles
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from camexport.decompositions import ForwardRewrites, backward_decompositions
-from camexport.methods import METHODS, WEIGHTS, class_activation_map, normalised_heatmap
+from camexport.methods import CAMS, METHODS, normalised_heatmap
 
 OUTPUT_NAMES = ("logits", "class_index", "heatmap", "cam", "activations", "gradients")
 INPUT_NAMES = ("image", "target_class")
@@ -54,9 +54,9 @@ def make_explain_function(
     With ``pixels = (mean, std)`` the image is uint8 [N, H, W, 3] RGB, scaled to [0, 1] and normalised
     inside the graph.
     """
-    if method not in WEIGHTS:
+    if method not in CAMS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    weights_of = WEIGHTS[method]
+    cam_of = CAMS[method]
     target_module = model.get_submodule(layer)
 
     def explain(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
@@ -105,7 +105,7 @@ def make_explain_function(
         finally:
             handle.remove()
         activations = activations.detach()
-        cam = class_activation_map(activations, weights_of(activations, gradients))
+        cam = cam_of(activations, gradients)
         heatmap = normalised_heatmap(cam, (image.shape[2], image.shape[3]))  # symbolic with --dynamic-size
         return logits.detach(), class_index, heatmap, cam, activations, gradients
 

@@ -57,3 +57,24 @@ def heatmap(c: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
         span = up.max() - up.min()
         maps.append((up - up.min()) / span if span > 1e-5 * abs(up.max()) else np.zeros_like(up))
     return np.stack(maps)
+
+
+def xgradcam_weights(A: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Fu et al. 2020, eq. 9: w_k = Σ_ij (A_kij / Σ_ab A_kab)·g_kij, 0 where Σ_ab A_kab = 0."""
+    n, k = A.shape[:2]
+    out = np.zeros((n, k))
+    for i in range(n):
+        for c in range(k):
+            total = A[i, c].sum()
+            out[i, c] = (A[i, c] * g[i, c]).sum() / total if total != 0 else 0.0
+    return out
+
+
+def layercam(A: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Jiang et al. 2021: ReLU(Σ_k ReLU(g_kij)·A_kij), a weight per position."""
+    return np.maximum((np.maximum(g, 0.0) * A).sum(axis=1), 0.0)
+
+
+def hirescam(A: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Draelos & Carin 2020: ReLU(Σ_k g_kij·A_kij)."""
+    return np.maximum((g * A).sum(axis=1), 0.0)

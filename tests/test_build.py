@@ -139,3 +139,20 @@ def test_failed_validation_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(ValidationError, match="logits"):
         build(BuildOptions(model="resnet18", weights="random", image_size=(64, 64), output=output), log=lambda _: None)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["xgradcam", "layercam", "hirescam"])
+def test_more_methods_match_the_reference(graph_dir: Path, resnet18_random, method: str) -> None:
+    """XGrad-CAM, LayerCAM, HiResCAM graphs at layer3 (gradients vary across positions there) on unseen inputs."""
+    session = CamSession(built_graph(graph_dir, "resnet18", "layer3", method))
+    assert session.info.method == method
+    image = np.random.default_rng(99).standard_normal((4, 3, 224, 224)).astype(np.float32)
+    targets = np.array([-1, 3, 500, 999])
+    graph = session.run(image, targets)
+    ref = reference_explain(resnet18_random, "layer3", method, image, targets)
+    assert ref["heatmap"].max() > 0
+    _assert_matches_reference(graph, ref)
+    # not secretly Grad-CAM: the maps differ from Grad-CAM's on the same inputs
+    gradcam = reference_explain(resnet18_random, "layer3", "gradcam", image, targets)
+    assert np.abs(ref["cam"] / ref["cam"].max() - gradcam["cam"] / gradcam["cam"].max()).max() > 0.05

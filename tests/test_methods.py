@@ -7,7 +7,14 @@ import numpy_cam
 import pytest
 import torch
 
-from camexport.methods import class_activation_map, gradcam_weights, gradcampp_weights, normalised_heatmap
+from camexport.methods import (
+    CAMS,
+    METHODS,
+    class_activation_map,
+    gradcam_weights,
+    gradcampp_weights,
+    normalised_heatmap,
+)
 
 
 def _cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -80,3 +87,33 @@ def test_paper_formula_differs_from_the_minimal_example_variant() -> None:
     variant = ((g**2 / (2 * g**2 + (A * g**3).sum())) * np.maximum(g, 0)).sum(axis=(2, 3))
     np.testing.assert_allclose(ours, numpy_cam.gradcampp_weights(A, g), rtol=1e-12)
     assert abs(ours[0, 0] - variant[0, 0]) > 1e-2
+
+
+def _numpy_cam(method: str, A: np.ndarray, g: np.ndarray) -> np.ndarray:
+    if method in ("layercam", "hirescam"):
+        return getattr(numpy_cam, method)(A, g)
+    return numpy_cam.cam(A, getattr(numpy_cam, f"{method}_weights")(A, g))
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_matches_numpy(case: str, method: str) -> None:
+    """XGrad-CAM, LayerCAM and HiResCAM too: the graph's torch formulas vs loops written from the papers."""
+    A, g = CASES[case]
+    got = CAMS[method](torch.tensor(A), torch.tensor(g)).numpy()
+    np.testing.assert_allclose(got, _numpy_cam(method, A, g), rtol=1e-10, atol=1e-12)
+    assert np.isfinite(got).all() and got.min() >= 0.0
+
+
+def test_methods_differ_where_they_should() -> None:
+    """On a map with mixed-sign gradients the methods are not interchangeable; behind a global-average-pooled
+    head (a constant gradient per channel), HiResCAM and XGrad-CAM both equal Grad-CAM."""
+    A, g = CASES["random"]
+    cams = {m: CAMS[m](torch.tensor(A), torch.tensor(g)).numpy() for m in METHODS}
+    assert not np.allclose(cams["layercam"], cams["hirescam"])
+    constant = np.broadcast_to(g.mean(axis=(2, 3), keepdims=True), g.shape).copy()
+    hires = CAMS["hirescam"](torch.tensor(A), torch.tensor(constant)).numpy()
+    grad = CAMS["gradcam"](torch.tensor(A), torch.tensor(constant)).numpy()
+    xgrad = CAMS["xgradcam"](torch.tensor(A), torch.tensor(constant)).numpy()
+    np.testing.assert_allclose(hires, grad, rtol=1e-10)
+    np.testing.assert_allclose(xgrad, grad, rtol=1e-10)
