@@ -139,7 +139,7 @@ class BenchConfig:
 def _eager_gradcampp(model: nn.Module, layer: str, method: str) -> Callable[[torch.Tensor], object]:
     """(b): eager Grad-CAM++ in float32, the same formulas as the graph, run by autograd."""
     module = model.get_submodule(layer)
-    cam_of = CAMS[method]
+    cam_of = CAMS[method.split(",")[0]]
 
     def run(image: torch.Tensor) -> torch.Tensor:
         captured: list[torch.Tensor] = []

@@ -38,7 +38,12 @@ def _parser() -> argparse.ArgumentParser:
         "package.module:factory / path/to/file.py:factory (this imports and runs your code)",
     )
     build.add_argument("--layer", help="dotted module name (layer4, layer3, layer4.1.conv2); default: last 4-D map")
-    build.add_argument("--method", default="gradcampp", help="gradcampp (default) or gradcam")
+    build.add_argument(
+        "--method",
+        default="gradcampp",
+        help="gradcampp (default), gradcam, xgradcam, layercam, hirescam, or several comma-separated "
+        "(one graph, one pass, outputs heatmap_<method> each; the first is the default heatmap)",
+    )
     build.add_argument(
         "--weights", default="default", help="default (pretrained), random (seeded) or PATH to a state_dict"
     )
@@ -73,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time the graph against eager PyTorch, the CAM libraries, plain ORT")
     bench.add_argument("model", help="a model name as for build")
     bench.add_argument("--layer", help="target layer (default: the model's default)")
-    bench.add_argument("--method", default="gradcampp", help="gradcampp (default) or gradcam")
+    bench.add_argument("--method", default="gradcampp", help="as for build (default gradcampp)")
     bench.add_argument("--weights", default="random", help="random (default), default or PATH")
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="default: 1 8 32")
     bench.add_argument("--runs", type=int, default=15, help="timed rounds per batch size (default 15)")

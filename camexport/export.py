@@ -75,7 +75,7 @@ def to_onnx(
                 dynamo=True,
                 opset_version=opset,
                 input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(traced.output_names),
                 optimize=True,
                 verbose=False,
             )
@@ -172,7 +172,12 @@ def finalise(
     fold_broadcast_matmuls(graph)
     inputs = {vi.name: vi for vi in graph.input}
     outputs = {vi.name: vi for vi in graph.output}
-    if set(inputs) != set(INPUT_NAMES) or set(outputs) != set(OUTPUT_NAMES):
+    per_method = [name for name in outputs if name not in OUTPUT_NAMES]
+    if (
+        set(inputs) != set(INPUT_NAMES)
+        or not set(OUTPUT_NAMES) <= set(outputs)
+        or not all(name.startswith(("heatmap_", "cam_")) for name in per_method)
+    ):
         raise UnsupportedModelError(
             f"exported graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; this is a camexport bug"
         )
@@ -189,10 +194,10 @@ def finalise(
     spatial = ({1: HEIGHT_DIM, 2: WIDTH_DIM} if pixels else {2: HEIGHT_DIM, 3: WIDTH_DIM}) if dynamic_size else {}
     _set_dims(inputs["image"], {0: BATCH_DIM, **spatial})
     _set_dims(inputs["target_class"], {0: TARGET_DIM})
-    for name in OUTPUT_NAMES:
+    for name in outputs:
         _set_dims(outputs[name], {0: BATCH_DIM})
-    if dynamic_size:
-        _set_dims(outputs["heatmap"], {1: HEIGHT_DIM, 2: WIDTH_DIM})
+        if dynamic_size and name.startswith("heatmap"):
+            _set_dims(outputs[name], {1: HEIGHT_DIM, 2: WIDTH_DIM})
 
     if inputs["image"].type.tensor_type.elem_type != (TensorProto.UINT8 if pixels else TensorProto.FLOAT):
         raise UnsupportedModelError("the exported image input has the wrong type; this is a camexport bug")

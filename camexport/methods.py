@@ -157,3 +157,21 @@ def normalised_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     # A span at rounding level (interpolating a constant map) is noise, not structure: give zeros.
     positive = span > FLAT_MAP * high.abs()
     return torch.where(positive, (up - low) / torch.where(positive, span, torch.ones_like(span)), 0.0)
+
+
+def parse_methods(spec: str) -> tuple[str, ...]:
+    """``"gradcampp,layercam"`` → ``("gradcampp", "layercam")``: the methods of one graph, the first being the
+    default (its map is also the plain ``heatmap``/``cam`` output).
+
+    Raises:
+        ValueError: empty, unknown or repeated names (the message names them and lists the known ones).
+    """
+    names = tuple(part.strip() for part in spec.split(","))
+    unknown = [n for n in names if n not in CAMS]
+    if not spec.strip() or unknown:
+        raise ValueError(
+            f"unknown method(s) {', '.join(unknown) or repr(spec)}; use one or more of {', '.join(METHODS)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"method(s) named twice in {spec!r}; list each once")
+    return names

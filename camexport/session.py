@@ -34,6 +34,11 @@ class GraphInfo:
     input: str = "float32"
 
     @property
+    def methods(self) -> list[str]:
+        """The graph's methods; the first one's map is the plain ``heatmap`` output."""
+        return self.method.split(",")
+
+    @property
     def takes_pixels(self) -> bool:
         """True for a ``--input uint8`` graph: ``image`` is uint8 [N, H, W, 3] RGB, normalised inside."""
         return self.input == "uint8"

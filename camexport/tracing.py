@@ -26,9 +26,19 @@ from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, Stateles
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from camexport.decompositions import ForwardRewrites, backward_decompositions
-from camexport.methods import CAMS, METHODS, normalised_heatmap
+from camexport.methods import CAMS, normalised_heatmap, parse_methods
 
 OUTPUT_NAMES = ("logits", "class_index", "heatmap", "cam", "activations", "gradients")
+
+
+def output_names(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """The graph's outputs: :data:`OUTPUT_NAMES` (``heatmap``/``cam`` of the first method), then, for a graph of
+    several methods, ``heatmap_<method>`` and ``cam_<method>`` for each."""
+    if len(methods) < 2:
+        return OUTPUT_NAMES
+    return OUTPUT_NAMES + tuple(f"{kind}_{method}" for method in methods for kind in ("heatmap", "cam"))
+
+
 INPUT_NAMES = ("image", "target_class")
 
 # Symbolic tracing specialises sizes 0 and 1; an example batch of 2 keeps the batch dimension symbolic.
@@ -44,7 +54,10 @@ def make_explain_function(
     layout: tuple | None = None,
     pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """Builds ``fn(state, image, target_class) -> outputs`` (see :data:`OUTPUT_NAMES`).
+    """Builds ``fn(state, image, target_class) -> outputs`` (see :func:`output_names`).
+
+    ``method`` is one method or several, comma-separated (:func:`camexport.methods.parse_methods`): every
+    method's map comes from the same forward and backward pass.
 
     ``state`` holds the model's parameters and buffers in ``state_names`` order. A negative
     ``target_class`` entry means "explain the top-1 class". ``layout`` says how the layer's output becomes
@@ -54,9 +67,7 @@ def make_explain_function(
     With ``pixels = (mean, std)`` the image is uint8 [N, H, W, 3] RGB, scaled to [0, 1] and normalised
     inside the graph.
     """
-    if method not in CAMS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    cam_of = CAMS[method]
+    methods = parse_methods(method)
     target_module = model.get_submodule(layer)
 
     def explain(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
@@ -105,9 +116,13 @@ def make_explain_function(
         finally:
             handle.remove()
         activations = activations.detach()
-        cam = cam_of(activations, gradients)
-        heatmap = normalised_heatmap(cam, (image.shape[2], image.shape[3]))  # symbolic with --dynamic-size
-        return logits.detach(), class_index, heatmap, cam, activations, gradients
+        size = (image.shape[2], image.shape[3])  # symbolic with --dynamic-size
+        cams = [CAMS[name](activations, gradients) for name in methods]  # one forward and backward for all
+        heatmaps = [normalised_heatmap(cam, size) for cam in cams]
+        outputs = (logits.detach(), class_index, heatmaps[0], cams[0], activations, gradients)
+        if len(methods) > 1:
+            outputs += tuple(t.clone() for pair in zip(heatmaps, cams, strict=True) for t in pair)
+        return outputs
 
     return explain
 
@@ -125,6 +140,7 @@ class TracedExplainer:
     graph: torch.fx.GraphModule
     state: list[torch.Tensor]
     state_names: list[str]
+    output_names: tuple[str, ...] = OUTPUT_NAMES
 
 
 def model_state(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
@@ -175,7 +191,9 @@ def trace_explainer(
     graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(
         fake_state, fake_image, fake_target
     )
-    return TracedExplainer(graph=graph, state=state, state_names=names)
+    return TracedExplainer(
+        graph=graph, state=state, state_names=names, output_names=output_names(parse_methods(method))
+    )
 
 
 def example_image(image_size: tuple[int, int], pixels: bool, seed: int = 0) -> torch.Tensor:

@@ -27,10 +27,10 @@ import numpy as np
 from torch import nn
 
 from camexport.errors import ValidationError
+from camexport.methods import parse_methods
 from camexport.preprocess import Preprocessing, normalise
 from camexport.reference import reference_explain
 from camexport.session import CamSession
-from camexport.tracing import OUTPUT_NAMES
 
 # Relative tolerances, as a fraction of the reference's largest magnitude (heatmap: absolute, it is in [0, 1]).
 TOLERANCES = {
@@ -95,9 +95,10 @@ class CaseResult:
 
 
 def compare_outputs(graph: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> list[OutputCheck]:
-    """Compares every output named in :data:`OUTPUT_NAMES`."""
+    """Compares every output of the reference (:data:`OUTPUT_NAMES`, and ``heatmap_<method>``/``cam_<method>``
+    for a graph of several methods, checked like ``heatmap`` and ``cam``)."""
     checks = []
-    for name in OUTPUT_NAMES:
+    for name in reference:
         got, want = np.asarray(graph[name]), np.asarray(reference[name])
         if got.shape != want.shape:
             checks.append(OutputCheck(name, float("inf"), 0.0, 0.0, False))
@@ -106,8 +107,9 @@ def compare_outputs(graph: dict[str, np.ndarray], reference: dict[str, np.ndarra
             diff = float(np.abs(got.astype(np.int64) - want.astype(np.int64)).max(initial=0))
             checks.append(OutputCheck(name, diff, float(np.abs(want).max(initial=0)), 0.0, diff == 0))
             continue
+        kind = name.split("_")[0] if name.startswith(("heatmap_", "cam_")) else name
         scale = float(np.abs(want).max(initial=0.0))
-        tolerance = TOLERANCES[name] * (1.0 if name == "heatmap" else max(scale, 1e-6))
+        tolerance = TOLERANCES[kind] * (1.0 if kind == "heatmap" else max(scale, 1e-6))
         delta = np.abs(got.astype(np.float64) - want.astype(np.float64))
         diff = float(delta.max(initial=0.0))
         over = float((delta > tolerance).mean()) if delta.size else 0.0
@@ -142,14 +144,40 @@ def reference_spread(
         For each of :data:`GRADIENT_OUTPUTS`, the largest relative L2 change over the perturbations.
     """
     rng = np.random.default_rng(seed)
-    spread = dict.fromkeys(GRADIENT_OUTPUTS, 0.0)
+    spread = {name: 0.0 for name in reference if _derived(name)}
     for _ in range(PERTURBATIONS):
         noise = rng.standard_normal(case.reference_input.shape).astype(np.float32)
         nudged = case.reference_input * (1.0 + PERTURBATION * noise)
-        moved = reference_explain(model, layer, method, nudged, reference["class_index"], layout)
-        for name in GRADIENT_OUTPUTS:
+        moved = reference_outputs(model, layer, method, nudged, reference["class_index"], layout)
+        for name in spread:
             spread[name] = max(spread[name], _relative_l2(moved[name], reference[name]))
     return spread
+
+
+def _derived(name: str) -> bool:
+    """Outputs computed from the gradient (compared with the reference's own sensitivity when they differ)."""
+    return name in GRADIENT_OUTPUTS or name.startswith(("heatmap_", "cam_"))
+
+
+def reference_outputs(
+    model: nn.Module,
+    layer: str,
+    method: str,
+    image: np.ndarray,
+    target_class: np.ndarray | None,
+    layout: tuple | None = None,
+) -> dict[str, np.ndarray]:
+    """The eager reference for a graph of one or several methods (comma-separated ``method``): the first
+    method's outputs, plus ``heatmap_<m>``/``cam_<m>`` of each when there are several."""
+    methods = parse_methods(method)
+    reference = reference_explain(model, layer, methods[0], image, target_class, layout)
+    if len(methods) > 1:
+        for name in methods:
+            one = (
+                reference if name == methods[0] else reference_explain(model, layer, name, image, target_class, layout)
+            )
+            reference[f"heatmap_{name}"], reference[f"cam_{name}"] = one["heatmap"], one["cam"]
+    return reference
 
 
 def _tie_tolerant_classes(graph: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -174,17 +202,15 @@ def run_case(
 ) -> CaseResult:
     """Runs one case through the graph and the reference and compares them."""
     graph = session.run(case.image, case.target_class)
-    reference = reference_explain(model, layer, method, case.reference_input, case.target_class, layout)
+    reference = reference_outputs(model, layer, method, case.reference_input, case.target_class, layout)
     tie_break = _tie_tolerant_classes(graph, reference)
     if tie_break is not None:
-        reference = reference_explain(model, layer, method, case.reference_input, tie_break, layout)
+        reference = reference_outputs(model, layer, method, case.reference_input, tie_break, layout)
     checks = compare_outputs(graph, reference)
-    if any(not c.passed and c.name in GRADIENT_OUTPUTS for c in checks) and all(
-        c.passed for c in checks if c.name not in GRADIENT_OUTPUTS
-    ):
+    if any(not c.passed and _derived(c.name) for c in checks) and all(c.passed for c in checks if not _derived(c.name)):
         spread = reference_spread(model, layer, method, case, reference, layout)
         for check in checks:
-            if check.name in GRADIENT_OUTPUTS:
+            if _derived(check.name):
                 check.reference_spread = spread[check.name]
                 if not check.passed and bool(np.isfinite(graph[check.name]).all()):
                     check.passed = check.relative_l2 <= SPREAD_FACTOR * spread[check.name]

@@ -156,3 +156,30 @@ def test_more_methods_match_the_reference(graph_dir: Path, resnet18_random, meth
     # not secretly Grad-CAM: the maps differ from Grad-CAM's on the same inputs
     gradcam = reference_explain(resnet18_random, "layer3", "gradcam", image, targets)
     assert np.abs(ref["cam"] / ref["cam"].max() - gradcam["cam"] / gradcam["cam"].max()).max() > 0.05
+
+
+@pytest.mark.slow
+def test_several_methods_share_one_graph(graph_dir: Path, resnet18_random) -> None:
+    """--method gradcampp,layercam,hirescam: one pass, a heatmap and cam per method, the first also as heatmap."""
+    methods = ["gradcampp", "layercam", "hirescam"]
+    session = CamSession(built_graph(graph_dir, "resnet18", "layer3", ",".join(methods)))
+    assert session.info.methods == methods
+    extra = [f"{kind}_{m}" for m in methods for kind in ("heatmap", "cam")]
+    assert session.output_names == ["logits", "class_index", "heatmap", "cam", "activations", "gradients", *extra]
+    image = np.random.default_rng(5).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    graph = session.run(image, [-1, 42])
+    np.testing.assert_array_equal(graph["heatmap"], graph["heatmap_gradcampp"])
+    for method in methods:
+        ref = reference_explain(resnet18_random, "layer3", method, image, [-1, 42])
+        assert np.abs(graph[f"heatmap_{method}"] - ref["heatmap"]).max() <= 4e-3, method
+        assert np.abs(graph[f"cam_{method}"] - ref["cam"]).max() <= 2e-3 * np.abs(ref["cam"]).max(), method
+    assert np.abs(graph["heatmap_layercam"] - graph["heatmap_hirescam"]).max() > 0.05  # really different maps
+
+
+def test_unknown_or_repeated_methods_are_refused(tmp_path: Path) -> None:
+    from camexport.errors import UserError
+
+    for spec, message in (("gradcam,nope", "unknown method"), ("gradcam,gradcam", "named twice"), ("", "unknown")):
+        with pytest.raises(UserError, match=message):
+            build(BuildOptions(model="resnet18", method=spec, weights="random", output=tmp_path / "x.onnx"))
+    assert not (tmp_path / "x.onnx").exists()
