@@ -92,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--out", type=Path, default=Path("bench"), help="folder for the JSON and Markdown (default bench/)"
     )
+    evaluate = commands.add_parser(
+        "evaluate", help="faithfulness of a graph's heatmaps: Average Drop, deletion/insertion"
+    )
+    evaluate.add_argument("graph", type=Path, help="a .onnx file written by 'camexport build' (one or several methods)")
+    evaluate.add_argument("images", nargs="+", help="image files or folders")
+    evaluate.add_argument("--steps", type=int, default=20, help="deletion/insertion steps (default 20)")
+    evaluate.add_argument("--class", dest="target", help="class to explain, by index or label (default: top-1)")
+    evaluate.add_argument("--out", type=Path, help="write the scores as JSON to this file")
     explain = commands.add_parser("explain", help="explain photos with a built graph (overlays + predictions)")
     explain.add_argument("graph", type=Path, help="a .onnx file written by 'camexport build'")
     explain.add_argument("images", nargs="+", help="image files or folders")
@@ -185,6 +193,12 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(report_terminal(result))
         print(f"wrote {json_path} and {md_path}")
+        return 0
+    if args.command == "evaluate":
+        from camexport.metrics import evaluate_paths
+        from camexport.session import CamSession
+
+        print(evaluate_paths(CamSession(args.graph), args.images, args.steps, args.target, args.out))
         return 0
     if args.command == "explain":
         from camexport.explain import explain_paths

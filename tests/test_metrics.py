@@ -1,0 +1,111 @@
+"""Faithfulness metrics on a case with a known answer: a map on exactly the object vs one on the background."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from camexport.build import BuildOptions, build
+from camexport.errors import UserError
+from camexport.metrics import deletion_insertion, drop_and_increase, evaluate_images, evaluate_maps
+from camexport.registry import ModelOverrides
+from camexport.session import CamSession
+
+# Class 1's logit is 8 · mean(ReLU(R − 0.5)): only saturated red counts, so a blurred object does not.
+RED_DETECTOR = """
+import torch
+from torch import nn
+
+
+def factory():
+    model = nn.Sequential(nn.Conv2d(3, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 0.0, 0.0]).reshape(1, 3, 1, 1))
+        model[0].bias.fill_(-0.5)
+        model[4].weight.copy_(torch.tensor([[0.0], [8.0]]))
+        model[4].bias.zero_()
+    return model
+"""
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> CamSession:
+    folder = tmp_path_factory.mktemp("metrics")
+    (folder / "red.py").write_text(RED_DETECTOR)
+    options = BuildOptions(
+        model=f"{folder / 'red.py'}:factory",
+        layer="1",
+        image_size=(32, 32),
+        overrides=ModelOverrides(labels=["other", "red"], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+        output=folder / "red.onnx",
+    )
+    build(options, log=lambda _: None)
+    return CamSession(folder / "red.onnx")
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A red 12x12 square on black; the map on exactly the square, and the map on everything else."""
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[4:16, 10:22, 0] = 255
+    on_object = np.zeros((32, 32), np.float32)
+    on_object[4:16, 10:22] = 1.0
+    return pixels, on_object, 1.0 - on_object
+
+
+def test_average_drop_and_increase(detector: CamSession) -> None:
+    pixels, on_object, on_background = _scene()
+    images = np.stack([pixels, pixels])
+    drops, increased = drop_and_increase(detector, images, np.stack([on_object, on_background]), np.array([1, 1]))
+    y = 1 / (1 + np.exp(-8 * 0.5 * 144 / 1024))  # p(red) on the image: the square is 144 of 1024 pixels
+    assert drops[0] == pytest.approx(0.0, abs=1e-6)  # the object map keeps everything the model uses
+    assert drops[1] == pytest.approx((y - 0.5) / y, rel=1e-4)  # the background map removes it: p = 0.5
+    assert not increased.any()
+
+
+def test_deletion_and_insertion_rank_the_maps(detector: CamSession) -> None:
+    pixels, on_object, on_background = _scene()
+    object_deletion, object_insertion = deletion_insertion(detector, pixels, on_object, 1, steps=16)
+    background_deletion, background_insertion = deletion_insertion(detector, pixels, on_background, 1, steps=16)
+    assert object_deletion < background_deletion - 0.05  # deleting the object first drops p at once
+    assert object_insertion > background_insertion + 0.05  # revealing it first raises p at once
+    assert 0.5 <= object_deletion and background_insertion >= 0.5 - 1e-6  # p never falls below 0.5 here
+
+
+def test_win_and_the_summary(detector: CamSession) -> None:
+    pixels, on_object, on_background = _scene()
+    images = np.stack([pixels] * 3)
+    maps = {"object": np.stack([on_object] * 3), "background": np.stack([on_background] * 3)}
+    results = {r.method: r for r in evaluate_maps(detector, images, maps, np.array([1, 1, 1]), steps=8)}
+    assert results["object"].win == 100.0 and results["background"].win == 0.0
+    assert results["object"].average_drop < 1e-4 < results["background"].average_drop
+    with pytest.raises(UserError, match="--steps 1"):
+        evaluate_maps(detector, images, maps, np.array([1, 1, 1]), steps=1)
+
+
+def test_evaluate_images_uses_the_graphs_own_heatmaps(detector: CamSession, tmp_path: Path) -> None:
+    from PIL import Image
+
+    pixels, _, _ = _scene()
+    Image.fromarray(pixels).save(tmp_path / "red.png")
+    (result,) = evaluate_images(detector, [tmp_path / "red.png"], steps=4)
+    assert result.method == "gradcampp" and result.average_drop < 1.0  # its map sits on the square
+
+
+def test_cli_evaluate_prints_a_table_and_writes_json(detector: CamSession, tmp_path: Path, capsys) -> None:
+    import json
+
+    from PIL import Image
+
+    from camexport.cli import main
+
+    pixels, _, _ = _scene()
+    Image.fromarray(pixels).save(tmp_path / "red.png")
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", str(detector.path), str(tmp_path), "--steps", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Avg Drop %" in printed and "gradcampp" in printed
+    stored = json.loads(out.read_text())
+    assert stored["steps"] == 4 and stored["methods"][0]["method"] == "gradcampp"
+    assert main(["evaluate", str(detector.path), str(tmp_path), "--steps", "1"]) == 2
