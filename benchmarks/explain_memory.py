@@ -19,18 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from camexport.bench import machine, machine_line
+from camexport.bench import machine, machine_line, status_mb
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-
-
-def rss_mb() -> float:
-    """Resident set size of this process now, in MB (from /proc/self/status)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def make_photos(folder: Path, count: int, seed: int = 0) -> None:
@@ -75,16 +67,16 @@ def main() -> None:
         photos.mkdir()
         make_photos(photos, args.images)
         session = CamSession(args.graph)
-        start_rss = rss_mb()
+        start_rss = status_mb("VmRSS")
         done = [0]
 
         def sample(_line: str) -> None:
             done[0] += 1
             if done[0] % 50 == 0 or done[0] == args.images:
-                samples.append({"images": done[0], "rss_mb": round(rss_mb(), 1)})
+                samples.append({"images": done[0], "rss_mb": round(status_mb("VmRSS"), 1)})
 
         summary = explain_paths(session, [photos], out, batch_size=args.batch_size, progress=False, log=sample)
-        end_rss = rss_mb()
+        end_rss = status_mb("VmRSS")
         written = len(list(out.glob("*_cam.png")))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     after_first = next((s["rss_mb"] for s in samples if s["images"] >= 100), round(end_rss, 1))

@@ -210,13 +210,33 @@ def export_plain(model: nn.Module, size: tuple[int, int], path: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Subject:
+    """What the contenders explain: the layer and method(s), camexport's graph, the plain model's graph, the
+    input size. With the model itself, this is everything a contender is made from."""
+
+    layer: str
+    method: str
+    graph: Path
+    plain: Path
+    size: tuple[int, int]
+
+    def as_spec(self) -> dict:
+        """JSON-ready, for :func:`peak_memory_mb`'s fresh process (see :meth:`from_spec`)."""
+        return {**asdict(self), "graph": str(self.graph), "plain": str(self.plain), "size": list(self.size)}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> Subject:
+        return cls(spec["layer"], spec["method"], Path(spec["graph"]), Path(spec["plain"]), tuple(spec["size"]))
+
+
 def peak_memory_mb(spec: dict) -> float:
     """Peak resident memory of one contender's run, measured in a fresh process (so that what other
     contenders allocated does not hide it): the peak resident memory (Linux VmHWM, reset once the model,
     session and batch are ready) of two runs, minus the memory held at that point, in MB; NaN where the
     measurement is not possible (not Linux).
 
-    ``spec``: model, weights, layer, method, graph, plain, image_size, batch, contender, threads, provider.
+    ``spec``: :meth:`Subject.as_spec` plus model, weights, batch, contender, threads, provider.
     """
     code = (
         "import json, sys; from camexport.bench import _peak_in_this_process; "
@@ -234,21 +254,19 @@ def _peak_in_this_process(spec: dict) -> float:
     from camexport.registry import load_model
 
     torch.set_num_threads(spec["threads"])
-    size = tuple(spec["image_size"])
+    subject = Subject.from_spec(spec)
     model = load_model(spec["model"], spec["weights"]).module
     config = BenchConfig(threads=spec["threads"], provider=spec["provider"], contenders=(spec["contender"],))
-    run = _contender(
-        spec["contender"], model, spec["layer"], spec["method"], Path(spec["graph"]), Path(spec["plain"]), size, config
-    )
-    batch = np.random.default_rng(0).standard_normal((spec["batch"], 3, *size)).astype(np.float32)
-    ready = _status_mb("VmRSS")
+    run = _contender(spec["contender"], model, subject, config)
+    batch = np.random.default_rng(0).standard_normal((spec["batch"], 3, *subject.size)).astype(np.float32)
+    ready = status_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak (VmHWM) to the current RSS
     for _ in range(2):
         run(batch)
-    return round(max(_status_mb("VmHWM") - ready, 0.0), 1)
+    return round(max(status_mb("VmHWM") - ready, 0.0), 1)
 
 
-def _status_mb(field: str) -> float:
+def status_mb(field: str) -> float:
     """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak), in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
@@ -257,34 +275,20 @@ def _status_mb(field: str) -> float:
 
 
 def make_contenders(
-    model: nn.Module,
-    layer: str,
-    method: str,
-    graph: Path,
-    plain: Path,
-    size: tuple[int, int],
-    config: BenchConfig,
+    model: nn.Module, subject: Subject, config: BenchConfig
 ) -> dict[str, Callable[[np.ndarray], object] | str]:
     """Each contender as ``run(batch)``; a string instead says why it is skipped."""
     made: dict[str, Callable[[np.ndarray], object] | str] = {}
     for name in config.contenders:
         try:
-            made[name] = _contender(name, model, layer, method, graph, plain, size, config)
+            made[name] = _contender(name, model, subject, config)
         except ImportError as exc:
             made[name] = f"not installed ({exc.name})"
     return made
 
 
-def _contender(
-    name: str,
-    model: nn.Module,
-    layer: str,
-    method: str,
-    graph: Path,
-    plain: Path,
-    size: tuple[int, int],
-    config: BenchConfig,
-) -> Callable[[np.ndarray], object]:
+def _contender(name: str, model: nn.Module, subject: Subject, config: BenchConfig) -> Callable[[np.ndarray], object]:
+    layer, method, size = subject.layer, subject.method, subject.size
     device = torch.device("cuda" if config.provider == "cuda" else "cpu")
     # As a user holds a model eagerly: parameters that require gradients (what the CAM libraries expect).
     on_device = copy.deepcopy(model).to(device).eval().requires_grad_(True)
@@ -314,7 +318,7 @@ def _contender(
         return synced(_pytorch_grad_cam(on_device, layer))
     if name == "d_torchcam":
         return synced(_torchcam(on_device, layer, size))
-    session = _ort_session(plain if name == "e_ort_plain" else graph, config.threads, config.provider)
+    session = _ort_session(subject.plain if name == "e_ort_plain" else subject.graph, config.threads, config.provider)
     names = [o.name for o in session.get_outputs()]
     return lambda batch: session.run(names, {"image": batch})
 
@@ -484,17 +488,14 @@ def run_bench(
     with tempfile.TemporaryDirectory() as folder:
         log("export the plain model to ONNX for (e)...")
         plain = export_plain(loaded_model, size, Path(folder) / "plain.onnx")
-        contenders = make_contenders(loaded_model, layer, method, graph, plain, size, config)
+        subject = Subject(layer, method, graph, plain, size)
+        contenders = make_contenders(loaded_model, subject, config)
         memory = None
         if weights is not None and config.memory:
             memory = {
+                **subject.as_spec(),
                 "model": model_name,
                 "weights": weights,
-                "layer": layer,
-                "method": method,
-                "graph": str(graph),
-                "plain": str(plain),
-                "image_size": list(size),
                 "threads": threads,
                 "provider": config.provider,
             }
