@@ -192,3 +192,12 @@ def test_layers_command_marks_the_default(capsys) -> None:
 def test_layers_command_unknown_model(capsys) -> None:
     code, _, err = run_cli(capsys, "layers", "resnet19")
     assert_user_error(code, err, "unknown model 'resnet19'")
+
+
+def test_a_closed_pipe_is_not_a_traceback() -> None:
+    """`camexport models | head -2`: the reader leaves early; no traceback, the Unix status for SIGPIPE."""
+    pipeline = f"{sys.executable} -m camexport.cli models | head -2"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True, timeout=300)
+    assert result.stdout.splitlines()[1].startswith("alexnet")
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr
+    assert result.returncode in (0, 141)
