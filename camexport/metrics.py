@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from camexport.errors import UserError
-from camexport.preprocess import normalise
-from camexport.session import CamSession
+from camexport.preprocess import normalise, to_pixels
+from camexport.session import CamSession, as_photo
 
 METRICS = ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc")
 
@@ -149,10 +149,8 @@ def evaluate_images(
     session: CamSession, images: Sequence[object], steps: int = 20, target: str | int | None = None
 ) -> list[Faithfulness]:
     """Runs the graph on photos (anything :meth:`CamSession.prepare` takes) and scores each of its methods."""
-    from camexport.preprocess import to_pixels
-
-    photos = [session.prepare(image, str(image))[0] for image in images]
-    pixels = np.stack([to_pixels(photo, session.info.preprocessing) for photo in photos])
+    # The crops only: prepare() would also normalise each one, and the masks are applied to pixels.
+    pixels = np.stack([to_pixels(as_photo(image, str(image)), session.info.preprocessing) for image in images])
     outputs = session.run(_feed(session, pixels), np.array([session.class_index(target)]))
     methods = session.info.methods
     names = {m: f"heatmap_{m}" if len(methods) > 1 else "heatmap" for m in methods}
