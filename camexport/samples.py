@@ -20,6 +20,18 @@ def _skimage(name: str) -> Callable[[], Image.Image]:
     return load
 
 
+def _skimage_file(filename: str) -> Callable[[], Image.Image]:
+    """A photo in scikit-image's data folder that ``skimage.data`` only offers in a pair (the stereo motorcycle)."""
+
+    def load() -> Image.Image:
+        import skimage.data
+
+        with Image.open(Path(skimage.data.__file__).parent / filename) as image:
+            return image.convert("RGB")
+
+    return load
+
+
 def _grace_hopper() -> Image.Image:
     from matplotlib import cbook
 
@@ -33,6 +45,8 @@ SAMPLES: dict[str, Callable[[], Image.Image]] = {
     "rocket": _skimage("rocket"),
     "astronaut": _skimage("astronaut"),
     "grace_hopper": _grace_hopper,
+    "motorcycle": _skimage_file("motorcycle_left.png"),
+    "camera": _skimage("camera"),  # greyscale, converted to RGB
 }
 
 
