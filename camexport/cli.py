@@ -98,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("graph", type=Path, help="a .onnx file written by 'camexport build' (one or several methods)")
     evaluate.add_argument("images", nargs="+", help="image files or folders")
+    evaluate.add_argument(
+        "--metrics",
+        help="comma-separated subset of average_drop, increase_in_confidence, win, deletion, insertion "
+        "(default: all; deletion and insertion cost steps+1 runs per image each)",
+    )
     evaluate.add_argument("--steps", type=int, default=20, help="deletion/insertion steps (default 20)")
     evaluate.add_argument("--class", dest="target", help="class to explain, by index or label (default: top-1)")
     evaluate.add_argument("--out", type=Path, help="write the scores as JSON to this file")
@@ -196,10 +201,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {json_path} and {md_path}")
         return 0
     if args.command == "evaluate":
-        from camexport.metrics import evaluate_paths
+        from camexport.metrics import METRICS, evaluate_paths, parse_metrics
         from camexport.session import CamSession
 
-        print(evaluate_paths(CamSession(args.graph), args.images, args.steps, args.target, args.out))
+        metrics = parse_metrics(args.metrics) if args.metrics is not None else METRICS
+        print(evaluate_paths(CamSession(args.graph), args.images, args.steps, args.target, args.out, metrics))
         return 0
     if args.command == "explain":
         from camexport.explain import explain_paths

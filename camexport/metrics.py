@@ -8,11 +8,16 @@ and every probability is the softmax of the graph's ``logits`` for the explained
   ``E_i = image_i ⊙ heatmap_i`` (each pixel scaled by the heatmap). Lower is better.
 * **Increase in Confidence %** (same paper): ``100 · mean_i [Y_i < O_i]``. Higher is better.
 * **Win %** (same paper, for several methods): the share of images on which a method's drop
-  ``max(0, Y − O)/Y`` is the lowest of all methods compared (ties shared).
+  ``max(0, Y − O)/Y`` is the lowest of all methods compared (ties shared: drops within 1e-6 of each other, and
+  methods whose maps agree to 1e-5 on that image, e.g. two methods equal by their formulas there).
 * **Deletion / insertion AUC** (Petsiuk et al., BMVC 2018, RISE, sec. 4.2): pixels are removed from the image
   (deletion: set to 0) or revealed on a blurred copy (insertion) in order of decreasing heatmap value, in
   ``steps`` equal chunks; the area under the probability curve over the fraction of pixels changed
   (trapezoid rule on [0, 1]). Deletion: lower is better; insertion: higher is better.
+
+For images with several instances of the class and known boxes, :func:`instance_spread` says how a heatmap's mass
+divides over the instances (the share inside the boxes is the energy-based pointing game of Wang et al., CVPRW
+2020, Score-CAM, sec. 5.2).
 """
 
 from __future__ import annotations
@@ -30,19 +35,37 @@ from camexport.errors import UserError
 from camexport.preprocess import normalise, to_pixels
 from camexport.session import CamSession, as_photo
 
-METRICS = ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc")
+# What `camexport evaluate --metrics` selects. The first three come from the same two runs per image;
+# deletion and insertion cost ``steps + 1`` runs per image and method each.
+METRICS = ("average_drop", "increase_in_confidence", "win", "deletion", "insertion")
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """``"average_drop,deletion"`` → the metrics in :data:`METRICS` order, each once.
+
+    Raises:
+        UserError: an empty list or a name that is not a metric.
+    """
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown or not names:
+        what = f"{unknown[0]!r} is not a metric" if unknown else "no metric named"
+        raise UserError(f"--metrics {text!r}: {what}; choose from {', '.join(METRICS)} (comma-separated)")
+    return tuple(m for m in METRICS if m in names)
 
 
 @dataclass
 class Faithfulness:
-    """One method's scores over a set of images (and per image, for Win % and the JSON)."""
+    """One method's scores over a set of images (and per image, for Win % and the JSON); None: not asked for."""
 
     method: str
-    average_drop: float
-    increase_in_confidence: float
-    deletion_auc: float
-    insertion_auc: float
-    drops: list[float]
+    average_drop: float | None = None
+    increase_in_confidence: float | None = None
+    deletion_auc: float | None = None
+    insertion_auc: float | None = None
+    drops: list[float] | None = None
+    deletions: list[float] | None = None
+    insertions: list[float] | None = None
     win: float | None = None
 
 
@@ -109,44 +132,128 @@ def evaluate_maps(
     heatmaps: dict[str, np.ndarray],
     classes: np.ndarray,
     steps: int = 20,
+    metrics: Sequence[str] = METRICS,
+    blur: float = 10.0,
 ) -> list[Faithfulness]:
-    """Every metric for every method's heatmaps ([N, H, W] at the input size), Win % across the methods.
+    """The ``metrics`` for every method's heatmaps ([N, H, W] at the input size); Win % across the methods.
 
     Raises:
-        UserError: ``steps`` below 2, or heatmaps of another shape than the pixels.
+        UserError: ``steps`` below 2, an unknown metric, or heatmaps of another shape than the pixels.
     """
     if steps < 2:
         raise UserError(f"--steps {steps}: use 2 or more")
+    parse_metrics(",".join(metrics))
+    drop_based = {"average_drop", "increase_in_confidence", "win"} & set(metrics)
+    blurred = None
+    if "insertion" in metrics:
+        blurred = [np.asarray(Image.fromarray(p).filter(ImageFilter.GaussianBlur(blur))) for p in pixels]
     results = []
     for method, maps in heatmaps.items():
         if maps.shape != pixels.shape[:3]:
             raise UserError(f"{method}: heatmaps {list(maps.shape)} do not match images {list(pixels.shape[:3])}")
-        drops, increased = drop_and_increase(session, pixels, maps, classes)
-        curves = [
-            deletion_insertion(session, p, m, int(c), steps) for p, m, c in zip(pixels, maps, classes, strict=True)
-        ]
-        results.append(
-            Faithfulness(
-                method=method,
-                average_drop=float(100.0 * drops.mean()),
-                increase_in_confidence=float(100.0 * increased.mean()),
-                deletion_auc=float(np.mean([d for d, _ in curves])),
-                insertion_auc=float(np.mean([i for _, i in curves])),
-                drops=[float(d) for d in drops],
-            )
-        )
-    if len(results) > 1:
+        result = Faithfulness(method=method)
+        if drop_based:
+            drops, increased = drop_and_increase(session, pixels, maps, classes)
+            result.drops = [float(d) for d in drops]
+            if "average_drop" in metrics:
+                result.average_drop = float(100.0 * drops.mean())
+            if "increase_in_confidence" in metrics:
+                result.increase_in_confidence = float(100.0 * increased.mean())
+        orders = [np.argsort(-m.reshape(-1), kind="stable") for m in maps]
+        if "deletion" in metrics:
+            result.deletions = [
+                _curve(session, p, np.zeros_like(p), order, int(c), steps)
+                for p, order, c in zip(pixels, orders, classes, strict=True)
+            ]
+            result.deletion_auc = float(np.mean(result.deletions))
+        if "insertion" in metrics:
+            result.insertions = [
+                _curve(session, b, p, order, int(c), steps)
+                for p, b, order, c in zip(pixels, blurred, orders, classes, strict=True)
+            ]
+            result.insertion_auc = float(np.mean(result.insertions))
+        results.append(result)
+    if "win" in metrics and len(results) > 1:
         table = np.array([r.drops for r in results])
+        # Maps that agree to 1e-5 (e.g. Grad-CAM and HiResCAM before global pooling) share one outcome: the
+        # masked images are rounded to uint8, so float32 noise in the maps would otherwise break their tie.
+        stacks = list(heatmaps.values())
+        for later in range(1, len(stacks)):
+            for earlier in range(later):
+                same = np.abs(stacks[later] - stacks[earlier]).reshape(len(pixels), -1).max(axis=1) <= 1e-5
+                table[later, same] = table[earlier, same]
         best = table.min(axis=0)
-        winners = np.isclose(table, best[None], rtol=0, atol=1e-12)
+        winners = np.isclose(table, best[None], rtol=0, atol=1e-6)
         share = winners / winners.sum(axis=0, keepdims=True)
         for result, wins in zip(results, share, strict=True):
             result.win = float(100.0 * wins.mean())
     return results
 
 
+@dataclass
+class InstanceSpread:
+    """How one heatmap's mass divides over the boxes of several instances of the explained class.
+
+    Attributes:
+        shares: per box, the heatmap's mass inside it over its total mass.
+        inside: the mass inside the union of the boxes over the total (energy-based pointing game).
+        peaks: per box, the heatmap's highest value inside it over its highest value anywhere.
+        found: per box, whether that peak reaches ``threshold`` (the instance is lit at all).
+        evenness: normalised entropy of the shares among the instances, ``H(p)/log(k)`` with
+            ``p_i = shares_i / Σ shares``: 1 when every instance gets the same mass, 0 when one gets it all.
+    """
+
+    shares: list[float]
+    inside: float
+    peaks: list[float]
+    found: list[bool]
+    evenness: float
+
+
+def instance_spread(
+    heatmap: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], threshold: float = 0.5
+) -> InstanceSpread:
+    """Splits ``heatmap`` ([H, W], non-negative) over instance ``boxes`` given as ``(left, top, right, bottom)``
+    pixel bounds (right and bottom exclusive). An all-zero heatmap gives zero shares and peaks, never NaN.
+
+    Raises:
+        UserError: no boxes, a box that is empty or leaves the heatmap, or a negative or non-finite heatmap.
+    """
+    h, w = heatmap.shape
+    if not boxes:
+        raise UserError("instance_spread needs at least one box")
+    if not np.all(np.isfinite(heatmap)) or heatmap.min() < 0:
+        raise UserError("instance_spread needs a finite, non-negative heatmap")
+    union = np.zeros((h, w), bool)
+    masses, peaks = [], []
+    for left, top, right, bottom in boxes:
+        if not (0 <= left < right <= w and 0 <= top < bottom <= h):
+            raise UserError(f"box {(left, top, right, bottom)} is empty or outside the {w}x{h} heatmap")
+        region = heatmap[top:bottom, left:right]
+        union[top:bottom, left:right] = True
+        masses.append(float(region.sum(dtype=np.float64)))
+        peaks.append(float(region.max()))
+    total = float(heatmap.sum(dtype=np.float64))
+    highest = float(heatmap.max())
+    shares = [m / total if total > 0 else 0.0 for m in masses]
+    relative_peaks = [p / highest if highest > 0 else 0.0 for p in peaks]
+    among = np.array(masses) / sum(masses) if sum(masses) > 0 else np.zeros(len(masses))
+    entropy = -sum(p * np.log(p) for p in among if p > 0)
+    return InstanceSpread(
+        shares=shares,
+        inside=float(heatmap[union].sum(dtype=np.float64)) / total if total > 0 else 0.0,
+        peaks=relative_peaks,
+        found=[bool(p >= threshold) and highest > 0 for p in relative_peaks],
+        evenness=float(entropy / np.log(len(boxes))) if len(boxes) > 1 else 1.0,
+    )
+
+
 def evaluate_images(
-    session: CamSession, images: Sequence[object], steps: int = 20, target: str | int | None = None
+    session: CamSession,
+    images: Sequence[object],
+    steps: int = 20,
+    target: str | int | None = None,
+    metrics: Sequence[str] = METRICS,
 ) -> list[Faithfulness]:
     """Runs the graph on photos (anything :meth:`CamSession.prepare` takes) and scores each of its methods."""
     # The crops only: prepare() would also normalise each one, and the masks are applied to pixels.
@@ -155,21 +262,26 @@ def evaluate_images(
     methods = session.info.methods
     names = {m: f"heatmap_{m}" if len(methods) > 1 else "heatmap" for m in methods}
     maps = {m: outputs[name] for m, name in names.items()}
-    return evaluate_maps(session, pixels, maps, outputs["class_index"].astype(np.int64), steps)
+    return evaluate_maps(session, pixels, maps, outputs["class_index"].astype(np.int64), steps, metrics)
 
 
 def summary_table(results: list[Faithfulness], images: int, steps: int) -> str:
-    """The terminal table of :func:`evaluate_maps`' results, one row per method."""
+    """The terminal table of :func:`evaluate_maps`' results, one row per method (``-``: not computed)."""
+
+    def cell(value: float | None, width: int, digits: int) -> str:
+        return f"{'-' if value is None else f'{value:.{digits}f}':>{width}}"
+
     header = ["method", "Avg Drop % ↓", "Incr Conf % ↑", "Win % ↑", "Deletion ↓", "Insertion ↑"]
+    curves = any(r.deletion_auc is not None or r.insertion_auc is not None for r in results)
+    steps_note = f", {steps} deletion/insertion steps" if curves else ""
     lines = [
-        f"{images} image(s), {steps} deletion/insertion steps (arrows: which way is better)",
+        f"{images} image(s){steps_note} (arrows: which way is better)",
         f"{header[0]:12} {header[1]:>13} {header[2]:>14} {header[3]:>8} {header[4]:>11} {header[5]:>12}",
     ]
     for r in results:
-        win = "-" if r.win is None else f"{r.win:.1f}"
         lines.append(
-            f"{r.method:12} {r.average_drop:>13.2f} {r.increase_in_confidence:>14.1f} {win:>8} "
-            f"{r.deletion_auc:>11.4f} {r.insertion_auc:>12.4f}"
+            f"{r.method:12} {cell(r.average_drop, 13, 2)} {cell(r.increase_in_confidence, 14, 1)} {cell(r.win, 8, 1)} "
+            f"{cell(r.deletion_auc, 11, 4)} {cell(r.insertion_auc, 12, 4)}"
         )
     return "\n".join(lines)
 
@@ -180,6 +292,7 @@ def evaluate_paths(
     steps: int = 20,
     target: str | int | None = None,
     out: Path | None = None,
+    metrics: Sequence[str] = METRICS,
 ) -> str:
     """``camexport evaluate``: scores every method of the graph on the images in ``sources`` (files or
     folders), optionally writes them as JSON to ``out``, and returns the table (plus where the JSON went)."""
@@ -189,10 +302,11 @@ def evaluate_paths(
     paths, _ = collect_images(sources)
     if not paths:
         raise UserError("no images found; pass image files or folders that hold .png/.jpg files")
-    results = evaluate_images(session, paths, steps=steps, target=target)
+    results = evaluate_images(session, paths, steps=steps, target=target, metrics=metrics)
     table = summary_table(results, len(paths), steps)
     if out is not None:
         record = {"graph": str(session.path), "images": [str(p) for p in paths], "steps": steps}
+        record["metrics"] = list(metrics)
         record["methods"] = [asdict(r) for r in results]
         write_atomically(Path(out), lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
         table += f"\nwrote {out}"

@@ -9,7 +9,14 @@ import pytest
 
 from camexport.build import BuildOptions, build
 from camexport.errors import UserError
-from camexport.metrics import deletion_insertion, drop_and_increase, evaluate_images, evaluate_maps
+from camexport.metrics import (
+    deletion_insertion,
+    drop_and_increase,
+    evaluate_images,
+    evaluate_maps,
+    instance_spread,
+    parse_metrics,
+)
 from camexport.registry import ModelOverrides
 from camexport.session import CamSession
 
@@ -80,6 +87,8 @@ def test_win_and_the_summary(detector: CamSession) -> None:
     results = {r.method: r for r in evaluate_maps(detector, images, maps, np.array([1, 1, 1]), steps=8)}
     assert results["object"].win == 100.0 and results["background"].win == 0.0
     assert results["object"].average_drop < 1e-4 < results["background"].average_drop
+    assert len(results["object"].deletions) == 3 and results["object"].deletions[0] < results["background"].deletions[0]
+    assert results["object"].insertions[0] > results["background"].insertions[0]
     with pytest.raises(UserError, match="--steps 1"):
         evaluate_maps(detector, images, maps, np.array([1, 1, 1]), steps=1)
 
@@ -109,3 +118,87 @@ def test_cli_evaluate_prints_a_table_and_writes_json(detector: CamSession, tmp_p
     stored = json.loads(out.read_text())
     assert stored["steps"] == 4 and stored["methods"][0]["method"] == "gradcampp"
     assert main(["evaluate", str(detector.path), str(tmp_path), "--steps", "1"]) == 2
+
+
+def test_instance_spread_on_hand_made_maps() -> None:
+    boxes = [(0, 0, 4, 4), (6, 0, 8, 2), (0, 6, 2, 8)]  # 16, 4 and 4 pixels of an 8x8 map
+    even = np.zeros((8, 8))
+    even[0:2, 0:2] = 1.0  # 4 pixels of the first box, the whole second box, half of the third, one outside
+    even[0:2, 6:8] = 1.0
+    even[6:8, 0:1] = 2.0
+    even[7, 7] = 4.0
+    spread = instance_spread(even, boxes)
+    assert spread.shares == pytest.approx([4 / 16, 4 / 16, 4 / 16])
+    assert spread.inside == pytest.approx(12 / 16)
+    assert spread.peaks == pytest.approx([0.25, 0.25, 0.5])
+    assert spread.found == [False, False, True]
+    assert spread.evenness == pytest.approx(1.0)
+
+    one = np.zeros((8, 8))
+    one[1, 1] = 3.0
+    single = instance_spread(one, boxes)
+    assert single.shares == [1.0, 0.0, 0.0] and single.evenness == pytest.approx(0.0)
+    assert single.found == [True, False, False]
+    halves = one.copy()
+    halves[0, 7] = 3.0
+    assert instance_spread(halves, boxes).evenness == pytest.approx(np.log(2) / np.log(3))
+
+    blank = instance_spread(np.zeros((8, 8)), boxes)  # an all-zero map: zeros, not NaN
+    assert blank.shares == [0.0, 0.0, 0.0] and blank.inside == 0.0
+    assert blank.found == [False] * 3 and blank.evenness == 0.0
+
+
+@pytest.mark.parametrize(
+    ("heatmap", "boxes", "message"),
+    [
+        (np.ones((4, 4)), [], "at least one box"),
+        (np.ones((4, 4)), [(0, 0, 5, 2)], "outside the 4x4"),
+        (np.ones((4, 4)), [(2, 0, 2, 2)], "empty"),
+        (-np.ones((4, 4)), [(0, 0, 2, 2)], "non-negative"),
+        (np.full((4, 4), np.nan), [(0, 0, 2, 2)], "finite"),
+    ],
+)
+def test_instance_spread_refuses_bad_boxes_and_maps(heatmap: np.ndarray, boxes: list, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        instance_spread(heatmap, boxes)
+
+
+def test_a_subset_of_metrics_skips_the_others(detector: CamSession) -> None:
+    pixels, on_object, on_background = _scene()
+    maps = {"object": on_object[None], "background": on_background[None]}
+    (obj, background) = evaluate_maps(detector, pixels[None], maps, np.array([1]), steps=4, metrics=("deletion",))
+    assert obj.average_drop is None and obj.win is None and obj.insertion_auc is None and obj.drops is None
+    assert obj.deletion_auc < background.deletion_auc
+    everything = evaluate_maps(detector, pixels[None], maps, np.array([1]), steps=4)
+    assert everything[0].deletion_auc == pytest.approx(obj.deletion_auc)  # the same curve either way
+    assert parse_metrics("insertion, average_drop,insertion") == ("average_drop", "insertion")
+    for bad in ("", "dropp", "average_drop,auc"):
+        with pytest.raises(UserError, match="choose from average_drop, increase_in_confidence, win"):
+            parse_metrics(bad)
+
+
+def test_cli_evaluate_metrics_option(detector: CamSession, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from camexport.cli import main
+
+    pixels, _, _ = _scene()
+    Image.fromarray(pixels).save(tmp_path / "red.png")
+    assert main(["evaluate", str(detector.path), str(tmp_path), "--metrics", "average_drop"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("gradcampp"))
+    assert row.split()[2:] == ["-", "-", "-", "-"]  # only Average Drop was computed
+    assert main(["evaluate", str(detector.path), str(tmp_path), "--metrics", "iou"]) == 2
+    assert "'iou' is not a metric" in capsys.readouterr().err
+
+
+def test_methods_with_the_same_map_share_their_wins(detector: CamSession) -> None:
+    pixels, on_object, on_background = _scene()
+    # Float32 noise on the same map flips the uint8 rounding of the masked image on some pixels.
+    noisy = np.clip(on_object * 0.5 + np.random.default_rng(0).uniform(-5e-6, 5e-6, on_object.shape), 0, 1)
+    maps = {
+        "half": (on_object * 0.5)[None],
+        "half_noisy": noisy[None].astype(np.float32),
+        "background": on_background[None],
+    }
+    results = {r.method: r for r in evaluate_maps(detector, pixels[None], maps, np.array([1]), steps=2)}
+    assert results["half"].win == results["half_noisy"].win == 50.0 and results["background"].win == 0.0
