@@ -263,9 +263,8 @@ def figure(
     plt.close(fig)
 
 
-def score_layer(
-    layer: str, folder: Path, args: argparse.Namespace, out: Path
-) -> tuple[dict, list[tuple[str, np.ndarray, list]], list[dict]]:
+def score_layer(layer: str, folder: Path, args: argparse.Namespace, out: Path) -> dict:
+    """Builds the five-method graph at ``layer`` in ``folder``, scores it and draws its overlay figure in ``out``."""
     graph = folder / f"{MODEL}-{layer}.onnx"
     build(
         BuildOptions(model=MODEL, layer=layer, method=",".join(METHODS), input="uint8", output=graph),
@@ -336,7 +335,7 @@ def score_layer(
         tiles.append((pick, made[index].pixels, made[index].boxes))
         maps.append({m: mixed_maps[m][index] for m in mixed_maps})
     figure(out / f"quality-overlays-{layer}.jpg", layer, tiles, maps)
-    return record, tiles, maps
+    return record
 
 
 def _scores_table(scores: list[dict]) -> list[str]:
@@ -687,8 +686,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for layer in args.layers:
             print(f"== {MODEL} {layer}", flush=True)
-            record, _, _ = score_layer(layer, Path(folder), args, args.out)
-            layers.append(record)
+            layers.append(score_layer(layer, Path(folder), args, args.out))
     result = {
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "report_only")},

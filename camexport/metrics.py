@@ -159,7 +159,11 @@ def evaluate_maps(
                 result.average_drop = float(100.0 * drops.mean())
             if "increase_in_confidence" in metrics:
                 result.increase_in_confidence = float(100.0 * increased.mean())
-        orders = [np.argsort(-m.reshape(-1), kind="stable") for m in maps]
+        orders = (
+            [np.argsort(-m.reshape(-1), kind="stable") for m in maps]
+            if {"deletion", "insertion"} & set(metrics)
+            else []
+        )
         if "deletion" in metrics:
             result.deletions = [
                 _curve(session, p, np.zeros_like(p), order, int(c), steps)
