@@ -33,7 +33,7 @@ from PIL import Image, ImageFilter
 
 from camexport.errors import UserError
 from camexport.preprocess import normalise, to_pixels
-from camexport.session import CamSession, as_photo
+from camexport.session import CamSession, as_photo, softmax
 
 # What `camexport evaluate --metrics` selects. The first three come from the same two runs per image;
 # deletion and insertion cost ``steps + 1`` runs per image and method each.
@@ -82,9 +82,7 @@ def class_probabilities(
     out = np.empty(len(pixels))
     for start in range(0, len(pixels), batch_size):
         chunk = slice(start, start + batch_size)
-        logits = session.run(_feed(session, pixels[chunk]))["logits"].astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        probs = softmax(session.run(_feed(session, pixels[chunk]))["logits"])
         out[chunk] = probs[np.arange(len(probs)), classes[chunk]]
     return out
 

@@ -73,6 +73,13 @@ def _read_info(meta: dict[str, str], path: Path) -> GraphInfo:
         ) from None
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities [N, classes] of a graph's ``logits``, in float64 (max subtracted first)."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(shifted - shifted.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def resolve_providers(provider: str) -> list[str]:
     """Maps ``cpu``/``cuda`` to onnxruntime providers, checking that the build has them.
 
@@ -259,9 +266,7 @@ class CamSession:
         """Runs one batch of :meth:`prepare` results (the CLI's path, which prepares files one by one)."""
         batch = np.stack([array for _, array in prepared])
         outputs = self.run(batch, np.array([target], dtype=np.int64))
-        logits = outputs["logits"].astype(np.float64)
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = softmax(outputs["logits"])
         labels = self.info.labels
         results = []
         for i, (photo, _) in enumerate(prepared):
