@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from camexport.bench import BenchConfig, bench_model, machine_line, report_markdown
+from camexport.builder.bench import BenchConfig, bench_model, machine_line, report_markdown
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = {
@@ -38,7 +38,7 @@ def main() -> None:
             batch_sizes=tuple(args.batch_sizes), runs=args.runs, warmup=args.warmup, provider=args.provider
         )
         print(f"== {key}", flush=True)
-        bench_model(model, layer, "gradcampp", weights, config, results, log=lambda line: print(line, flush=True))
+        bench_model(model, layer, ("gradcampp",), weights, config, results, log=lambda line: print(line, flush=True))
     tables = []
     info = None
     for path in sorted(results.glob(f"*-{args.provider}.json")):

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from camexport.bench import machine, machine_line
+from camexport.builder.bench import machine, machine_line
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,7 +1,7 @@
 """Memory over a long `camexport explain` run: 1,000 photos through the real-weights graph.
 
 Makes 1,000 JPEGs from the sample photos that ship with scikit-image and matplotlib (random crops, sizes
-from 160 to 900 px, random flips), explains them with ``camexport.explain.explain_paths`` (the code behind
+from 160 to 900 px, random flips), explains them with ``camexport.runtime.explain.explain_paths`` (the code behind
 ``camexport explain``) and samples the process's resident memory (VmRSS) every 50 images. Flat memory means
 the end RSS is close to the RSS after the first batches, not growing with the number of images.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camexport.bench import machine, machine_line, status_mb
+from camexport.builder.bench import machine, machine_line, status_mb
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -29,7 +29,7 @@ def make_photos(folder: Path, count: int, seed: int = 0) -> None:
     """``count`` JPEGs: random crops of the sample photos at random sizes, some mirrored."""
     from PIL import Image
 
-    from camexport.samples import SAMPLES, sample_photo
+    from camexport.runtime.samples import SAMPLES, sample_photo
 
     rng = np.random.default_rng(seed)
     sources = [sample_photo(name) for name in SAMPLES]
@@ -55,9 +55,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
 
-    from camexport.build import BuildOptions, build
-    from camexport.explain import explain_paths
-    from camexport.session import CamSession
+    from camexport.builder.pipeline import BuildOptions, build
+    from camexport.runtime.explain import explain_paths
+    from camexport.runtime.session import CamSession
 
     if not args.graph.exists():
         build(BuildOptions(model="efficientnet_lite0", output=args.graph), log=lambda _: None)

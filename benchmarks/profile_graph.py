@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from camexport.bench import export_plain, machine_line
-from camexport.build import BuildOptions, build
-from camexport.registry import load_model
+from camexport.builder.bench import export_plain, machine_line
+from camexport.builder.pipeline import BuildOptions, build
+from camexport.builder.registry import load_model
 
 HERE = Path(__file__).resolve().parent
 

@@ -10,7 +10,7 @@ rectified), then scores every method on
    insertion AUC (Petsiuk et al. 2018), with paired bootstrap intervals for Grad-CAM++ minus Grad-CAM;
 2. composites: 2-4 copies of one object (the cat of `chelsea`, the espresso of `coffee`) at different sizes
    and positions on a plain background, explaining the object's class: the same metrics, plus how each
-   heatmap's mass spreads over the instances (`camexport.metrics.instance_spread`).
+   heatmap's mass spreads over the instances (`camexport.runtime.metrics.instance_spread`).
 
 Writes quality.md, quality.json and quality-overlays-<layer>.jpg next to this file (about 17 min on 2 cores).
 
@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from camexport.bench import machine, machine_line
-from camexport.build import BuildOptions, build
-from camexport.methods import METHODS
-from camexport.metrics import Faithfulness, evaluate_maps, instance_spread
-from camexport.preprocess import to_pixels
-from camexport.samples import SAMPLES
-from camexport.session import CamSession, softmax
+from camexport.builder.bench import machine, machine_line
+from camexport.contract import METHODS
+from camexport.builder.pipeline import BuildOptions, build
+from camexport.runtime.metrics import Faithfulness, evaluate_maps, instance_spread
+from camexport.runtime.preprocess import to_pixels
+from camexport.runtime.samples import SAMPLES
+from camexport.runtime.session import CamSession, softmax
 
 HERE = Path(__file__).resolve().parent
 MODEL = "efficientnet_lite0"
@@ -240,7 +240,7 @@ def figure(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from camexport.visualize import overlay
+    from camexport.runtime.visualize import overlay
 
     methods = list(maps[0])
     fig, axes = plt.subplots(len(tiles), len(methods) + 1, figsize=(1.75 * (len(methods) + 1), 1.85 * len(tiles)))
@@ -266,7 +266,7 @@ def score_layer(layer: str, folder: Path, args: argparse.Namespace, out: Path) -
     """Builds the five-method graph at ``layer`` in ``folder``, scores it and draws its overlay figure in ``out``."""
     graph = folder / f"{MODEL}-{layer}.onnx"
     build(
-        BuildOptions(model=MODEL, layer=layer, method=",".join(METHODS), input="uint8", output=graph),
+        BuildOptions(model=MODEL, layer=layer, methods=METHODS, input="uint8", output=graph),
         log=lambda line: print(f"  {line}", flush=True),
     )
     session = CamSession(graph)

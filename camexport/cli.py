@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from camexport import __version__
+from camexport.contract import INPUT_KINDS, METHODS, parse_methods
 from camexport.errors import CamExportError
 
 EXIT_USER_ERROR = 2
@@ -21,18 +23,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"camexport: error: {message}; see '{self.prog} --help'\n")
 
 
-def _image_size(values: list[int]) -> tuple[int, int]:
-    if len(values) not in (1, 2):
-        raise argparse.ArgumentTypeError("--image-size takes H or H W")
-    return (values[0], values[-1])
+class _ImageSize(argparse.Action):
+    """``--image-size H [W]``: one or two positive integers, stored as (H, W)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        if len(values) not in (1, 2) or min(values) < 1:
+            parser.error(f"{option_string} takes H or H W, positive integers (got {' '.join(map(str, values))})")
+        setattr(namespace, self.dest, (values[0], values[-1]))
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="camexport", description="Grad-CAM/Grad-CAM++ inside one self-contained ONNX graph.")
     parser.add_argument("--version", action="version", version=f"camexport {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_build, _add_models, _add_layers, _add_bench, _add_evaluate, _add_explain, _add_samples):
+        add(commands)
+    return parser
 
-    build = commands.add_parser("build", help="trace, export and validate one explaining ONNX graph")
+
+def _add_build(commands: argparse._SubParsersAction) -> None:
+    build = commands.add_parser("build", help="trace, export and validate one explaining ONNX graph (camexport[build])")
     build.add_argument(
         "model",
         help="a torchvision classifier (resnet18, ...), efficientnet_lite0, timm:ARCH, or your own factory "
@@ -41,20 +51,27 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--layer", help="dotted module name (layer4, layer3, layer4.1.conv2); default: last 4-D map")
     build.add_argument(
         "--method",
-        default="gradcampp",
-        help="gradcampp (default), gradcam, xgradcam, layercam, hirescam, or several comma-separated "
-        "(one graph, one pass, outputs heatmap_<method> each; the first is the default heatmap)",
+        default=METHODS[0],
+        help=f"{', '.join(METHODS)} (default {METHODS[0]}), or several comma-separated (one graph, one pass, "
+        "outputs heatmap_<method> each; the first is the default heatmap)",
     )
     build.add_argument(
         "--weights", default="default", help="default (pretrained), random (seeded) or PATH to a state_dict"
     )
     build.add_argument("--seed", type=int, default=0, help="seed of random weights and validation inputs")
-    build.add_argument("--image-size", type=int, nargs="+", metavar="H [W]", help="input size (default: the weights')")
+    build.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        action=_ImageSize,
+        metavar="H [W]",
+        help="input size H [W] (default: the weights')",
+    )
     build.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 18 or newer)")
     build.add_argument(
         "--input",
-        choices=("float32", "uint8"),
-        default="float32",
+        choices=INPUT_KINDS,
+        default=INPUT_KINDS[0],
         help="image input: float32 [N,3,H,W] normalised (default) or uint8 [N,H,W,3] RGB pixels, normalised inside",
     )
     build.add_argument(
@@ -62,24 +79,37 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one graph for any image height and width (CNN layers whose map follows the image)",
     )
-    build.add_argument("--output", type=Path, help="graph file (default: models/<model>-<method>.onnx)")
+    build.add_argument("--output", type=Path, help="graph file (default: models/<model>-<method>[+<method>...].onnx)")
     build.add_argument("--labels", type=Path, help="class names: a JSON list or one name per line")
     build.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean")
     build.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std")
     build.add_argument("--num-classes", type=int, help="number of logits, passed to the model's constructor")
 
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="list the model names build accepts, with their default layers")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
 
+
+def _add_layers(commands: argparse._SubParsersAction) -> None:
     layers = commands.add_parser("layers", help="list a model's candidate layers (4-D outputs) with their shapes")
     layers.add_argument("model", help="as for build")
-    layers.add_argument("--image-size", type=int, nargs="+", metavar="H [W]", help="input size (default: the model's)")
+    layers.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        action=_ImageSize,
+        metavar="H [W]",
+        help="input size H [W] (default: the model's)",
+    )
     layers.add_argument("--all", action="store_true", help="list every module, not only 4-D feature maps")
 
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="time the graph against eager PyTorch, the CAM libraries, plain ORT")
     bench.add_argument("model", help="a model name as for build")
     bench.add_argument("--layer", help="target layer (default: the model's default)")
-    bench.add_argument("--method", default="gradcampp", help="as for build (default gradcampp)")
+    bench.add_argument("--method", default=METHODS[0], help=f"as for build (default {METHODS[0]})")
     bench.add_argument("--weights", default="random", help="random (default), default or PATH")
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="default: 1 8 32")
     bench.add_argument("--runs", type=int, default=15, help="timed rounds per batch size (default 15)")
@@ -89,10 +119,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--contenders", help="comma-separated subset, e.g. e_ort_plain,f_ort_camexport (default: all six)"
     )
-    bench.add_argument("--no-memory", action="store_true", help="skip the per-contender peak-memory processes")
+    bench.add_argument(
+        "--no-memory", action="store_true", help="skip measuring each contender's added peak RSS in its own process"
+    )
     bench.add_argument(
         "--out", type=Path, default=Path("bench"), help="folder for the JSON and Markdown (default bench/)"
     )
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="faithfulness of a graph's heatmaps: Average Drop, deletion/insertion"
     )
@@ -106,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--steps", type=int, default=20, help="deletion/insertion steps (default 20)")
     evaluate.add_argument("--class", dest="target", help="class to explain, by index or label (default: top-1)")
     evaluate.add_argument("--out", type=Path, help="write the scores as JSON to this file")
+
+
+def _add_explain(commands: argparse._SubParsersAction) -> None:
     explain = commands.add_parser("explain", help="explain photos with a built graph (overlays + predictions)")
     explain.add_argument("graph", type=Path, help="a .onnx file written by 'camexport build'")
     explain.add_argument("images", nargs="+", help="image files or folders")
@@ -120,134 +158,179 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
     explain.add_argument("--quiet", action="store_true", help="no line per image, only errors and the summary")
 
+
+def _add_samples(commands: argparse._SubParsersAction) -> None:
     samples = commands.add_parser("samples", help="write the real photos bundled with scikit-image and matplotlib")
     samples.add_argument("folder", type=Path, nargs="?", default=Path("photos"), help="where (default: photos/)")
-    return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "build":
-        from camexport.build import BuildOptions, build
-        from camexport.factory import read_labels
-        from camexport.registry import ModelOverrides
+def _build(args: argparse.Namespace) -> int:
+    from camexport.builder.factory import read_labels
+    from camexport.builder.pipeline import BuildOptions, build
+    from camexport.builder.registry import ModelOverrides
 
-        size = _image_size(args.image_size) if args.image_size else None
-        overrides = ModelOverrides(
-            labels=read_labels(args.labels) if args.labels else None,
-            mean=tuple(args.mean) if args.mean else None,
-            std=tuple(args.std) if args.std else None,
-            num_classes=args.num_classes,
-        )
-        options = BuildOptions(
-            overrides=overrides,
-            model=args.model,
-            layer=args.layer,
-            method=args.method,
-            weights=args.weights,
-            seed=args.seed,
-            image_size=size,
-            opset=args.opset,
-            output=args.output,
-            dynamic_size=args.dynamic_size,
-            input=args.input,
-        )
-        build(options, log=lambda line: print(line, flush=True))
-        return 0
-    if args.command == "models":
-        from camexport.catalog import matching_models, model_entries
+    overrides = ModelOverrides(
+        labels=read_labels(args.labels) if args.labels else None,
+        mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None,
+        num_classes=args.num_classes,
+    )
+    options = BuildOptions(
+        model=args.model,
+        layer=args.layer,
+        methods=parse_methods(args.method),
+        weights=args.weights,
+        seed=args.seed,
+        image_size=args.image_size,
+        opset=args.opset,
+        output=args.output,
+        overrides=overrides,
+        dynamic_size=args.dynamic_size,
+        input=args.input,
+    )
+    build(options, log=lambda line: print(line, flush=True))
+    return 0
 
-        names = matching_models(args.pattern)
-        if not names:
-            print(f"no model matches {args.pattern!r}; run 'camexport models' for the list", file=sys.stderr)
-            return EXIT_USER_ERROR
-        width = max(len(name) for name in names)
-        print(f"{'model':{width}}  {'input':9}  default layer -> explained map [C, h, w]")
-        for entry in model_entries(names):
-            size = f"{entry.image_size[0]}x{entry.image_size[1]}"
-            where = f"{entry.layer} -> {list(entry.map_shape)}" if entry.layer else f"({entry.problem})"
-            print(f"{entry.name:{width}}  {size:9}  {where}", flush=True)
-        print("also: timm:ARCH for any name in timm.list_models(), and package.module:factory or file.py:factory")
-        return 0
-    if args.command == "layers":
-        from camexport.layers import describe_layers
-        from camexport.registry import load_model
 
-        loaded = load_model(args.model, "random")
-        size = _image_size(args.image_size) if args.image_size else loaded.preprocessing.image_size
-        print("\n".join(describe_layers(loaded.module, size, args.model, everything=args.all)))
-        return 0
-    if args.command == "bench":
-        from camexport.bench import CONTENDERS, BenchConfig, bench_model, report_terminal
+def _models(args: argparse.Namespace) -> int:
+    from camexport.builder.catalog import matching_models, model_entries
 
-        config = BenchConfig(
-            batch_sizes=tuple(args.batch_sizes),
-            runs=args.runs,
-            warmup=args.warmup,
-            threads=args.threads,
-            provider=args.provider,
-            contenders=tuple(args.contenders.split(",")) if args.contenders else CONTENDERS,
-            memory=not args.no_memory,
-        )
-        result, json_path, md_path = bench_model(
-            args.model,
-            args.layer,
-            args.method,
-            args.weights,
-            config,
-            args.out,
-            log=lambda line: print(line, flush=True),
-        )
-        print(report_terminal(result))
-        print(f"wrote {json_path} and {md_path}")
-        return 0
-    if args.command == "evaluate":
-        from camexport.metrics import METRICS, evaluate_paths, parse_metrics
-        from camexport.session import CamSession
-
-        metrics = parse_metrics(args.metrics) if args.metrics is not None else METRICS
-        print(evaluate_paths(CamSession(args.graph), args.images, args.steps, args.target, args.out, metrics))
-        return 0
-    if args.command == "explain":
-        from camexport.explain import explain_paths
-        from camexport.session import CamSession
-
-        session = CamSession(args.graph, provider=args.provider, threads=args.threads)
-        summary = explain_paths(
-            session,
-            args.images,
-            args.out,
-            target=args.target,
-            top_k=args.top_k,
-            alpha=args.alpha,
-            colormap=args.colormap,
-            save_heatmap=args.save_heatmap,
-            batch_size=args.batch_size,
-            progress=sys.stderr.isatty(),
-            log=(lambda _line: None) if args.quiet else print,
-        )
-        skipped = f", {len(summary.skipped)} non-image file(s) skipped" if summary.skipped else ""
+    names = matching_models(args.pattern)
+    if not names:
         print(
-            f"explained {summary.explained} image(s) in {summary.seconds:.1f} s "
-            f"({summary.images_per_second:.1f} images/s), {len(summary.failures)} failed{skipped}; "
-            f"overlays in {args.out}/, predictions: {summary.predictions}"
+            f"camexport: error: no model matches {args.pattern!r}; run 'camexport models' for the list", file=sys.stderr
         )
-        return 1 if summary.failures else 0
-    if args.command == "samples":
-        from camexport.samples import write_samples
+        return EXIT_USER_ERROR
+    width = max(len(name) for name in names)
+    print(f"{'model':{width}}  {'input':9}  default layer -> explained map [C, h, w]")
+    for entry in model_entries(names):
+        size = f"{entry.image_size[0]}x{entry.image_size[1]}"
+        where = f"{entry.layer} -> {list(entry.map_shape)}" if entry.layer else f"({entry.problem})"
+        print(f"{entry.name:{width}}  {size:9}  {where}", flush=True)
+    print("also: timm:ARCH for any name in timm.list_models(), and package.module:factory or file.py:factory")
+    return 0
 
-        for path in write_samples(args.folder):
-            print(path)
-        return 0
-    raise AssertionError(args.command)
+
+def _layers(args: argparse.Namespace) -> int:
+    from camexport.builder.layers import describe_layers
+    from camexport.builder.registry import load_model
+
+    loaded = load_model(args.model, "random")
+    size = args.image_size or loaded.preprocessing.image_size
+    print("\n".join(describe_layers(loaded.module, size, args.model, everything=args.all)))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from camexport.builder.bench import CONTENDERS, BenchConfig, bench_model, report_terminal
+
+    config = BenchConfig(
+        batch_sizes=tuple(args.batch_sizes),
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        provider=args.provider,
+        contenders=tuple(args.contenders.split(",")) if args.contenders else CONTENDERS,
+        memory=not args.no_memory,
+    )
+    methods = parse_methods(args.method)
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    result, json_path, md_path = bench_model(args.model, args.layer, methods, args.weights, config, args.out, say)
+    print(report_terminal(result))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from camexport.runtime.metrics import METRICS, evaluate_paths, parse_metrics
+    from camexport.runtime.session import CamSession
+
+    metrics = parse_metrics(args.metrics) if args.metrics is not None else METRICS
+    print(evaluate_paths(CamSession(args.graph), args.images, args.steps, args.target, args.out, metrics))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from camexport.runtime.explain import explain_paths
+    from camexport.runtime.session import CamSession
+
+    session = CamSession(args.graph, provider=args.provider, threads=args.threads)
+    summary = explain_paths(
+        session,
+        args.images,
+        args.out,
+        target=args.target,
+        top_k=args.top_k,
+        alpha=args.alpha,
+        colormap=args.colormap,
+        save_heatmap=args.save_heatmap,
+        batch_size=args.batch_size,
+        progress=sys.stderr.isatty(),
+        log=(lambda _line: None) if args.quiet else print,
+    )
+    skipped = f", {len(summary.skipped)} non-image file(s) skipped" if summary.skipped else ""
+    print(
+        f"explained {summary.explained} image(s) in {summary.seconds:.1f} s "
+        f"({summary.images_per_second:.1f} images/s), {len(summary.failures)} failed{skipped}; "
+        f"overlays in {args.out}/, predictions: {summary.predictions}"
+    )
+    return 1 if summary.failures else 0
+
+
+def _samples(args: argparse.Namespace) -> int:
+    from camexport.runtime.samples import write_samples
+
+    for path in write_samples(args.folder):
+        print(path)
+    return 0
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "build": _build,
+    "models": _models,
+    "layers": _layers,
+    "bench": _bench,
+    "evaluate": _evaluate,
+    "explain": _explain,
+    "samples": _samples,
+}
+
+# The library's parameters that messages name (see camexport.errors), and the flags whose name differs.
+PARAMETERS = frozenset(
+    "weights layer methods seed image_size opset output labels mean std num_classes dynamic_size input top_k "
+    "batch_size out_dir alpha colormap provider metrics steps target batch_sizes runs warmup threads contenders".split()
+)
+_FLAG_OF = {"methods": "--method", "out_dir": "--out", "target": "--class"}
+_PARAMETERS = re.compile(r"`(\w+)`|\b(\w+)=('[^']*'|\S+?)(?=[:;,)]|\s|$)")
+
+
+def for_the_command_line(message: str) -> str:
+    """A library message with its Python parameters as flags: ``seed=-1`` → ``--seed -1``,
+    ```dynamic_size``` → ``--dynamic-size`` (see :mod:`camexport.errors`)."""
+
+    def flag(name: str) -> str:
+        return _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+
+    def swap(match: re.Match) -> str:
+        bare, name, value = match.groups()
+        if bare is not None:
+            return flag(bare) if bare in PARAMETERS else match.group(0)
+        if name not in PARAMETERS:
+            return match.group(0)
+        if value.startswith("'") and " " not in value:
+            value = value.strip("'")
+        return f"{flag(name)} {value}"
+
+    return _PARAMETERS.sub(swap, message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``camexport`` console script."""
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        return HANDLERS[args.command](args)
     except CamExportError as exc:
-        print(f"camexport: error: {exc}", file=sys.stderr)
+        print(f"camexport: error: {for_the_command_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("camexport: interrupted", file=sys.stderr)

@@ -3,6 +3,9 @@
 Every failure that camexport reports on purpose derives from :class:`CamExportError`. The CLI turns
 each into one line on stderr and a non-zero exit status: 2 for a user's mistake (:class:`UserError`),
 1 for anything else (a graph that failed validation, an exporter limitation).
+
+Messages name the Python parameter at fault as ``name=value`` (``seed=-1: use a non-negative integer``) or
+as ```name``` where no value is shown; the command line shows each as its flag (``--seed -1``).
 """
 
 from __future__ import annotations
@@ -50,3 +53,11 @@ class UnsupportedModelError(CamExportError):
 
 class ValidationError(CamExportError):
     """The built graph's outputs differ from the eager reference beyond tolerance."""
+
+
+class ContractError(UserError):
+    """The graph follows a version of the graph contract that this camexport does not read."""
+
+
+class BuildSideMissing(UserError):
+    """A build-side feature was asked for, but the build dependencies (torch, ...) are not installed."""

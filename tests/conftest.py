@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from camexport.build import BuildOptions, build
+from camexport.builder.pipeline import BuildOptions, build
+from camexport.contract import parse_methods
 
 
 class ProbeModel(nn.Module):
@@ -44,7 +45,7 @@ def built_graph(
     key = (model, layer, method, weights, input)
     if key not in _BUILT:
         name = f"{model}-{(layer or 'default').replace('.', '_')}-{method}-{weights}-{input}.onnx"
-        options = BuildOptions(model=model, layer=layer, method=method, weights=weights, input=input)
+        options = BuildOptions(model=model, layer=layer, methods=parse_methods(method), weights=weights, input=input)
         result = build(replace(options, output=folder / name), log=lambda _line: None)
         _BUILT[key] = result.graph
     return _BUILT[key]
@@ -52,7 +53,7 @@ def built_graph(
 
 @pytest.fixture(scope="session")
 def resnet18_random() -> nn.Module:
-    from camexport.registry import load_model
+    from camexport.builder.registry import load_model
 
     return load_model("resnet18", "random", seed=0).module
 

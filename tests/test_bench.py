@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from camexport.bench import CONTENDERS, BenchConfig, bench_model, peak_memory_mb
+from camexport.builder.bench import CONTENDERS, BenchConfig, bench_model, peak_memory_mb
 from camexport.cli import main
 from camexport.errors import UserError
 
@@ -69,9 +69,9 @@ def test_peak_memory_runs_in_its_own_process(tiny: str, tmp_path: Path) -> None:
 
 
 def test_bad_settings_are_user_errors(capsys) -> None:
-    with pytest.raises(UserError, match="--runs 1"):
+    with pytest.raises(UserError, match="runs=1"):
         BenchConfig(runs=1).check()
-    with pytest.raises(UserError, match="--contenders z_magic: unknown"):
+    with pytest.raises(UserError, match="contenders='z_magic': unknown"):
         BenchConfig(contenders=("z_magic",)).check()
     assert main(["bench", "resnet18", "--batch-sizes", "0"]) == 2
     assert "--batch-sizes [0]" in capsys.readouterr().err

@@ -4,6 +4,7 @@ the ONNX contract, the report, and the all-or-nothing write."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,10 @@ import pytest
 import torch
 from conftest import built_graph
 
-from camexport.build import BuildOptions, build
+from camexport.builder.pipeline import BuildOptions, build
+from camexport.builder.reference import reference_explain
 from camexport.errors import ValidationError
-from camexport.reference import reference_explain
-from camexport.session import CamSession
+from camexport.runtime.session import CamSession
 
 LAYERS = ["layer4", "layer3", "layer4.1.conv2"]
 METHODS = ["gradcampp", "gradcam"]
@@ -132,7 +133,7 @@ def test_report_next_to_the_graph(graph_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_failed_validation_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import camexport.validation as validation
+    import camexport.builder.validation as validation
 
     monkeypatch.setitem(validation.TOLERANCES, "logits", 0.0)
     output = tmp_path / "out" / "r.onnx"
@@ -146,7 +147,7 @@ def test_failed_validation_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Mo
 def test_more_methods_match_the_reference(graph_dir: Path, resnet18_random, method: str) -> None:
     """XGrad-CAM, LayerCAM, HiResCAM graphs at layer3 (gradients vary across positions there) on unseen inputs."""
     session = CamSession(built_graph(graph_dir, "resnet18", "layer3", method))
-    assert session.info.method == method
+    assert session.info.methods == (method,)
     image = np.random.default_rng(99).standard_normal((4, 3, 224, 224)).astype(np.float32)
     targets = np.array([-1, 3, 500, 999])
     graph = session.run(image, targets)
@@ -163,7 +164,7 @@ def test_several_methods_share_one_graph(graph_dir: Path, resnet18_random) -> No
     """--method gradcampp,layercam,hirescam: one pass, a heatmap and cam per method, the first also as heatmap."""
     methods = ["gradcampp", "layercam", "hirescam"]
     session = CamSession(built_graph(graph_dir, "resnet18", "layer3", ",".join(methods)))
-    assert session.info.methods == methods
+    assert session.info.methods == tuple(methods)
     extra = [f"{kind}_{m}" for m in methods for kind in ("heatmap", "cam")]
     assert session.output_names == ["logits", "class_index", "heatmap", "cam", "activations", "gradients", *extra]
     image = np.random.default_rng(5).standard_normal((2, 3, 224, 224)).astype(np.float32)
@@ -181,5 +182,6 @@ def test_unknown_or_repeated_methods_are_refused(tmp_path: Path) -> None:
 
     for spec, message in (("gradcam,nope", "unknown method"), ("gradcam,gradcam", "named twice"), ("", "unknown")):
         with pytest.raises(UserError, match=message):
-            build(BuildOptions(model="resnet18", method=spec, weights="random", output=tmp_path / "x.onnx"))
+            options = BuildOptions(model="resnet18", methods=tuple(spec.split(",")), weights="random")
+            build(replace(options, output=tmp_path / "x.onnx"))
     assert not (tmp_path / "x.onnx").exists()

@@ -10,10 +10,10 @@ import pytest
 from test_build import _assert_matches_reference
 from test_cli import assert_user_error, run_cli
 
-from camexport.build import BuildOptions, build
-from camexport.reference import reference_explain
-from camexport.registry import load_model
-from camexport.session import CamSession
+from camexport.builder.pipeline import BuildOptions, build
+from camexport.builder.reference import reference_explain
+from camexport.builder.registry import load_model
+from camexport.runtime.session import CamSession
 
 # Every backward decomposition with a size-dependent shape: strided, padded and dilated convolutions,
 # max pooling with padding, average pooling; the explained layer is the first one, so all are crossed.

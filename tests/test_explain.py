@@ -12,9 +12,9 @@ from matplotlib import colormaps
 from PIL import Image
 
 from camexport.cli import main
-from camexport.explain import explain_paths
-from camexport.samples import sample_photo
-from camexport.session import CamSession
+from camexport.runtime.explain import explain_paths
+from camexport.runtime.samples import sample_photo
+from camexport.runtime.session import CamSession
 
 
 @pytest.fixture(scope="module")

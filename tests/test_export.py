@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from camexport.export import fold_broadcast_matmuls
+from camexport.builder.export import fold_broadcast_matmuls
 
 
 def _fold_and_compare(
@@ -64,17 +64,17 @@ def test_large_weights_go_to_external_data(tmp_path: Path, monkeypatch: pytest.M
     """Over the threshold (2 GB protobuf limit in practice; lowered here), weights live in <graph>.onnx.data."""
     from test_dynamic_size import STRIDED_NET
 
-    import camexport.export
-    from camexport.build import BuildOptions, build
-    from camexport.reference import reference_explain
-    from camexport.registry import load_model
-    from camexport.session import CamSession
+    import camexport.builder.export
+    from camexport.builder.pipeline import BuildOptions, build
+    from camexport.builder.reference import reference_explain
+    from camexport.builder.registry import load_model
+    from camexport.runtime.session import CamSession
 
     (tmp_path / "net.py").write_text(STRIDED_NET)
     spec = f"{tmp_path / 'net.py'}:factory"
     out = tmp_path / "graphs" / "net.onnx"
     options = BuildOptions(model=spec, weights="random", image_size=(48, 48), output=out)
-    monkeypatch.setattr(camexport.export, "EXTERNAL_DATA_BYTES", 1000)
+    monkeypatch.setattr(camexport.builder.export, "EXTERNAL_DATA_BYTES", 1000)
     result = build(options, log=lambda _: None)
     data = out.with_name("net.onnx.data")
     assert sorted(p.name for p in out.parent.iterdir()) == ["net.json", "net.onnx", "net.onnx.data"]
@@ -91,7 +91,7 @@ def test_large_weights_go_to_external_data(tmp_path: Path, monkeypatch: pytest.M
     ref = reference_explain(load_model(spec, "random").module, result.layer, "gradcampp", image, [-1, 2])
     assert np.abs(graph["heatmap"] - ref["heatmap"]).max() <= 4e-3 and ref["heatmap"].max() > 0
 
-    monkeypatch.setattr(camexport.export, "EXTERNAL_DATA_BYTES", 10**12)
+    monkeypatch.setattr(camexport.builder.export, "EXTERNAL_DATA_BYTES", 10**12)
     build(options, log=lambda _: None)  # rebuilt small: one file, the stale data file removed
     assert sorted(p.name for p in out.parent.iterdir()) == ["net.json", "net.onnx"]
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from camexport.build import model_slug
+from camexport.builder.factory import read_labels
+from camexport.builder.pipeline import model_slug
+from camexport.builder.reference import reference_explain
+from camexport.builder.registry import ModelOverrides, load_model
 from camexport.cli import main
 from camexport.errors import UserError
-from camexport.factory import read_labels
-from camexport.reference import reference_explain
-from camexport.registry import ModelOverrides, load_model
-from camexport.session import CamSession
+from camexport.runtime.session import CamSession
 
 NETS = """
 from torch import nn

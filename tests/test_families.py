@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from camexport.build import BuildOptions, build
-from camexport.reference import reference_explain
-from camexport.registry import load_model
-from camexport.session import CamSession
+from camexport.builder.pipeline import BuildOptions, build
+from camexport.builder.reference import reference_explain
+from camexport.builder.registry import load_model
+from camexport.runtime.session import CamSession
 
 CASES = [
     ("vgg11", "features.10"),
@@ -27,7 +27,7 @@ SIZE = (96, 96)
 def test_inner_layer_graph_matches_reference(graph_dir: Path, model: str, layer: str) -> None:
     out = graph_dir / f"{model}-inner.onnx"
     build(
-        BuildOptions(model=model, layer=layer, method="gradcam", weights="random", image_size=SIZE, output=out),
+        BuildOptions(model=model, layer=layer, methods=("gradcam",), weights="random", image_size=SIZE, output=out),
         log=lambda _: None,
     )
     session = CamSession(out)

@@ -6,8 +6,9 @@ import pytest
 import timm
 from torch import nn
 
+from camexport.builder.layers import default_layer, probe_layers, resolve_layer
+from camexport.builder.layouts import CHANNELS_FIRST, ChannelsLast
 from camexport.errors import ImageSizeError, UnknownLayerError
-from camexport.layers import default_layer, probe_layers, resolve_layer
 
 
 def test_resnet18_default_is_layer4(resnet18_random: nn.Module) -> None:
@@ -34,7 +35,7 @@ def test_unknown_layer_lists_close_candidates(resnet18_random: nn.Module) -> Non
 
 
 def test_non_feature_map_layer_is_refused(resnet18_random: nn.Module) -> None:
-    with pytest.raises(UnknownLayerError, match=r"--layer fc: its output is shape \[1, 1000\]"):
+    with pytest.raises(UnknownLayerError, match=r"layer='fc': its output is shape \[1, 1000\]"):
         resolve_layer(resnet18_random, probe_layers(resnet18_random, (224, 224)), "fc")
 
 
@@ -51,7 +52,7 @@ def test_model_that_cannot_run_at_the_size() -> None:
 
 @pytest.mark.parametrize(("name", "expected"), [("squeezenet1_0", "classifier.2"), ("inception_v3", "Mixed_7c")])
 def test_default_skips_pooled_1x1_heads(name: str, expected: str) -> None:
-    from camexport.registry import load_model
+    from camexport.builder.registry import load_model
 
     loaded = load_model(name, "random")
     layers = probe_layers(loaded.module, loaded.preprocessing.image_size)
@@ -64,20 +65,20 @@ def test_channels_last_outputs_are_found() -> None:
 
     convnext = torchvision.models.convnext_tiny().eval()
     layers = {info.name: info for info in probe_layers(convnext, (64, 64))}
-    assert layers["features.7.2.block.3"].layout == ("nhwc",)  # Linear 768 -> 3072 on [N, 2, 2, C]
+    assert layers["features.7.2.block.3"].layout == ChannelsLast()  # Linear 768 -> 3072 on [N, 2, 2, C]
     assert layers["features.7.2.block.3"].map_shape == (3072, 2, 2)
-    assert layers["features.7.2.block.2"].layout == ("nhwc",)  # the block's LayerNorm
-    assert layers["features.7.2.block.0"].layout is None  # the depthwise convolution, [N, C, h, w]
-    assert layers["features.7.2"].layout is None
+    assert layers["features.7.2.block.2"].layout == ChannelsLast()  # the block's LayerNorm
+    assert layers["features.7.2.block.0"].layout == CHANNELS_FIRST  # the depthwise convolution, [N, C, h, w]
+    assert layers["features.7.2"].layout == CHANNELS_FIRST
     swin = torchvision.models.swin_t().eval()
     layers = {info.name: info for info in probe_layers(swin, (224, 224))}
-    assert layers["features.7.1"].layout == ("nhwc",) and layers["features.7.1"].map_shape == (768, 7, 7)
-    assert layers["features.5.3.mlp"].layout == ("nhwc",)
-    assert layers["permute"].layout is None and layers["permute"].map_shape == (768, 7, 7)
+    assert layers["features.7.1"].layout == ChannelsLast() and layers["features.7.1"].map_shape == (768, 7, 7)
+    assert layers["features.5.3.mlp"].layout == ChannelsLast()
+    assert layers["permute"].layout == CHANNELS_FIRST and layers["permute"].map_shape == (768, 7, 7)
 
 
 def test_square_ambiguous_shapes_stay_channels_first() -> None:
     """[N, 4, 4, 4] reads both ways; without evidence it is taken as [N, C, h, w]."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 2))
     layers = {info.name: info for info in probe_layers(model.eval(), (8, 8))}
-    assert layers["1"].layout is None and layers["1"].map_shape == (4, 4, 4)
+    assert layers["1"].layout == CHANNELS_FIRST and layers["1"].map_shape == (4, 4, 4)

@@ -1,4 +1,4 @@
-"""The graph's formulas (camexport.methods) against the numpy implementation on hand-made tensors."""
+"""The graph's formulas (camexport.builder.methods) against the numpy implementation on hand-made tensors."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ import numpy_cam
 import pytest
 import torch
 
-from camexport.methods import (
+from camexport.builder.methods import (
     CAMS,
-    METHODS,
     class_activation_map,
     gradcam_weights,
     gradcampp_weights,
     normalised_heatmap,
 )
+from camexport.contract import METHODS
+
+
+def test_every_contract_method_has_a_formula_in_contract_order() -> None:
+    assert tuple(CAMS) == METHODS
 
 
 def _cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:

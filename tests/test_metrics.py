@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from camexport.build import BuildOptions, build
+from camexport.builder.pipeline import BuildOptions, build
+from camexport.builder.registry import ModelOverrides
 from camexport.errors import UserError
-from camexport.metrics import (
+from camexport.runtime.metrics import (
     deletion_insertion,
     drop_and_increase,
     evaluate_images,
@@ -17,8 +18,7 @@ from camexport.metrics import (
     instance_spread,
     parse_metrics,
 )
-from camexport.registry import ModelOverrides
-from camexport.session import CamSession
+from camexport.runtime.session import CamSession
 
 # Class 1's logit is 8 · mean(ReLU(R − 0.5)): only saturated red counts, so a blurred object does not.
 RED_DETECTOR = """
@@ -89,7 +89,7 @@ def test_win_and_the_summary(detector: CamSession) -> None:
     assert results["object"].average_drop < 1e-4 < results["background"].average_drop
     assert len(results["object"].deletions) == 3 and results["object"].deletions[0] < results["background"].deletions[0]
     assert results["object"].insertions[0] > results["background"].insertions[0]
-    with pytest.raises(UserError, match="--steps 1"):
+    with pytest.raises(UserError, match="steps=1"):
         evaluate_maps(detector, images, maps, np.array([1, 1, 1]), steps=1)
 
 

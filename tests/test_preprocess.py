@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from camexport.errors import UserError
-from camexport.preprocess import Preprocessing, open_image, to_input
+from camexport.runtime.preprocess import Preprocessing, open_image, to_input
 
 PREP = Preprocessing(
     mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0), image_size=(4, 6), resize_size=4, interpolation="bilinear"

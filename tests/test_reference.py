@@ -11,7 +11,7 @@ import torch
 from conftest import ProbeModel
 from torch import nn
 
-from camexport.reference import reference_explain
+from camexport.builder.reference import reference_explain
 
 
 def probe_inputs(A: np.ndarray, g: np.ndarray) -> tuple[ProbeModel, np.ndarray]:

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torchvision
 
-from camexport import registry
+from camexport.builder import registry
+from camexport.builder.registry import available_models, load_model
 from camexport.errors import UnknownModelError, WeightsError
-from camexport.registry import available_models, load_model
-from camexport.samples import sample_photo
-from camexport.session import CamSession
+from camexport.runtime.samples import sample_photo
+from camexport.runtime.session import CamSession
 
 
 def test_available_models_include_torchvision_and_the_offline_model() -> None:
@@ -40,7 +40,7 @@ def test_default_weights_unavailable_names_the_alternatives(monkeypatch: pytest.
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", offline)
-    with pytest.raises(WeightsError, match=r"--weights random.*--weights PATH"):
+    with pytest.raises(WeightsError, match=r"weights='random'.*weights=PATH"):
         load_model("resnet18", "default")
 
 
@@ -117,16 +117,16 @@ def test_unknown_timm_model_suggests_close_names() -> None:
 
 
 def test_num_classes_with_torchvision_pretrained_is_refused() -> None:
-    from camexport.registry import ModelOverrides
+    from camexport.builder.registry import ModelOverrides
 
-    with pytest.raises(WeightsError, match="--num-classes 10: torchvision's pretrained resnet18 has 1000 classes"):
+    with pytest.raises(WeightsError, match="num_classes=10: torchvision's pretrained resnet18 has 1000 classes"):
         load_model("resnet18", "default", overrides=ModelOverrides(num_classes=10))
 
 
 @pytest.mark.slow
 def test_timm_model_builds_and_matches_the_reference(graph_dir: Path) -> None:
-    from camexport.build import BuildOptions, build
-    from camexport.reference import reference_explain
+    from camexport.builder.pipeline import BuildOptions, build
+    from camexport.builder.reference import reference_explain
 
     out = graph_dir / "timm-resnet18.onnx"
     build(BuildOptions(model="timm:resnet18", weights="random", image_size=(96, 96), output=out), log=lambda _: None)

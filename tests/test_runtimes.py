@@ -12,10 +12,10 @@ import pytest
 from conftest import built_graph
 from PIL import Image
 
-from camexport.build import BuildOptions, build
-from camexport.preprocess import normalise, to_pixels
-from camexport.samples import sample_photo
-from camexport.session import CamSession
+from camexport.builder.pipeline import BuildOptions, build
+from camexport.runtime.preprocess import normalise, to_pixels
+from camexport.runtime.samples import sample_photo
+from camexport.runtime.session import CamSession
 
 NODE_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
 
@@ -107,7 +107,7 @@ def _compare_with_reference_evaluator(tmp_path: Path, method: str, pool: str) ->
     (tmp_path / "net.py").write_text(SMALL_NET.replace("{pool}", pool))
     out = tmp_path / "net.onnx"
     spec = f"{tmp_path / 'net.py'}:factory"
-    options = BuildOptions(model=spec, layer="0", method=method, weights="random", image_size=(32, 32), output=out)
+    options = BuildOptions(model=spec, layer="0", methods=(method,), weights="random", image_size=(32, 32), output=out)
     build(options, log=lambda _: None)
     image = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
     target = np.array([-1, 2], dtype=np.int64)

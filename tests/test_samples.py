@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from camexport.cli import main
-from camexport.samples import SAMPLES, sample_photo
+from camexport.runtime.samples import SAMPLES, sample_photo
 
 
 def test_every_sample_is_an_rgb_photo() -> None:

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from camexport.errors import UserError
-from camexport.samples import sample_photo
-from camexport.session import CamSession, resolve_providers
+from camexport.runtime.samples import sample_photo
+from camexport.runtime.session import CamSession, resolve_providers
 
 
 def test_a_foreign_onnx_file_is_refused(tmp_path: Path) -> None:
@@ -107,8 +107,8 @@ def test_explain_takes_images_paths_and_arrays(session: CamSession, tmp_path: Pa
 
 @pytest.mark.slow
 def test_explain_matches_the_reference_at_the_photo_size(session: CamSession, resnet18_random) -> None:
-    from camexport.preprocess import heatmap_to_original, to_input
-    from camexport.reference import reference_explain
+    from camexport.builder.reference import reference_explain
+    from camexport.runtime.preprocess import heatmap_to_original, to_input
 
     photo = _photo(300, 200)
     (result,) = session.explain(photo, target="tabby")

@@ -14,30 +14,27 @@ import torch
 from conftest import ProbeModel
 from torch import nn
 
-from camexport.decompositions import adaptive_avg_pool2d_backward, conv_output_padding, convolution_backward
-from camexport.export import finalise, metadata_props, to_onnx
-from camexport.tracing import OUTPUT_NAMES, TRACE_BATCH, trace_explainer
+from camexport.builder.decompositions import adaptive_avg_pool2d_backward, conv_output_padding, convolution_backward
+from camexport.builder.export import finalise, to_onnx
+from camexport.builder.tracing import TRACE_BATCH, trace_explainer
+from camexport.contract import OUTPUT_NAMES, GraphInfo, Preprocessing
 
 
-def _metadata(layer: str, method: str, size: tuple[int, int], classes: int) -> dict[str, str]:
-    return metadata_props(
+def _info(layer: str, method: str, size: tuple[int, int], classes: int) -> GraphInfo:
+    return GraphInfo(
         model="probe",
         layer=layer,
-        method=method,
-        labels=[f"c{i}" for i in range(classes)],
-        mean=(0, 0, 0),
-        std=(1, 1, 1),
-        image_size=size,
-        resize_size=max(size),
-        interpolation="bilinear",
-        weights="hand-made",
+        methods=(method,),
+        labels=tuple(f"c{i}" for i in range(classes)),
+        preprocessing=Preprocessing((0, 0, 0), (1, 1, 1), size, max(size), "bilinear"),
         version="test",
+        weights="hand-made",
     )
 
 
 def export_session(model: nn.Module, layer: str, method: str, size: tuple[int, int], classes: int):
-    traced = trace_explainer(model, layer, method, size)
-    proto = finalise(to_onnx(traced, size), _metadata(layer, method, size, classes))
+    traced = trace_explainer(model, layer, (method,), size)
+    proto = finalise(to_onnx(traced, size), _info(layer, method, size, classes))
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]), proto
 
 
@@ -102,7 +99,7 @@ def test_gradients_are_recomputed_not_frozen() -> None:
         model[1].running_var.uniform_(0.5, 2.0)
     size = (13, 11)  # odd sizes: strided convolutions need output_padding in their input gradient
     session, proto = export_session(model, "0", "gradcampp", size, 7)
-    from camexport.reference import reference_explain
+    from camexport.builder.reference import reference_explain
 
     rng = np.random.default_rng(2)
     previous = None
@@ -174,7 +171,7 @@ def test_adaptive_avg_pool_backward_matches_autograd(in_size, out_size) -> None:
     [(8, 2, 2, 0, False, True), (7, 3, 2, 1, False, False), (7, 3, 2, 1, True, True), (9, 3, 1, 1, False, False)],
 )
 def test_avg_pool_backward_matches_autograd(size, kernel, stride, padding, ceil_mode, count_include_pad) -> None:
-    from camexport.decompositions import avg_pool2d_backward
+    from camexport.builder.decompositions import avg_pool2d_backward
 
     x = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
     args = (kernel, stride, padding, ceil_mode, count_include_pad)

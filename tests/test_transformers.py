@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from camexport.build import BuildOptions, build
-from camexport.layers import token_grid
-from camexport.reference import reference_explain
-from camexport.registry import load_model
-from camexport.session import CamSession
+from camexport.builder.layers import token_grid
+from camexport.builder.layouts import ChannelsLast, Layout, Tokens, Windows
+from camexport.builder.pipeline import BuildOptions, build
+from camexport.builder.reference import reference_explain
+from camexport.builder.registry import load_model
+from camexport.runtime.session import CamSession
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,7 @@ def test_vit_graph_matches_reference(tmp_path: Path) -> None:
     image = np.random.default_rng(8).standard_normal((2, 3, 224, 224)).astype(np.float32)
     target = np.array([-1, 17])
     graph = session.run(image, target)
-    ref = reference_explain(module, session.info.layer, "gradcampp", image, target, layout=("tokens", 1, 14, 14))
+    ref = reference_explain(module, session.info.layer, "gradcampp", image, target, layout=Tokens(1, 14, 14))
     assert graph["activations"].shape == (2, 768, 14, 14) and graph["heatmap"].shape == (2, 224, 224)
     assert np.abs(ref["gradients"]).max() > 0
     assert graph["class_index"].tolist() == ref["class_index"].tolist()
@@ -60,7 +61,7 @@ def test_swin_reads_channels_last_norms(tmp_path: Path) -> None:
     module = load_model("swin_t", "random").module
     image = np.random.default_rng(9).standard_normal((2, 3, 224, 224)).astype(np.float32)
     graph = session.run(image, [-1, 3])
-    ref = reference_explain(module, session.info.layer, "gradcampp", image, [-1, 3], layout=("nhwc",))
+    ref = reference_explain(module, session.info.layer, "gradcampp", image, [-1, 3], layout=ChannelsLast())
     assert graph["activations"].shape == (2, 768, 7, 7)
     assert np.abs(ref["gradients"]).max() > 0
     assert np.abs(graph["activations"] - ref["activations"]).max() <= 1e-4 * np.abs(ref["activations"]).max()
@@ -81,8 +82,8 @@ def factory(num_classes=10):
 @pytest.mark.parametrize(
     ("layer", "layout", "channels"),
     [
-        (None, ("windows", 2, 4, 4, False), 32),  # default: the last block's window-attention norm
-        ("blocks.0.layers.0.layers.grid_attention.mlp_layer.1", ("windows", 8, 2, 2, True), 64),
+        (None, Windows(2, 4, 4, False), 32),  # default: the last block's window-attention norm
+        ("blocks.0.layers.0.layers.grid_attention.mlp_layer.1", Windows(8, 2, 2, True), 64),
     ],
 )
 def test_maxvit_partitioned_tokens(tmp_path: Path, layer, layout, channels) -> None:
@@ -115,13 +116,13 @@ def test_maxvit_departition_is_torchvisions() -> None:
     for p, swap in ((2, False), (4, True)):
         tokens = WindowPartition()(image, p)
         tokens = tokens.swapaxes(1, 2) if swap else tokens
-        layout = ("windows", p, 12 // p, 8 // p, swap)
+        layout = Windows(p, 12 // p, 8 // p, swap)
         A = _reference_map(tokens, layout)
         undone = WindowDepartition()(tokens.swapaxes(1, 2) if swap else tokens, p, 12 // p, 8 // p)
         assert torch.equal(A, undone) and torch.equal(A, image)
 
 
-def _reference_map(tokens: torch.Tensor, layout: tuple) -> torch.Tensor:
+def _reference_map(tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
     """The reference's A for layer output ``tokens``, via a module that returns them."""
 
     class Emit(torch.nn.Module):
@@ -147,7 +148,7 @@ def test_timm_vit_tokens(tmp_path: Path) -> None:
     module = load_model("timm:vit_tiny_patch16_224", "random").module
     image = np.random.default_rng(11).standard_normal((3, 3, 224, 224)).astype(np.float32)
     graph = session.run(image, [-1, 7, 500])
-    ref = reference_explain(module, session.info.layer, "gradcampp", image, [-1, 7, 500], layout=("tokens", 1, 14, 14))
+    ref = reference_explain(module, session.info.layer, "gradcampp", image, [-1, 7, 500], layout=Tokens(1, 14, 14))
     assert graph["activations"].shape == (3, 192, 14, 14) and np.abs(ref["gradients"]).max() > 0
     assert np.linalg.norm(graph["gradients"] - ref["gradients"]) <= 1e-3 * np.linalg.norm(ref["gradients"])
     assert np.abs(graph["heatmap"] - ref["heatmap"]).max() <= 4e-3

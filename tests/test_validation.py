@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from camexport.validation import compare_outputs
+from camexport.builder.validation import compare_outputs
 
 
 def _outputs(seed: int = 0) -> dict[str, np.ndarray]:

@@ -8,8 +8,8 @@ from matplotlib import colormaps
 from PIL import Image
 
 from camexport.errors import UserError
-from camexport.preprocess import Preprocessing, heatmap_to_original, seen_mask
-from camexport.visualize import overlay
+from camexport.runtime.preprocess import Preprocessing, heatmap_to_original, seen_mask
+from camexport.runtime.visualize import overlay
 
 PREP = Preprocessing(mean=(0, 0, 0), std=(1, 1, 1), image_size=(4, 4), resize_size=4, interpolation="bilinear")
 
@@ -31,7 +31,7 @@ def test_overlay_mask_leaves_unseen_pixels_untouched() -> None:
     assert out[0, 0].tolist() == [round(c * 255) for c in colormaps["jet"](1.0)[:3]]
 
 
-@pytest.mark.parametrize(("alpha", "cmap", "match"), [(1.5, "jet", "--alpha"), (0.5, "nope", "--colormap")])
+@pytest.mark.parametrize(("alpha", "cmap", "match"), [(1.5, "jet", "alpha=1.5"), (0.5, "nope", "colormap='nope'")])
 def test_overlay_rejects_bad_options(alpha: float, cmap: str, match: str) -> None:
     with pytest.raises(UserError, match=match):
         overlay(Image.new("RGB", (1, 1)), np.zeros((1, 1), np.float32), alpha, cmap)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,63 +14,11 @@ import onnxruntime as ort
 from PIL import Image
 
 from camexport._util import first_line
+from camexport.contract import IMAGE, TARGET_CLASS, GraphInfo
 from camexport.errors import CamExportError, UserError
-from camexport.preprocess import Preprocessing, heatmap_to_original, normalise, open_image, seen_mask, to_pixels
+from camexport.runtime.preprocess import heatmap_to_original, normalise, open_image, seen_mask, to_pixels
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-
-
-@dataclass(frozen=True)
-class GraphInfo:
-    """What a camexport graph says about itself (its ``camexport.*`` metadata)."""
-
-    model: str
-    layer: str
-    method: str
-    labels: list[str]
-    preprocessing: Preprocessing
-    version: str
-    dynamic_size: bool = False
-    input: str = "float32"
-
-    @property
-    def methods(self) -> list[str]:
-        """The graph's methods; the first one's map is the plain ``heatmap`` output."""
-        return self.method.split(",")
-
-    @property
-    def takes_pixels(self) -> bool:
-        """True for a ``--input uint8`` graph: ``image`` is uint8 [N, H, W, 3] RGB, normalised inside."""
-        return self.input == "uint8"
-
-
-def _read_info(meta: dict[str, str], path: Path) -> GraphInfo:
-    if "camexport.version" not in meta:
-        raise UserError(
-            f"{path}: not a graph built by camexport (no camexport.* metadata); build one with 'camexport build'"
-        )
-    try:
-        size = json.loads(meta["camexport.image_size"])
-        return GraphInfo(
-            model=meta["camexport.model"],
-            layer=meta["camexport.layer"],
-            method=meta["camexport.method"],
-            labels=list(json.loads(meta["camexport.labels"])),
-            preprocessing=Preprocessing(
-                mean=tuple(json.loads(meta["camexport.mean"])),
-                std=tuple(json.loads(meta["camexport.std"])),
-                image_size=(int(size[0]), int(size[1])),
-                resize_size=int(json.loads(meta.get("camexport.resize_size", str(max(size))))),
-                interpolation=meta.get("camexport.interpolation", "bilinear"),
-            ),
-            version=meta["camexport.version"],
-            dynamic_size=bool(json.loads(meta.get("camexport.dynamic_size", "false"))),
-            input=meta.get("camexport.input", "float32"),
-        )
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
-        raise UserError(
-            f"{path}: damaged camexport metadata ({exc}); rebuild the graph with 'camexport build'"
-        ) from None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -87,11 +35,11 @@ def resolve_providers(provider: str) -> list[str]:
         UserError: unknown provider, or CUDA asked of an onnxruntime build without it.
     """
     if provider not in PROVIDERS:
-        raise UserError(f"--provider {provider}: unknown; use one of {', '.join(PROVIDERS)}")
+        raise UserError(f"provider={provider!r}: unknown; use one of {', '.join(PROVIDERS)}")
     wanted = PROVIDERS[provider]
     if wanted not in ort.get_available_providers():
         raise UserError(
-            f"--provider {provider}: this onnxruntime has no {wanted} (it has "
+            f"provider={provider!r}: this onnxruntime has no {wanted} (it has "
             f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu in place of onnxruntime: "
             "pip uninstall -y onnxruntime && pip install 'camexport[gpu]'"
         )
@@ -125,7 +73,7 @@ class CamSession:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
             raise UserError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)[:160]})") from None
-        self.info = _read_info(self._session.get_modelmeta().custom_metadata_map, self.path)
+        self.info = GraphInfo.from_props(self._session.get_modelmeta().custom_metadata_map, self.path)
         self.output_names = [o.name for o in self._session.get_outputs()]
 
     @property
@@ -151,7 +99,7 @@ class CamSession:
             CamExportError: onnxruntime failed while running the graph.
         """
         image = np.asarray(image)
-        feeds: dict[str, np.ndarray] = {"image": self._check_batch(image)}
+        feeds: dict[str, np.ndarray] = {IMAGE: self._check_batch(image)}
         if target_class is not None:
             target = np.atleast_1d(np.asarray(target_class))
             if target.dtype.kind not in "iu" or target.ndim != 1 or target.shape[0] not in (1, image.shape[0]):
@@ -162,7 +110,7 @@ class CamSession:
                     f"class index {int(bad[0])} is out of range; "
                     f"use 0..{self.num_classes - 1} or -1 for the top-1 class"
                 )
-            feeds["target_class"] = target.astype(np.int64)
+            feeds[TARGET_CLASS] = target.astype(np.int64)
         try:
             outputs = self._session.run(self.output_names, feeds)
         except Exception as exc:  # onnxruntime's own exception types
@@ -205,13 +153,13 @@ class CamSession:
         if text.lstrip("-").isdigit():
             index = int(text)
             if not -1 <= index < len(labels):
-                raise UserError(f"class {index}: out of range; the graph has classes 0..{len(labels) - 1}")
+                raise UserError(f"target={index}: out of range; the graph has classes 0..{len(labels) - 1}")
             return index
         matches = [i for i, name in enumerate(labels) if name.lower() == text.lower()]
         if not matches:
             close = difflib.get_close_matches(text, labels, n=3)
             hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "pass an index instead"
-            raise UserError(f"class {text!r}: not a label of this graph; {hint}")
+            raise UserError(f"target={text!r}: not a label of this graph; {hint}")
         return matches[0]
 
     def prepare(self, image: ImageLike, name: str = "image") -> tuple[Image.Image, np.ndarray]:
@@ -249,10 +197,12 @@ class CamSession:
         single = isinstance(images, (str, Path, Image.Image, np.ndarray))
         items = [images] if single else list(images)
         if top_k < 1:
-            raise UserError(f"top_k {top_k}: use 1 or more")
+            raise UserError(f"top_k={top_k}: use 1 or more")
         if batch_size < 1:
-            raise UserError(f"batch_size {batch_size}: use 1 or more")
+            raise UserError(f"batch_size={batch_size}: use 1 or more")
         index = self.class_index(target)
+        if self.info.random_weights:
+            warnings.warn(random_weights_note(self), UserWarning, stacklevel=2)
         results: list[Explanation] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
@@ -308,6 +258,14 @@ class Explanation:
     probability: float
     heatmap: np.ndarray
     seen: np.ndarray
+
+
+def random_weights_note(session: CamSession) -> str:
+    """What to tell a user whose graph has random weights (said once per run)."""
+    return (
+        f"{session.path} was built with random weights ({session.info.weights}): its predictions and labels "
+        "mean nothing; build the graph with real weights (--weights default or PATH) to explain real classes"
+    )
 
 
 def _name(item: ImageLike, position: int) -> str:

@@ -1,17 +1,12 @@
-"""Export: the traced explainer becomes one ONNX graph with the camexport IO contract and metadata.
+"""Export: the traced explainer becomes one ONNX graph with the IO contract of :mod:`camexport.contract`.
 
-The contract (see README):
-
-* inputs: ``image`` float32 [batch, 3, H, W]; ``target_class`` int64 [batch] or [1] (broadcast), −1 meaning
-  the top-1 class. ``target_class`` has a default initializer ([-1]), so callers may omit it.
-* outputs: ``logits`` [batch, K], ``class_index`` int64 [batch], ``heatmap`` float32 [batch, H, W] in [0, 1],
-  ``cam`` [batch, h, w], ``activations`` and ``gradients`` [batch, C, h, w].
-* metadata props ``camexport.*`` (model, layer, method, labels, mean, std, image_size, ...).
+``image`` and ``target_class`` in (the latter optional: a default initializer [-1] and an ``Expand`` to the
+batch), the outputs by their contract names with a symbolic ``batch``, the :class:`~camexport.contract.GraphInfo`
+as metadata props; then ``onnx.checker`` with ``full_check``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,13 +16,20 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from camexport._util import first_line, quiet
+from camexport.builder.tracing import TRACE_BATCH, ExplainerModule, TracedExplainer, example_image
+from camexport.contract import (
+    BATCH_DIM,
+    HEIGHT_DIM,
+    IMAGE,
+    INPUT_NAMES,
+    PER_METHOD_OUTPUTS,
+    TARGET_CLASS,
+    TARGET_DIM,
+    WIDTH_DIM,
+    GraphInfo,
+)
 from camexport.errors import UnsupportedModelError, UserError
-from camexport.tracing import INPUT_NAMES, OUTPUT_NAMES, TRACE_BATCH, ExplainerModule, TracedExplainer, example_image
 
-BATCH_DIM = "batch"
-HEIGHT_DIM = "height"
-WIDTH_DIM = "width"
-TARGET_DIM = "target_batch"
 MIN_OPSET = 18
 _EXPANDED_TARGET = "target_class_expanded"
 _FORBIDDEN_OPS = {"Gradient"}
@@ -38,8 +40,8 @@ def check_opset(opset: int | None) -> None:
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not MIN_OPSET <= opset <= newest:
         raise UserError(
-            f"--opset {opset}: camexport writes opsets {MIN_OPSET} to {newest} (the installed onnx's newest); "
-            f"use --opset {MIN_OPSET} or leave it out"
+            f"opset={opset}: camexport writes opsets {MIN_OPSET} to {newest} (the installed onnx's newest); "
+            f"use opset={MIN_OPSET} or leave `opset` out"
         )
 
 
@@ -157,65 +159,70 @@ def fold_broadcast_matmuls(graph: onnx.GraphProto) -> int:
     return folded
 
 
-def finalise(
-    model: onnx.ModelProto, metadata: Mapping[str, str], dynamic_size: bool = False, pixels: bool = False
-) -> onnx.ModelProto:
-    """Applies the IO contract: named batch dims, an optional ``target_class``, metadata; then checks it.
-
-    ``target_class`` keeps its name as the graph input and gets a default initializer ``[-1]``; the graph
-    broadcasts it to the batch with ``Expand``, so a caller may pass [batch], [1] or nothing.
+def finalise(model: onnx.ModelProto, info: GraphInfo) -> onnx.ModelProto:
+    """Applies the IO contract: named dims, an optional ``target_class``, ``info`` as metadata; then checks it.
 
     Raises:
-        UnsupportedModelError: the graph uses non-standard operators or fails ``onnx.checker``.
+        UnsupportedModelError: the graph's IO is not the contract's, it uses non-standard operators, or it
+            fails ``onnx.checker``.
     """
     graph = model.graph
     fold_broadcast_matmuls(graph)
-    inputs = {vi.name: vi for vi in graph.input}
-    outputs = {vi.name: vi for vi in graph.output}
-    per_method = [name for name in outputs if name not in OUTPUT_NAMES]
-    if (
-        set(inputs) != set(INPUT_NAMES)
-        or not set(OUTPUT_NAMES) <= set(outputs)
-        or not all(name.startswith(("heatmap_", "cam_")) for name in per_method)
-    ):
-        raise UnsupportedModelError(
-            f"exported graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; this is a camexport bug"
-        )
-
-    for node in graph.node:
-        node.input[:] = [_EXPANDED_TARGET if name == "target_class" else name for name in node.input]
-    batch_shape = helper.make_node("Shape", ["image"], ["image_batch_size"], start=0, end=1)
-    expand = helper.make_node("Expand", ["target_class", "image_batch_size"], [_EXPANDED_TARGET])
-    nodes = [batch_shape, expand, *graph.node]
-    graph.ClearField("node")
-    graph.node.extend(nodes)
-    graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "target_class"))
-
-    spatial = ({1: HEIGHT_DIM, 2: WIDTH_DIM} if pixels else {2: HEIGHT_DIM, 3: WIDTH_DIM}) if dynamic_size else {}
-    _set_dims(inputs["image"], {0: BATCH_DIM, **spatial})
-    _set_dims(inputs["target_class"], {0: TARGET_DIM})
-    for name in outputs:
-        _set_dims(outputs[name], {0: BATCH_DIM})
-        if dynamic_size and name.startswith("heatmap"):
-            _set_dims(outputs[name], {1: HEIGHT_DIM, 2: WIDTH_DIM})
-
-    if inputs["image"].type.tensor_type.elem_type != (TensorProto.UINT8 if pixels else TensorProto.FLOAT):
-        raise UnsupportedModelError("the exported image input has the wrong type; this is a camexport bug")
-
-    domains = {node.domain for node in graph.node if node.domain not in ("", "ai.onnx")}
-    local_functions = {f.domain for f in model.functions}
-    foreign = domains - local_functions
-    forbidden = {node.op_type for node in graph.node if node.op_type in _FORBIDDEN_OPS}
-    if foreign or forbidden:
-        raise UnsupportedModelError(f"graph uses non-standard operators {sorted(foreign | forbidden)}")
-
+    _check_io(graph, info)
+    _make_target_optional(graph)
+    _name_dims(graph, info)
+    _check_operators(model)
     del model.metadata_props[:]
-    for key, value in metadata.items():
+    for key, value in info.to_props().items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     model.producer_name = "camexport"
     if not needs_external_data(model):  # a larger graph is checked from its files by save_graph
         _check(model)
     return model
+
+
+def _check_io(graph: onnx.GraphProto, info: GraphInfo) -> None:
+    inputs = {vi.name: vi for vi in graph.input}
+    outputs = [vi.name for vi in graph.output]
+    if set(inputs) != set(INPUT_NAMES) or tuple(outputs) != info.output_names:
+        raise UnsupportedModelError(
+            f"exported graph has inputs {sorted(inputs)} and outputs {outputs}; this is a camexport bug"
+        )
+    if inputs[IMAGE].type.tensor_type.elem_type != (TensorProto.UINT8 if info.takes_pixels else TensorProto.FLOAT):
+        raise UnsupportedModelError("the exported image input has the wrong type; this is a camexport bug")
+
+
+def _make_target_optional(graph: onnx.GraphProto) -> None:
+    """``target_class`` keeps its name as the graph input and gets a default initializer ``[-1]``; the graph
+    broadcasts it to the batch with ``Expand``, so a caller may pass [batch], [1] or nothing."""
+    for node in graph.node:
+        node.input[:] = [_EXPANDED_TARGET if name == TARGET_CLASS else name for name in node.input]
+    batch_shape = helper.make_node("Shape", [IMAGE], ["image_batch_size"], start=0, end=1)
+    expand = helper.make_node("Expand", [TARGET_CLASS, "image_batch_size"], [_EXPANDED_TARGET])
+    nodes = [batch_shape, expand, *graph.node]
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), TARGET_CLASS))
+
+
+def _name_dims(graph: onnx.GraphProto, info: GraphInfo) -> None:
+    """The contract's dimension names: ``batch`` everywhere, ``height``/``width`` with a dynamic size."""
+    spatial = {1: HEIGHT_DIM, 2: WIDTH_DIM} if info.takes_pixels else {2: HEIGHT_DIM, 3: WIDTH_DIM}
+    inputs = {vi.name: vi for vi in graph.input}
+    _set_dims(inputs[IMAGE], {0: BATCH_DIM, **(spatial if info.dynamic_size else {})})
+    _set_dims(inputs[TARGET_CLASS], {0: TARGET_DIM})
+    for output in graph.output:
+        _set_dims(output, {0: BATCH_DIM})
+        if info.dynamic_size and output.name.startswith(PER_METHOD_OUTPUTS[0]):
+            _set_dims(output, {1: HEIGHT_DIM, 2: WIDTH_DIM})
+
+
+def _check_operators(model: onnx.ModelProto) -> None:
+    domains = {node.domain for node in model.graph.node if node.domain not in ("", "ai.onnx")}
+    foreign = domains - {f.domain for f in model.functions}
+    forbidden = {node.op_type for node in model.graph.node if node.op_type in _FORBIDDEN_OPS}
+    if foreign or forbidden:
+        raise UnsupportedModelError(f"graph uses non-standard operators {sorted(foreign | forbidden)}")
 
 
 # Protobuf cannot serialise a message over 2 GB; well below that, the weights go to a companion file.
@@ -266,37 +273,3 @@ def _check(model: onnx.ModelProto | str) -> None:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise UnsupportedModelError(f"onnx.checker rejects the graph: {first_line(exc)}") from None
-
-
-def metadata_props(
-    *,
-    model: str,
-    layer: str,
-    method: str,
-    labels: list[str],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    image_size: tuple[int, int],
-    resize_size: int,
-    interpolation: str,
-    weights: str,
-    version: str,
-    dynamic_size: bool = False,
-    input: str = "float32",
-) -> dict[str, str]:
-    """The ``camexport.*`` metadata props; lists and numbers are JSON."""
-    return {
-        "camexport.model": model,
-        "camexport.layer": layer,
-        "camexport.method": method,
-        "camexport.labels": json.dumps(labels),
-        "camexport.mean": json.dumps(list(mean)),
-        "camexport.std": json.dumps(list(std)),
-        "camexport.image_size": json.dumps(list(image_size)),
-        "camexport.resize_size": json.dumps(resize_size),
-        "camexport.interpolation": interpolation,
-        "camexport.weights": weights,
-        "camexport.version": version,
-        "camexport.dynamic_size": json.dumps(dynamic_size),
-        "camexport.input": input,
-    }

@@ -6,12 +6,12 @@ The steps follow torchvision's and timm's evaluation transforms: convert to RGB,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from camexport.contract import Preprocessing
 from camexport.errors import UserError
 
 _FILTERS = {
@@ -20,50 +20,6 @@ _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image is turned into the graph's ``image`` input.
-
-    Attributes:
-        mean: per-channel mean subtracted after scaling pixels to [0, 1].
-        std: per-channel standard deviation divided by after subtracting the mean.
-        image_size: (H, W) of the network input, i.e. of the centre crop.
-        resize_size: length of the shorter image side after resizing, before the centre crop.
-        interpolation: resampling filter for the resize: ``bilinear``, ``bicubic``, ``nearest`` or ``lanczos``.
-    """
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    image_size: tuple[int, int]
-    resize_size: int
-    interpolation: str
-
-    def with_image_size(self, size: tuple[int, int]) -> Preprocessing:
-        """Returns a copy for another input size, keeping the resize-to-crop ratio."""
-        ratio = self.resize_size / max(self.image_size)
-        return replace(self, image_size=size, resize_size=round(max(size) * ratio))
-
-    def geometry(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
-        """Resized size and crop box (in resized pixels) for an original ``width`` x ``height`` image."""
-        scale = self.resize_size / min(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        crop_h, crop_w = self.image_size
-        left = round((size[0] - crop_w) / 2.0)
-        top = round((size[1] - crop_h) / 2.0)
-        return size, (left, top, left + crop_w, top + crop_h)
-
-    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """The region of an original ``width`` x ``height`` image that the network sees, in its pixels.
-
-        Returns:
-            (left, top, right, bottom) in original-image coordinates (may reach outside the image when the
-            crop is larger than the resized image).
-        """
-        (resized_w, resized_h), (left, top, right, bottom) = self.geometry(width, height)
-        sx, sy = width / resized_w, height / resized_h
-        return (left * sx, top * sy, right * sx, bottom * sy)
 
 
 def open_image(source: str | Path | Image.Image) -> Image.Image:

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from camexport._util import write_atomically
 from camexport.errors import CamExportError, UserError
-from camexport.session import CamSession, Explanation
-from camexport.visualize import check_style, overlay
+from camexport.runtime.session import CamSession, Explanation, random_weights_note
+from camexport.runtime.visualize import check_style, overlay
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -105,19 +105,21 @@ def explain_paths(
     started = time.perf_counter()
     target_index = session.class_index(target)
     if top_k < 1:
-        raise UserError(f"--top-k {top_k}: use 1 or more")
+        raise UserError(f"top_k={top_k}: use 1 or more")
     if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: use 1 or more")
+        raise UserError(f"batch_size={batch_size}: use 1 or more")
     check_style(alpha, colormap)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
+        raise UserError(f"out_dir={str(out)!r}: cannot create it ({exc.strerror or exc})") from None
     paths, skipped = collect_images(sources)
     if not paths:
         raise UserError("no images found; pass image files or folders that hold .png/.jpg files")
     summary = ExplainSummary(skipped=skipped)
+    if session.info.random_weights:
+        print(f"note: {random_weights_note(session)}", file=sys.stderr)
     records: list[dict] = []
     stems: dict[str, int] = {}
     bar = tqdm(total=len(paths), unit="img", disable=not progress or len(paths) < 2, leave=False)

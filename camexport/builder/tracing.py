@@ -25,21 +25,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from camexport.decompositions import ForwardRewrites, backward_decompositions
-from camexport.methods import CAMS, normalised_heatmap, parse_methods
-
-OUTPUT_NAMES = ("logits", "class_index", "heatmap", "cam", "activations", "gradients")
-
-
-def output_names(methods: tuple[str, ...]) -> tuple[str, ...]:
-    """The graph's outputs: :data:`OUTPUT_NAMES` (``heatmap``/``cam`` of the first method), then, for a graph of
-    several methods, ``heatmap_<method>`` and ``cam_<method>`` for each."""
-    if len(methods) < 2:
-        return OUTPUT_NAMES
-    return OUTPUT_NAMES + tuple(f"{kind}_{method}" for method in methods for kind in ("heatmap", "cam"))
-
-
-INPUT_NAMES = ("image", "target_class")
+from camexport.builder.decompositions import ForwardRewrites, backward_decompositions
+from camexport.builder.layouts import CHANNELS_FIRST, Layout
+from camexport.builder.methods import CAMS, normalised_heatmap
+from camexport.contract import OUTPUT_NAMES, check_methods, output_names
 
 # Symbolic tracing specialises sizes 0 and 1; an example batch of 2 keeps the batch dimension symbolic.
 TRACE_BATCH = 2
@@ -48,26 +37,20 @@ TRACE_BATCH = 2
 def make_explain_function(
     model: nn.Module,
     layer: str,
-    method: str,
-    image_size: tuple[int, int],
+    methods: tuple[str, ...],
     state_names: list[str],
-    layout: tuple | None = None,
+    layout: Layout = CHANNELS_FIRST,
     pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """Builds ``fn(state, image, target_class) -> outputs`` (see :func:`output_names`).
+    """Builds ``fn(state, image, target_class) -> outputs`` (see :func:`camexport.contract.output_names`).
 
-    ``method`` is one method or several, comma-separated (:func:`camexport.methods.parse_methods`): every
-    method's map comes from the same forward and backward pass.
-
-    ``state`` holds the model's parameters and buffers in ``state_names`` order. A negative
-    ``target_class`` entry means "explain the top-1 class". ``layout`` says how the layer's output becomes
-    A [N, C, h, w]: None (it is already), ``("nhwc",)`` (permuted), ``("tokens", prefix, h, w)`` for a
-    token output [N, T, C] whose patch tokens form the map (the prefix tokens are left out), or
-    ``("windows", p, gh, gw, swap)`` for MaxViT's partitioned tokens (see :class:`camexport.layers.LayerInfo`).
-    With ``pixels = (mean, std)`` the image is uint8 [N, H, W, 3] RGB, scaled to [0, 1] and normalised
-    inside the graph.
+    Every method's map comes from the same forward and backward pass. ``state`` holds the model's
+    parameters and buffers in ``state_names`` order. A negative ``target_class`` entry means "explain the
+    top-1 class". ``layout`` says how the layer's output becomes A [N, C, h, w]. With
+    ``pixels = (mean, std)`` the image is uint8 [N, H, W, 3] RGB, scaled to [0, 1] and normalised inside the
+    graph.
     """
-    methods = parse_methods(method)
+    methods = check_methods(methods)
     target_module = model.get_submodule(layer)
 
     def explain(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
@@ -77,31 +60,11 @@ def make_explain_function(
             image = (image.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - mean) / std
 
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-            kind = layout[0] if layout else None
-            if kind == "nhwc":
-                leaf = output.permute(0, 3, 1, 2).detach().contiguous().requires_grad_(True)
-                captured.append(leaf)
-                return leaf.permute(0, 2, 3, 1).clone()
-            if kind == "tokens":  # tokens [N, T, C] -> prefix + patch map [N, C, h, w]
-                _, prefix, h, w = layout
-                patches = output[:, prefix:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
-                leaf = patches.detach().contiguous().requires_grad_(True)
-                captured.append(leaf)
-                return torch.cat([output[:, :prefix].detach(), leaf.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
-            if kind == "windows":  # [N, gh*gw, p*p, C] -> [N, C, gh*p, gw*p], MaxViT's window departition
-                _, p, gh, gw, swap = layout
-                tokens = output.transpose(1, 2) if swap else output
-                cells = tokens.unflatten(1, (gh, gw)).unflatten(3, (p, p)).permute(0, 5, 1, 3, 2, 4)
-                leaf = cells.flatten(4, 5).flatten(2, 3).detach().contiguous().requires_grad_(True)
-                captured.append(leaf)
-                back = leaf.unflatten(2, (gh, p)).unflatten(4, (gw, p)).permute(0, 2, 4, 3, 5, 1)
-                back = back.flatten(3, 4).flatten(1, 2)
-                return (back.transpose(1, 2) if swap else back).contiguous()
             # Contiguous: autograd returns gradients in the strides of the input, and a strided copy
             # (as_strided_ + copy_) for a permuted output (ConvNeXt, Swin) has no ONNX lowering.
-            leaf = output.detach().contiguous().requires_grad_(True)
+            leaf = layout.to_map(output).detach().contiguous().requires_grad_(True)
             captured.append(leaf)
-            return leaf.clone()
+            return layout.from_map(leaf, output)
 
         handle = target_module.register_forward_hook(hook)
         try:
@@ -115,16 +78,27 @@ def make_explain_function(
                 (gradients,) = torch.autograd.grad(score, activations)
         finally:
             handle.remove()
-        activations = activations.detach()
-        size = (image.shape[2], image.shape[3])  # symbolic with --dynamic-size
-        cams = [CAMS[name](activations, gradients) for name in methods]  # one forward and backward for all
-        heatmaps = [normalised_heatmap(cam, size) for cam in cams]
-        outputs = (logits.detach(), class_index, heatmaps[0], cams[0], activations, gradients)
-        if len(methods) > 1:
-            outputs += tuple(t.clone() for pair in zip(heatmaps, cams, strict=True) for t in pair)
-        return outputs
+        return _cam_outputs(methods, image, logits, class_index, activations.detach(), gradients)
 
     return explain
+
+
+def _cam_outputs(
+    methods: tuple[str, ...],
+    image: torch.Tensor,
+    logits: torch.Tensor,
+    class_index: torch.Tensor,
+    activations: torch.Tensor,
+    gradients: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """The graph's outputs in contract order, every method's map from the same A and g."""
+    size = (image.shape[2], image.shape[3])  # symbolic with --dynamic-size
+    cams = [CAMS[name](activations, gradients) for name in methods]
+    heatmaps = [normalised_heatmap(cam, size) for cam in cams]
+    outputs = (logits.detach(), class_index, heatmaps[0], cams[0], activations, gradients)
+    if len(methods) > 1:
+        outputs += tuple(t.clone() for pair in zip(heatmaps, cams, strict=True) for t in pair)
+    return outputs
 
 
 @dataclass
@@ -153,10 +127,10 @@ def model_state(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
 def trace_explainer(
     model: nn.Module,
     layer: str,
-    method: str,
+    methods: tuple[str, ...],
     image_size: tuple[int, int],
     seed: int = 0,
-    layout: tuple | None = None,
+    layout: Layout = CHANNELS_FIRST,
     dynamic_size: bool = False,
     pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> TracedExplainer:
@@ -165,16 +139,16 @@ def trace_explainer(
     Args:
         model: network in eval mode.
         layer: dotted name of the target module.
-        method: ``gradcampp`` or ``gradcam``.
+        methods: the CAM methods (:data:`camexport.contract.METHODS`), the first being the default.
         image_size: (H, W) of the input.
         seed: seed of the example input (its values do not enter the graph).
-        layout: how the layer's output becomes [N, C, h, w] (see :func:`make_explain_function`).
+        layout: how the layer's output becomes [N, C, h, w] (:mod:`camexport.builder.layouts`).
         dynamic_size: the height and width are symbolic too (one graph for any H x W).
         pixels: ``(mean, std)`` for a graph that takes uint8 [N, H, W, 3] pixels (see
             :func:`make_explain_function`); None for normalised float32 [N, 3, H, W].
     """
     names, state = model_state(model)
-    explain = make_explain_function(model, layer, method, image_size, names, layout, pixels)
+    explain = make_explain_function(model, layer, methods, names, layout, pixels)
     image = example_image(image_size, pixels is not None, seed)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
     # Only the batch dimension is symbolic: a fully symbolic trace carries every spatial size as a
@@ -191,9 +165,7 @@ def trace_explainer(
     graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(
         fake_state, fake_image, fake_target
     )
-    return TracedExplainer(
-        graph=graph, state=state, state_names=names, output_names=output_names(parse_methods(method))
-    )
+    return TracedExplainer(graph=graph, state=state, state_names=names, output_names=output_names(methods))
 
 
 def example_image(image_size: tuple[int, int], pixels: bool, seed: int = 0) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Notation: ``A`` is the target layer's output [N, K, h, w], ``g = ∂y_c/∂A`` its gradient, where ``y_c`` is
 the pre-softmax logit of the explained class c.
 
-The eager yardstick in :mod:`camexport.reference` implements the same formulas separately.
+The eager yardstick in :mod:`camexport.builder.reference` implements the same formulas separately.
 """
 
 from __future__ import annotations
@@ -109,13 +109,12 @@ def _channel_weighted(weights_of: Callable[[torch.Tensor, torch.Tensor], torch.T
     return cam
 
 
-# Every method as ``cam(A, g) -> [N, h, w]``; the first is the default.
+# Every method of :data:`camexport.contract.METHODS` as ``cam(A, g) -> [N, h, w]``, in the same order.
 CAMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     **{name: _channel_weighted(weights_of) for name, weights_of in WEIGHTS.items()},
     "layercam": layercam,
     "hirescam": hirescam,
 }
-METHODS = tuple(CAMS)
 
 
 def interpolation_matrix(out_size: int, in_size: int) -> torch.Tensor:
@@ -157,21 +156,3 @@ def normalised_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     # A span at rounding level (interpolating a constant map) is noise, not structure: give zeros.
     positive = span > FLAT_MAP * high.abs()
     return torch.where(positive, (up - low) / torch.where(positive, span, torch.ones_like(span)), 0.0)
-
-
-def parse_methods(spec: str) -> tuple[str, ...]:
-    """``"gradcampp,layercam"`` → ``("gradcampp", "layercam")``: the methods of one graph, the first being the
-    default (its map is also the plain ``heatmap``/``cam`` output).
-
-    Raises:
-        ValueError: empty, unknown or repeated names (the message names them and lists the known ones).
-    """
-    names = tuple(part.strip() for part in spec.split(","))
-    unknown = [n for n in names if n not in CAMS]
-    if not spec.strip() or unknown:
-        raise ValueError(
-            f"unknown method(s) {', '.join(unknown) or repr(spec)}; use one or more of {', '.join(METHODS)}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"method(s) named twice in {spec!r}; list each once")
-    return names

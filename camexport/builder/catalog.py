@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch.overrides import TorchFunctionMode
 
+from camexport.builder.layers import default_layer, probe_layers
+from camexport.builder.registry import LoadedModel, available_models, load_model
 from camexport.errors import CamExportError
-from camexport.layers import default_layer, probe_layers
-from camexport.registry import LoadedModel, available_models, load_model
 
 
 @dataclass(frozen=True)

@@ -16,18 +16,8 @@ from pathlib import Path
 
 from torch import nn
 
+from camexport.builder.weights import Weighted, choose, seeded
 from camexport.errors import UserError
-from camexport.preprocess import Preprocessing
-from camexport.registry import LoadedModel, finish, load_state_dict_strict, randomised, read_checkpoint, seeded
-
-# What a factory's model is assumed to expect unless --mean/--std/--image-size say otherwise (ImageNet).
-DEFAULT_PREPROCESSING = Preprocessing(
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    image_size=(224, 224),
-    resize_size=256,
-    interpolation="bilinear",
-)
 
 
 def _import_target(spec: str) -> Callable[..., object]:
@@ -60,11 +50,11 @@ def _import_target(spec: str) -> Callable[..., object]:
     return target
 
 
-def load_factory_model(spec: str, weights: str, seed: int, num_classes: int | None) -> LoadedModel:
+def load_factory_model(spec: str, weights: str | Path, seed: int, num_classes: int | None) -> Weighted:
     """Builds a model from a user factory.
 
-    ``--weights default`` keeps whatever the factory returns (its own pretrained weights, if any);
-    ``random`` seeds the factory call; a path loads a state_dict on top.
+    ``weights="default"`` keeps whatever the factory returns (its own pretrained weights, if any);
+    ``"random"`` seeds the factory call; a path loads a state_dict on top.
 
     Raises:
         UserError: the factory cannot be imported, fails, or returns something other than an nn.Module.
@@ -77,7 +67,7 @@ def load_factory_model(spec: str, weights: str, seed: int, num_classes: int | No
         except (TypeError, ValueError):
             accepts = True
         if not accepts:
-            raise UserError(f"--num-classes: {spec} takes no num_classes argument; leave --num-classes out")
+            raise UserError(f"num_classes={num_classes}: {spec} takes no num_classes argument; leave `num_classes` out")
         kwargs["num_classes"] = num_classes
 
     def create() -> nn.Module:
@@ -89,15 +79,10 @@ def load_factory_model(spec: str, weights: str, seed: int, num_classes: int | No
             raise UserError(f"model '{spec}': the factory returned {type(model).__name__}, not a torch.nn.Module")
         return model
 
-    module = randomised(seed, create) if weights == "random" else seeded(seed, create)
-    if weights == "default":
-        described = f"as returned by {spec}"
-    elif weights == "random":
-        described = f"random (seed {seed}, {spec} called under it)"
-    else:
-        load_state_dict_strict(module, read_checkpoint(weights), weights)
-        described = str(weights)
-    return LoadedModel(spec, finish(module), [], DEFAULT_PREPROCESSING, described)
+    def as_returned() -> Weighted:
+        return Weighted(seeded(seed, create), f"as returned by {spec}")
+
+    return choose(weights, seed, create, as_returned, random_note=f", {spec} called under it")
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -112,17 +97,17 @@ def read_labels(path: str | Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--labels {path}: cannot read it ({exc})") from None
+        raise UserError(f"labels={str(path)!r}: cannot read it ({exc})") from None
     if text.lstrip().startswith("["):
         try:
             labels = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UserError(f"--labels {path}: not a valid JSON list ({exc.msg} at line {exc.lineno})") from None
+            raise UserError(f"labels={str(path)!r}: not a valid JSON list ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(labels, list) or not all(isinstance(x, (str, int, float)) for x in labels):
-            raise UserError(f"--labels {path}: the JSON must be a list of names")
+            raise UserError(f"labels={str(path)!r}: the JSON must be a list of names")
         labels = [str(x) for x in labels]
     else:
         labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
-        raise UserError(f"--labels {path}: no class names in it")
+        raise UserError(f"labels={str(path)!r}: no class names in it")
     return labels

@@ -12,9 +12,9 @@ from camexport.errors import UserError
 def check_style(alpha: float, colormap: str) -> None:
     """Raises UserError for an alpha outside [0, 1] or a colormap matplotlib does not know."""
     if not 0.0 <= alpha <= 1.0:
-        raise UserError(f"--alpha {alpha}: use a value between 0 and 1")
+        raise UserError(f"alpha={alpha}: use a value between 0 and 1")
     if colormap not in colormaps:
-        raise UserError(f"--colormap {colormap}: not a matplotlib colormap; try jet, viridis, inferno or turbo")
+        raise UserError(f"colormap={colormap!r}: not a matplotlib colormap; try jet, viridis, inferno or turbo")
 
 
 def overlay(

@@ -32,8 +32,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from camexport.errors import UserError
-from camexport.preprocess import normalise, to_pixels
-from camexport.session import CamSession, as_photo, softmax
+from camexport.runtime.preprocess import normalise, to_pixels
+from camexport.runtime.session import CamSession, as_photo, softmax
 
 # What `camexport evaluate --metrics` selects. The first three come from the same two runs per image;
 # deletion and insertion cost ``steps + 1`` runs per image and method each.
@@ -50,7 +50,7 @@ def parse_metrics(text: str) -> tuple[str, ...]:
     unknown = [name for name in names if name not in METRICS]
     if unknown or not names:
         what = f"{unknown[0]!r} is not a metric" if unknown else "no metric named"
-        raise UserError(f"--metrics {text!r}: {what}; choose from {', '.join(METRICS)} (comma-separated)")
+        raise UserError(f"metrics={text!r}: {what}; choose from {', '.join(METRICS)} (comma-separated)")
     return tuple(m for m in METRICS if m in names)
 
 
@@ -139,7 +139,7 @@ def evaluate_maps(
         UserError: ``steps`` below 2, an unknown metric, or heatmaps of another shape than the pixels.
     """
     if steps < 2:
-        raise UserError(f"--steps {steps}: use 2 or more")
+        raise UserError(f"steps={steps}: use 2 or more")
     parse_metrics(",".join(metrics))
     drop_based = {"average_drop", "increase_in_confidence", "win"} & set(metrics)
     blurred = None
@@ -299,7 +299,7 @@ def evaluate_paths(
     """``camexport evaluate``: scores every method of the graph on the images in ``sources`` (files or
     folders), optionally writes them as JSON to ``out``, and returns the table (plus where the JSON went)."""
     from camexport._util import write_atomically
-    from camexport.explain import collect_images
+    from camexport.runtime.explain import collect_images
 
     paths, _ = collect_images(sources)
     if not paths:

@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from camexport._util import quiet
+from camexport.builder.methods import CAMS, normalised_heatmap
 from camexport.errors import UserError
-from camexport.methods import CAMS, normalised_heatmap
-from camexport.session import resolve_providers
+from camexport.runtime.session import resolve_providers
 
 CONTENDERS = (
     "a_eager",
@@ -59,6 +59,12 @@ DESCRIPTIONS = {
     "e_ort_plain": "onnxruntime, plain model ONNX (no heatmap)",
     "f_ort_camexport": "onnxruntime, camexport graph (heatmap)",
 }
+# What the memory column measures, said wherever it is shown.
+MEMORY_NOTE = (
+    "Added peak RSS: in a fresh process per contender and batch, the peak resident memory (Linux VmHWM) of two "
+    "runs minus the resident memory once the model, session and batch were ready, in MB (the run's own "
+    "working memory, not the model's)."
+)
 # The targets of issue 5, checked in the report: (numerator, denominator, limit, at batch sizes).
 TARGETS = (
     ("f_ort_camexport", "e_ort_plain", 1.05, "(f) ÷ (e) ≤ 1.05"),
@@ -126,20 +132,21 @@ class BenchConfig:
     def check(self) -> None:
         """Raises UserError for a bad setting."""
         if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise UserError(f"--batch-sizes {list(self.batch_sizes)}: use positive integers")
+            raise UserError(f"batch_sizes={list(self.batch_sizes)}: use positive integers")
         if self.runs < 3:
-            raise UserError(f"--runs {self.runs}: use 3 or more (a median and quartiles need several runs)")
+            raise UserError(f"runs={self.runs}: use 3 or more (a median and quartiles need several runs)")
         if self.warmup < 0 or self.threads < 0:
-            raise UserError("--warmup and --threads must be 0 or more")
+            raise UserError(f"warmup={self.warmup}, threads={self.threads}: use 0 or more")
         unknown = [c for c in self.contenders if c not in CONTENDERS]
         if unknown:
-            raise UserError(f"--contenders {','.join(unknown)}: unknown; choose from {', '.join(CONTENDERS)}")
+            raise UserError(f"contenders={','.join(unknown)!r}: unknown; choose from {', '.join(CONTENDERS)}")
 
 
 def _eager_gradcampp(model: nn.Module, layer: str, method: str) -> Callable[[torch.Tensor], object]:
-    """(b): eager Grad-CAM++ in float32, the same formulas as the graph, run by autograd."""
+    """(b): eager Grad-CAM++ (or the graph's first ``method``) in float32, the same formulas as the graph, run by
+    autograd."""
     module = model.get_submodule(layer)
-    cam_of = CAMS[method.split(",")[0]]
+    cam_of = CAMS[method]
 
     def run(image: torch.Tensor) -> torch.Tensor:
         captured: list[torch.Tensor] = []
@@ -216,18 +223,26 @@ class Subject:
     input size. With the model itself, this is everything a contender is made from."""
 
     layer: str
-    method: str
+    methods: tuple[str, ...]
     graph: Path
     plain: Path
     size: tuple[int, int]
 
     def as_spec(self) -> dict:
         """JSON-ready, for :func:`peak_memory_mb`'s fresh process (see :meth:`from_spec`)."""
-        return {**asdict(self), "graph": str(self.graph), "plain": str(self.plain), "size": list(self.size)}
+        return {
+            **asdict(self),
+            "methods": list(self.methods),
+            "graph": str(self.graph),
+            "plain": str(self.plain),
+            "size": list(self.size),
+        }
 
     @classmethod
     def from_spec(cls, spec: dict) -> Subject:
-        return cls(spec["layer"], spec["method"], Path(spec["graph"]), Path(spec["plain"]), tuple(spec["size"]))
+        return cls(
+            spec["layer"], tuple(spec["methods"]), Path(spec["graph"]), Path(spec["plain"]), tuple(spec["size"])
+        )
 
 
 def peak_memory_mb(spec: dict) -> float:
@@ -239,7 +254,7 @@ def peak_memory_mb(spec: dict) -> float:
     ``spec``: :meth:`Subject.as_spec` plus model, weights, batch, contender, threads, provider.
     """
     code = (
-        "import json, sys; from camexport.bench import _peak_in_this_process; "
+        "import json, sys; from camexport.builder.bench import _peak_in_this_process; "
         "print(json.dumps(_peak_in_this_process(json.loads(sys.argv[1]))))"
     )
     done = subprocess.run(
@@ -251,7 +266,7 @@ def peak_memory_mb(spec: dict) -> float:
 
 
 def _peak_in_this_process(spec: dict) -> float:
-    from camexport.registry import load_model
+    from camexport.builder.registry import load_model
 
     torch.set_num_threads(spec["threads"])
     subject = Subject.from_spec(spec)
@@ -288,7 +303,7 @@ def make_contenders(
 
 
 def _contender(name: str, model: nn.Module, subject: Subject, config: BenchConfig) -> Callable[[np.ndarray], object]:
-    layer, method, size = subject.layer, subject.method, subject.size
+    layer, size = subject.layer, subject.size
     device = torch.device("cuda" if config.provider == "cuda" else "cpu")
     # As a user holds a model eagerly: parameters that require gradients (what the CAM libraries expect).
     on_device = copy.deepcopy(model).to(device).eval().requires_grad_(True)
@@ -313,7 +328,7 @@ def _contender(name: str, model: nn.Module, subject: Subject, config: BenchConfi
 
         return synced(infer)
     if name == "b_eager_gradcampp":
-        return synced(_eager_gradcampp(on_device, layer, method))
+        return synced(_eager_gradcampp(on_device, layer, subject.methods[0]))
     if name == "c_pytorch_grad_cam":
         return synced(_pytorch_grad_cam(on_device, layer))
     if name == "d_torchcam":
@@ -423,9 +438,9 @@ def report_markdown(result: dict) -> str:
         "",
         f"Graph: {result['graph_mb']} MB, built in {result['build_s']} s. {result['runs']} interleaved rounds "
         f"after {result['warmup']} warm-up runs; median and interquartile range (IQR) per batch. Machine: "
-        f"{machine_line(result['machine'])}.",
+        f"{machine_line(result['machine'])}. {MEMORY_NOTE}",
         "",
-        "| contender | batch | median ms | IQR ms | images/s | peak MB |",
+        "| contender | batch | median ms | IQR ms | images/s | added peak RSS MB |",
         "|---|---|---|---|---|---|",
     ]
     for row in result["timings"]:
@@ -446,7 +461,7 @@ def report_markdown(result: dict) -> str:
 
 def report_terminal(result: dict) -> str:
     """A plain-text table for the terminal."""
-    lines = [f"{'contender':46} {'batch':>5} {'median ms':>10} {'IQR ms':>8} {'img/s':>8} {'peak MB':>8}"]
+    lines = [f"{'contender':46} {'batch':>5} {'median ms':>10} {'IQR ms':>8} {'img/s':>8} {'+peak MB':>8}"]
     for row in result["timings"]:
         label = DESCRIPTIONS[row["contender"]]
         if row["skipped"]:
@@ -461,6 +476,7 @@ def report_terminal(result: dict) -> str:
             f"target {check['target']} at batch {check['batch']}: {check['ratio']:.3f} "
             f"({'met' if check['met'] else 'MISSED'})"
         )
+    lines.append(f"+peak MB: {MEMORY_NOTE}")
     return "\n".join(lines)
 
 
@@ -468,7 +484,7 @@ def run_bench(
     loaded_model: nn.Module,
     model_name: str,
     layer: str,
-    method: str,
+    methods: tuple[str, ...],
     graph: Path,
     build_report: dict,
     size: tuple[int, int],
@@ -478,7 +494,7 @@ def run_bench(
 ) -> dict:
     """Exports the plain model, measures every contender, and returns the JSON-ready result.
 
-    With ``weights`` (how :func:`camexport.registry.load_model` gets the same model again), each
+    With ``weights`` (how :func:`camexport.builder.registry.load_model` gets the same model again), each
     contender's peak memory is measured in a fresh process; without, it is left out.
     """
     config.check()
@@ -488,7 +504,7 @@ def run_bench(
     with tempfile.TemporaryDirectory() as folder:
         log("export the plain model to ONNX for (e)...")
         plain = export_plain(loaded_model, size, Path(folder) / "plain.onnx")
-        subject = Subject(layer, method, graph, plain, size)
+        subject = Subject(layer, methods, graph, plain, size)
         contenders = make_contenders(loaded_model, subject, config)
         memory = None
         if weights is not None and config.memory:
@@ -503,7 +519,7 @@ def run_bench(
     return {
         "model": model_name,
         "layer": layer,
-        "method": method,
+        "method": ",".join(methods),
         "image_size": list(size),
         "threads": threads,
         "provider": config.provider,
@@ -522,7 +538,7 @@ def run_bench(
 def bench_model(
     model: str,
     layer: str | None,
-    method: str,
+    methods: tuple[str, ...],
     weights: str,
     config: BenchConfig,
     out_dir: Path,
@@ -534,24 +550,24 @@ def bench_model(
         The result and the two paths written.
     """
     from camexport._util import write_atomically
-    from camexport.build import BuildOptions, build, model_slug
-    from camexport.registry import load_model
+    from camexport.builder.pipeline import BuildOptions, build, model_slug
+    from camexport.builder.registry import load_model
 
     config.check()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
-        log(f"build {model} ({layer or 'default layer'}, {method}, weights {weights})...")
+        log(f"build {model} ({layer or 'default layer'}, {','.join(methods)}, weights {weights})...")
         built = build(
-            BuildOptions(model=model, layer=layer, method=method, weights=weights, output=Path(folder) / "g.onnx"),
+            BuildOptions(model=model, layer=layer, methods=methods, weights=weights, output=Path(folder) / "g.onnx"),
             log=lambda _line: None,
         )
         loaded = load_model(model, weights)
         size = tuple(built.summary["image_size"])
         result = run_bench(
-            loaded.module, model, built.layer, method, built.graph, built.summary, size, config, log, weights
+            loaded.module, model, built.layer, methods, built.graph, built.summary, size, config, log, weights
         )
-    name = f"{model_slug(model)}-{built.layer.replace('.', '_')}-{method}-{config.provider}"
+    name = f"{model_slug(model)}-{built.layer.replace('.', '_')}-{'+'.join(methods)}-{config.provider}"
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     write_atomically(json_path, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     write_atomically(md_path, lambda p: p.write_text(report_markdown(result)))

@@ -12,8 +12,9 @@ the pre-softmax logit ``y_c``; the formulas then run in float64, written out fro
 * ``heatmap`` = bilinear (half-pixel) upsampling to the input size, then per-image min-max to [0, 1] (zeros
   for a map that is constant up to 1e-5 of its maximum).
 
-Nothing here is shared with :mod:`camexport.methods` or :mod:`camexport.tracing`, so that the graph is
-checked against a separate implementation.
+Nothing here is shared with :mod:`camexport.builder.methods` or :mod:`camexport.builder.tracing` (the layouts'
+fields are read, their transforms are not used), so that the graph is checked against a separate
+implementation.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from camexport.builder.layouts import CHANNELS_FIRST, ChannelsLast, Layout, Tokens, Windows
 
 
 def _paper_cam(method: str, A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -59,6 +62,16 @@ def _departition(x: torch.Tensor, p: int, gh: int, gw: int) -> torch.Tensor:
     return x.reshape(n, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, gh * p, gw * p)
 
 
+def _as_map(t: torch.Tensor, layout: Layout) -> torch.Tensor:
+    if isinstance(layout, ChannelsLast):
+        return t.movedim(-1, 1)
+    if isinstance(layout, Tokens):
+        return torch.stack([x[layout.prefix :].t().reshape(-1, layout.height, layout.width) for x in t])
+    if isinstance(layout, Windows):  # undone as torchvision's WindowDepartition does it
+        return _departition(t.swapaxes(1, 2) if layout.swap else t, layout.p, layout.gh, layout.gw)
+    return t
+
+
 def _min_max(maps: torch.Tensor) -> torch.Tensor:
     out = torch.zeros_like(maps)
     for i, m in enumerate(maps):
@@ -74,7 +87,7 @@ def reference_explain(
     method: str,
     image: torch.Tensor | np.ndarray,
     target_class: torch.Tensor | np.ndarray | list[int] | None = None,
-    layout: tuple | None = None,
+    layout: Layout = CHANNELS_FIRST,
 ) -> dict[str, np.ndarray]:
     """Eager Grad-CAM/Grad-CAM++ for a batch.
 
@@ -84,10 +97,11 @@ def reference_explain(
         method: ``gradcampp``, ``gradcam``, ``xgradcam``, ``layercam`` or ``hirescam``.
         image: [N, 3, H, W] float32, normalised.
         target_class: [N] class indices, −1 (or None for all) meaning the top-1 class.
-        layout: None for an [N, C, h, w] output; ``("nhwc",)`` for [N, h, w, C]; ``("tokens", prefix, h, w)``
-            for [N, T, C]: after the gradient is taken with respect to the raw output, the prefix tokens
-            are dropped and the rest laid out as [N, C, h, w]; ``("windows", p, gh, gw, swap)`` for MaxViT's
-            [N, gh*gw, p*p, C] (token axes swapped when ``swap``), departitioned to [N, C, gh*p, gw*p].
+        layout: the output's layout (:mod:`camexport.builder.layouts`); only its fields are read, the
+            transforms are this module's own: [N, h, w, C] moved to channels first; tokens [N, T, C]: after the
+            gradient is taken with respect to the raw output, the prefix tokens are dropped and the rest laid
+            out as [N, C, h, w]; MaxViT's windows [N, gh*gw, p*p, C] (token axes swapped when ``swap``)
+            departitioned to [N, C, gh*p, gw*p].
 
     Returns:
         ``logits``, ``class_index``, ``heatmap``, ``cam``, ``activations``, ``gradients`` as numpy arrays
@@ -116,16 +130,7 @@ def reference_explain(
     y_c = logits[torch.arange(image.shape[0]), chosen]
     (g,) = torch.autograd.grad(y_c.sum(), A)
 
-    A64, g64 = A.detach().double(), g.double()
-    if layout is not None and layout[0] == "nhwc":
-        A64, g64 = A64.movedim(-1, 1), g64.movedim(-1, 1)
-    elif layout is not None and layout[0] == "tokens":
-        _, skip, rows, cols = layout
-        A64 = torch.stack([a[skip:].t().reshape(-1, rows, cols) for a in A64])
-        g64 = torch.stack([d[skip:].t().reshape(-1, rows, cols) for d in g64])
-    elif layout is not None:  # MaxViT windows, undone as torchvision's WindowDepartition does it
-        _, p, gh, gw, swap = layout
-        A64, g64 = (_departition(t.swapaxes(1, 2) if swap else t, p, gh, gw) for t in (A64, g64))
+    A64, g64 = _as_map(A.detach().double(), layout), _as_map(g.double(), layout)
     cam = _paper_cam(method, A64, g64)
     upsampled = F.interpolate(cam[:, None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
     heatmap = _min_max(upsampled[:, 0])

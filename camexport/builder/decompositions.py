@@ -34,8 +34,8 @@ def _is_symbolic(*sizes: object) -> bool:
 
 def _dynamic_size_unsupported(what: str) -> DynamicSizeError:
     return DynamicSizeError(
-        f"--dynamic-size: the backward pass crosses {what}, whose shape depends on the image size; "
-        "build without --dynamic-size, or choose a --layer after it"
+        f"`dynamic_size`: the backward pass crosses {what}, whose shape depends on the image size; "
+        "build without `dynamic_size`, or choose a `layer` after it"
     )
 
 

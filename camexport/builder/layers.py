@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from camexport._util import first_line
+from camexport.builder.layouts import CHANNELS_FIRST, ChannelsLast, Layout, Tokens, Windows
 from camexport.errors import ImageSizeError, UnknownLayerError, UserError
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -23,61 +24,38 @@ class LayerInfo:
         shape: output shape for the probe input (batch first), or ``None`` when not a tensor.
         calls: how many times the module ran in one forward pass.
         order: position of the module's last completed call in the pass.
-        layout: how the output becomes the explained map A [N, C, h, w]:
-
-            * ``None``: it already is one (or it is not a map at all);
-            * ``("nhwc",)``: a channels-last map [N, h, w, C] (Swin Transformer, ConvNeXt block internals);
-            * ``("tokens", prefix, h, w)``: tokens [N, T, C], ``prefix`` class/distillation tokens then an
-              h x w patch grid (Vision Transformer);
-            * ``("windows", p, gh, gw, swap)``: MaxViT's partitioned tokens [N, gh*gw, p*p, C] (windows of
-              p x p cells on a gh x gw layout; ``swap``: the two token axes exchanged, for grid attention).
+        layout: how the output becomes the explained map A [N, C, h, w] (:mod:`camexport.builder.layouts`).
     """
 
     name: str
     shape: tuple[int, ...] | None
     calls: int
     order: int
-    layout: tuple | None = None
+    layout: Layout = CHANNELS_FIRST
 
     @property
     def is_tokens(self) -> bool:
-        """True for transformer tokens that hold a patch grid (a ``tokens`` or ``windows`` layout)."""
-        return self.layout is not None and self.layout[0] in ("tokens", "windows")
+        """True for transformer tokens that hold a patch grid."""
+        return isinstance(self.layout, (Tokens, Windows))
 
     @property
     def channels_last(self) -> bool:
         """True for a channels-last map [N, h, w, C]."""
-        return self.layout == ("nhwc",)
+        return isinstance(self.layout, ChannelsLast)
 
     @property
     def is_feature_map(self) -> bool:
         """True for a 4-D output [N, C, h, w], or one that reads as such (see ``layout``)."""
-        return self.shape is not None and (self.layout is not None or len(self.shape) == 4)
+        return self.shape is not None and (self.layout != CHANNELS_FIRST or len(self.shape) == 4)
 
     @property
     def map_shape(self) -> tuple[int, ...]:
         """The explained map's shape without the batch: (C, h, w)."""
-        kind = self.layout[0] if self.layout else None
-        if kind == "tokens":
-            return (self.shape[2], self.layout[2], self.layout[3])
-        if kind == "windows":
-            _, p, gh, gw, _swap = self.layout
-            return (self.shape[3], gh * p, gw * p)
-        if kind == "nhwc":
-            return (self.shape[3], self.shape[1], self.shape[2])
-        return tuple(self.shape[1:])
+        return self.layout.map_shape(self.shape)
 
     def describe_layout(self) -> str:
         """How the output is read, for humans: '' when it is already [N, C, h, w]."""
-        kind = self.layout[0] if self.layout else None
-        if kind == "tokens":
-            return f"tokens: {self.layout[1]} prefix + {self.layout[2]}x{self.layout[3]} grid"
-        if kind == "windows":
-            _, p, gh, gw, swap = self.layout
-            return f"{'grid' if swap else 'window'}-partitioned tokens: read as a {gh * p}x{gw * p} map"
-        if kind == "nhwc":
-            return "[N, h, w, C]: read as [N, C, h, w]"
-        return ""
+        return self.layout.describe()
 
 
 def token_grid(shape: tuple[int, ...], image_size: tuple[int, int]) -> tuple[int, int, int] | None:
@@ -131,7 +109,7 @@ def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str 
         reason = first_line(exc)[:160]
         raise ImageSizeError(
             f"{model_name} cannot run on {image_size[0]}x{image_size[1]} images ({reason}); "
-            "use another --image-size, e.g. the model's default"
+            "use another `image_size`, e.g. the model's default"
         ) from None
     finally:
         for handle in handles:
@@ -151,25 +129,25 @@ def _layout(
     shape: tuple[int, ...] | None,
     image_size: tuple[int, int],
     nhwc_grids: set[tuple[int, ...]],
-) -> tuple | None:
+) -> Layout:
     """The ``layout`` of one module's output (see :class:`LayerInfo`)."""
     if shape is None:
-        return None
+        return CHANNELS_FIRST
     windows = _window_layout(model, name, shape)
     if windows is not None:
         return windows
     grid = token_grid(shape, image_size)
     if grid is not None:
-        return ("tokens", *grid)
+        return Tokens(*grid)
     # Channels last: a LayerNorm over the last axis of a 4-D map, or any 4-D output on the same h x w grid
     # as such a norm (a Swin block, the MLP inside a ConvNeXt block). A shape that reads both ways
     # ([N, 7, 7, 7]) stays channels first.
     if len(shape) == 4 and shape[1:3] in nhwc_grids and shape[1:3] != shape[2:4]:
-        return ("nhwc",)
-    return None
+        return ChannelsLast()
+    return CHANNELS_FIRST
 
 
-def _window_layout(model: nn.Module, name: str, shape: tuple[int, ...]) -> tuple | None:
+def _window_layout(model: nn.Module, name: str, shape: tuple[int, ...]) -> Windows | None:
     """MaxViT: an output [N, gh*gw, p*p, C] (or its swap) inside torchvision's ``PartitionAttentionLayer``."""
     try:
         from torchvision.models.maxvit import PartitionAttentionLayer
@@ -184,7 +162,7 @@ def _window_layout(model: nn.Module, name: str, shape: tuple[int, ...]) -> tuple
             swap = owner.partition_type == "grid"
             expected = (gh * gw, p * p)[::-1] if swap else (gh * gw, p * p)
             if len(shape) == 4 and shape[1:3] == expected:
-                return ("windows", p, gh, gw, swap)
+                return Windows(p, gh, gw, swap)
             return None
     return None
 
@@ -231,7 +209,7 @@ def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
     window_norms = [
         info
         for info in maps
-        if info.layout and info.layout[0] == "windows" and not info.layout[4] and info.name.endswith("attn_layer.0")
+        if isinstance(info.layout, Windows) and not info.layout.swap and info.name.endswith("attn_layer.0")
     ]
     if window_norms:  # MaxViT: the first normalisation of the last block's (window) attention
         return window_norms[-1]
@@ -251,7 +229,7 @@ def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
     if not maps:
         raise UnknownLayerError(
             f"{type(model).__name__} has no module with a 4-D output [N,C,h,w]; camexport explains convolutional "
-            "feature maps, pass --layer with a module that yields one"
+            "feature maps, pass `layer` with a module that yields one"
         )
     return maps[-1]
 
@@ -272,17 +250,17 @@ def resolve_layer(model: nn.Module, layers: list[LayerInfo], name: str | None) -
         close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
         hint = f"close candidates: {', '.join(close)}" if close else f"4-D layers include: {', '.join(candidates[-5:])}"
         if name in dict(model.named_modules()):
-            raise UnknownLayerError(f"--layer {name}: the module never runs in a forward pass; {hint}")
-        raise UnknownLayerError(f"--layer {name}: no such module in {type(model).__name__}; {hint}")
+            raise UnknownLayerError(f"layer={name!r}: the module never runs in a forward pass; {hint}")
+        raise UnknownLayerError(f"layer={name!r}: no such module in {type(model).__name__}; {hint}")
     if not info.is_feature_map:
         shape = "not a tensor" if info.shape is None else f"shape {list(info.shape)}"
         raise UnknownLayerError(
-            f"--layer {name}: its output is {shape}, not a 4-D feature map [N,C,h,w] nor tokens of a patch grid; "
+            f"layer={name!r}: its output is {shape}, not a 4-D feature map [N,C,h,w] nor tokens of a patch grid; "
             "choose a convolutional layer or a transformer block"
         )
     if info.calls != 1:
         raise UnknownLayerError(
-            f"--layer {name}: the module runs {info.calls} times in one forward pass, so its activations are "
+            f"layer={name!r}: the module runs {info.calls} times in one forward pass, so its activations are "
             "ambiguous; choose its parent block or a module that runs once"
         )
     return info
@@ -299,7 +277,7 @@ def describe_layers(
     lines = [f"{'layer':{width}}  output [N, ...]   note", f"{'-' * width}  ---------------   ----"]
     for info in rows:
         shape = "-" if info.shape is None else "[N, " + ", ".join(map(str, info.shape[1:])) + "]"
-        notes = [info.describe_layout()] if info.layout else []
+        notes = [info.describe_layout()] if info.describe_layout() else []
         if info.name == chosen:
             notes.append("default")
         if info.calls != 1:

@@ -1,0 +1,20 @@
+"""The build wing: a model becomes one validated explaining ONNX graph (needs ``camexport[build]``: torch).
+
+Data flows one way: registry (with weights and factory) → layers → tracing (methods, decompositions) →
+export → validation (against the independent eager reference) → pipeline, which writes the graph.
+bench and catalog sit on top. The run wing (:mod:`camexport.runtime`) never imports this package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from camexport.errors import BuildSideMissing
+
+_NEEDS = ("torch", "torchvision", "onnx", "onnxscript", "timm")
+_missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
+if _missing:
+    raise BuildSideMissing(
+        f"building graphs needs {', '.join(_missing)}, which this install lacks; "
+        "install the build side with: pip install 'camexport[build]'"
+    )

@@ -1,0 +1,453 @@
+"""The build pipeline: load → find layer → trace → export → validate → write (atomically) + JSON report.
+
+:func:`build` runs the named steps below in order; each step reads and extends one :class:`_Build`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import EncodeError
+from torch import nn
+
+from camexport import __version__
+from camexport._util import first_line, write_atomically
+from camexport.builder.export import EXTERNAL_DATA_BYTES, check_opset, data_path, finalise, save_graph, to_onnx
+from camexport.builder.layers import LayerInfo, count_logits, default_layer, probe_layers, resolve_layer
+from camexport.builder.layouts import CHANNELS_FIRST
+from camexport.builder.registry import EFFICIENTNET_LITE0, LoadedModel, ModelOverrides, load_model
+from camexport.builder.tracing import trace_explainer
+from camexport.builder.validation import (
+    TOLERANCES,
+    Case,
+    CaseResult,
+    other_sizes,
+    random_cases,
+    results_as_dict,
+    validate,
+)
+from camexport.contract import INPUT_KINDS, GraphInfo, InputKind, check_methods
+from camexport.errors import (
+    CamExportError,
+    DynamicSizeError,
+    ImageSizeError,
+    OutputPathError,
+    UnsupportedModelError,
+    UserError,
+)
+from camexport.runtime.preprocess import normalise, open_image, to_pixels
+from camexport.runtime.samples import sample_photo
+from camexport.runtime.session import CamSession
+
+DEFAULT_OUTPUT_DIR = Path("models")
+# Relative L2 change of the reference heatmap under a 1e-5 input perturbation above which a warning is printed.
+ILL_CONDITIONED = 0.1
+
+
+@dataclass
+class BuildOptions:
+    """What to build (the command line's ``camexport build`` flags, typed).
+
+    Attributes:
+        model: a registry name, ``timm:ARCH`` or a factory ``package.module:factory`` / ``file.py:factory``.
+        layer: dotted module name; None picks the default layer.
+        methods: the CAM methods, the first being the plain ``heatmap``/``cam`` outputs.
+        weights: ``"default"``, ``"random"`` or a state_dict path.
+        seed: seed of random weights and validation inputs.
+        image_size: (H, W); None takes the weights' own.
+        opset: ONNX opset; None takes the exporter's.
+        output: the graph file; None writes ``models/<model>-<methods>.onnx``.
+        overrides: labels, mean, std, number of classes.
+        dynamic_size: one graph for any image height and width.
+        input: ``float32`` (normalised [N, 3, H, W]) or ``uint8`` (RGB pixels [N, H, W, 3]).
+    """
+
+    model: str
+    layer: str | None = None
+    methods: tuple[str, ...] = ("gradcampp",)
+    weights: str | Path = "default"
+    seed: int = 0
+    image_size: tuple[int, int] | None = None
+    opset: int | None = None
+    output: Path | None = None
+    overrides: ModelOverrides = field(default_factory=ModelOverrides)
+    dynamic_size: bool = False
+    input: InputKind = "float32"
+
+    def output_path(self) -> Path:
+        """``output`` or ``models/<model>-<method>[+<method>...].onnx`` (the model name made file-safe)."""
+        return Path(self.output) if self.output else DEFAULT_OUTPUT_DIR / default_file_name(self.model, self.methods)
+
+    def check(self) -> None:
+        """Raises UserError for a bad option, before any work."""
+        check_methods(self.methods)
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise UserError(f"image_size={self.image_size}: give (H, W) as positive integers")
+        if self.seed < 0:
+            raise UserError(f"seed={self.seed}: use a non-negative integer")
+        if self.input not in INPUT_KINDS:
+            raise UserError(f"input={self.input!r}: unknown; use one of {', '.join(INPUT_KINDS)}")
+        check_opset(self.opset)
+        check_output(self.output_path())
+
+
+def default_file_name(model: str, methods: tuple[str, ...]) -> str:
+    """``<model>-<method>.onnx``; a graph of several methods joins them with ``+`` (``resnet18-gradcampp+layercam``)."""
+    return f"{model_slug(model)}-{'+'.join(methods)}.onnx"
+
+
+def model_slug(name: str) -> str:
+    """A file-safe name: ``timm:resnet50`` → ``timm-resnet50``, ``nets/my.py:build`` → ``my-build``."""
+    if ":" in name and not name.startswith("timm:"):
+        location, _, attribute = name.rpartition(":")
+        name = f"{Path(location).stem if location.endswith('.py') else location.rsplit('.', 1)[-1]}-{attribute}"
+    return re.sub(r"[^\w.-]+", "-", name).strip("-") or "model"
+
+
+@dataclass
+class BuildResult:
+    """What a build wrote."""
+
+    graph: Path
+    report: Path
+    layer: str
+    summary: dict = field(default_factory=dict)
+
+
+def _check_dynamic_size(module: nn.Module, layer: LayerInfo, size: tuple[int, int], model: str) -> None:
+    """--dynamic-size needs a map that follows the image: a CNN layer, and a model that runs at other sizes."""
+    if layer.layout != CHANNELS_FIRST:
+        raise DynamicSizeError(
+            f"`dynamic_size`: {layer.name} is {layer.describe_layout()}, laid out for {size[0]}x{size[1]} "
+            "images only; build without `dynamic_size` (one graph per image_size)"
+        )
+    for other in other_sizes(size):
+        try:
+            probe_layers(module, other, model)
+        except ImageSizeError as exc:
+            raise DynamicSizeError(f"`dynamic_size`: {exc}; build without `dynamic_size`") from None
+
+
+@contextmanager
+def _traceable(dynamic_size: bool) -> Iterator[None]:
+    """Tracing failures that are not camexport's own become one :class:`UnsupportedModelError` line."""
+    try:
+        yield
+    except CamExportError:
+        raise
+    except Exception as exc:  # make_fx and the decompositions fail with many exception types
+        hint = "; build without `dynamic_size`" if dynamic_size else ""
+        raise UnsupportedModelError(f"tracing failed ({type(exc).__name__}: {first_line(exc)[:200]}){hint}") from None
+
+
+def report_path(graph: Path) -> Path:
+    """The JSON report lies next to the graph: ``x.onnx`` → ``x.json``."""
+    return graph.with_suffix(".json")
+
+
+def check_output(path: Path) -> None:
+    """Fails early (before any work) when ``path`` cannot be written.
+
+    Raises:
+        OutputPathError: it is a directory, or its folder cannot be created or written.
+    """
+    if path.suffix.lower() != ".onnx":
+        raise OutputPathError(f"output={str(path)!r}: the graph file must end in .onnx")
+    if path.is_dir():
+        raise OutputPathError(f"output={str(path)!r}: is a directory; give a file name such as {path / 'model.onnx'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".camexport-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputPathError(
+            f"output={str(path)!r}: cannot write to {path.parent} ({exc.strerror or exc}); choose a writable folder"
+        ) from None
+
+
+def _versions() -> dict[str, str]:
+    versions = {"camexport": __version__, "python": platform.python_version()}
+    for package in ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "timm", "numpy"):
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _sha256(files: list[Path]) -> str:
+    """One digest over the graph's files, in order, read in chunks (external data can be gigabytes)."""
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sample_photo_case(loaded: LoadedModel, pixels: bool = False) -> Case:
+    """scikit-image's ``coffee()`` photo, preprocessed for the model (a real photo for the real weights)."""
+    crop = to_pixels(open_image(sample_photo("coffee")), loaded.preprocessing)[None]
+    image = normalise(crop, loaded.preprocessing)
+    return Case("real photo: skimage.data.coffee()", crop if pixels else image, None, image)
+
+
+@contextmanager
+def _step(key: str, description: str, timings: dict[str, float], log: Callable[[str], None]) -> Iterator[None]:
+    log(f"{description}...")
+    start = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - start, 3)
+    log(f"  done in {timings[key]:.1f} s")
+
+
+@contextmanager
+def _within_protobuf_limit() -> Iterator[None]:
+    """Turns protobuf's failure on a graph over 2 GB into a one-line error."""
+    try:
+        yield
+    except EncodeError:
+        raise UnsupportedModelError(
+            "the graph is over protobuf's 2 GB limit even with its weights as ONNX external data; "
+            "this is a camexport bug, please report it with the model name"
+        ) from None
+
+
+@dataclass
+class _Build:
+    """What the steps of one build share; each step fills in its part."""
+
+    options: BuildOptions
+    log: Callable[[str], None]
+    output: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    loaded: LoadedModel | None = None
+    layers: list[LayerInfo] = field(default_factory=list)
+    layer: LayerInfo | None = None
+    size: tuple[int, int] = (0, 0)
+    default_size: tuple[int, int] = (0, 0)
+    info: GraphInfo | None = None
+    proto: onnx.ModelProto | None = None
+    results: list[CaseResult] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def pixels(self) -> bool:
+        return self.options.input == "uint8"
+
+
+def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildResult:
+    """Builds, validates and writes one graph.
+
+    Nothing is left at the output path unless every validation case passes.
+
+    Raises:
+        UserError: a bad option (model, layer, methods, weights, image size, output).
+        UnsupportedModelError: the exporter cannot handle the model or layer.
+        ValidationError: the graph disagrees with the eager reference.
+    """
+    options.check()
+    job = _Build(options, log, options.output_path())
+    with _step("load", f"load {options.model} (weights: {options.weights})", job.timings, log):
+        _load(job)
+        _choose_layer(job)
+    _describe(job)
+    _trace_and_export(job)
+    write_atomically(job.output, lambda temporary: _write_validated(job, temporary))
+    if job.summary["external_data"] is None:
+        data_path(job.output).unlink(missing_ok=True)  # a previous, larger build's weights
+    job.summary["timings_s"] = job.timings
+    report = report_path(job.output)
+    write_atomically(report, lambda p: p.write_text(json.dumps(job.summary, indent=2, default=_json_default) + "\n"))
+    total = sum(job.timings.values())
+    log(f"wrote {job.output} ({job.summary['graph_bytes'] / 1e6:.1f} MB) and {report} in {total:.1f} s")
+    return BuildResult(graph=job.output, report=report, layer=job.layer.name, summary=job.summary)
+
+
+def _load(job: _Build) -> None:
+    """The model with its weights, at the asked image size, with one label per logit."""
+    options = job.options
+    loaded = load_model(options.model, options.weights, options.seed, options.overrides)
+    job.default_size = loaded.preprocessing.image_size
+    if options.image_size is not None:
+        loaded.preprocessing = loaded.preprocessing.with_image_size(tuple(options.image_size))
+    job.size = loaded.preprocessing.image_size
+    job.layers = probe_layers(loaded.module, job.size, options.model)  # one line if the model cannot run there
+    classes = count_logits(loaded.module, job.size, options.model)
+    if not loaded.labels:
+        loaded.labels = [f"class_{i}" for i in range(classes)]
+    if len(loaded.labels) != classes:
+        raise UserError(
+            f"labels: {len(loaded.labels)} labels for {classes} logits; pass `labels` with one name per class"
+            + ("" if options.overrides.labels else " or `num_classes` to match your checkpoint")
+        )
+    job.loaded = loaded
+
+
+def _choose_layer(job: _Build) -> None:
+    """The target layer: the given one, or the default at the model's own size; checked to localise."""
+    options, module, size = job.options, job.loaded.module, job.size
+    default_size = job.default_size
+    layers = job.layers
+    wanted = options.layer
+    if wanted is None and size != default_size:  # the default layer is the one for the model's own size
+        try:
+            wanted = default_layer(module, probe_layers(module, default_size, options.model)).name
+        except ImageSizeError:  # a user's model that only runs at the given size: its default there
+            wanted = None
+    layer = resolve_layer(module, layers, wanted)
+    if layer.map_shape[1] * layer.map_shape[2] < 2:
+        raise ImageSizeError(
+            f"image_size={size}: the output of {layer.name} is 1x1 there, so a heatmap cannot localise anything; "
+            f"use a larger `image_size` (the default is {default_size[0]}) or an earlier `layer`"
+        )
+    if options.dynamic_size:
+        _check_dynamic_size(module, layer, size, options.model)
+    job.layer = layer
+
+
+def _describe(job: _Build) -> None:
+    layer = job.layer
+    how = (
+        "given"
+        if job.options.layer
+        else "default: "
+        + ("last block's first normalisation" if layer.layout != CHANNELS_FIRST else "last 4-D feature map")
+    )
+    job.log(f"  weights: {job.loaded.weights}")
+    explained = f"output [N, {', '.join(map(str, layer.map_shape))}]"
+    if layer.describe_layout():
+        explained = f"{list(layer.shape[1:])} ({layer.describe_layout()}) read as {explained}"
+    job.log(f"  layer: {layer.name} ({how}), {explained}")
+
+
+def _trace_and_export(job: _Build) -> None:
+    options, loaded, layer = job.options, job.loaded, job.layer
+    prep = loaded.preprocessing
+    methods = ",".join(options.methods)
+    with (
+        _step("trace", f"trace forward + backward to {layer.name} ({methods})", job.timings, job.log),
+        _traceable(options.dynamic_size),
+    ):
+        traced = trace_explainer(
+            loaded.module,
+            layer.name,
+            options.methods,
+            job.size,
+            seed=options.seed,
+            layout=layer.layout,
+            dynamic_size=options.dynamic_size,
+            pixels=(prep.mean, prep.std) if job.pixels else None,
+        )
+    job.info = GraphInfo(
+        model=options.model,
+        layer=layer.name,
+        methods=options.methods,
+        labels=tuple(loaded.labels),
+        preprocessing=prep,
+        version=__version__,
+        weights=loaded.weights,
+        random_weights=loaded.random_weights,
+        dynamic_size=options.dynamic_size,
+        input=options.input,
+    )
+    with _step("export", "export to ONNX", job.timings, job.log), _within_protobuf_limit():
+        proto = to_onnx(traced, job.size, options.opset, options.dynamic_size, job.pixels)
+        job.proto = finalise(proto, job.info)
+
+
+def _write_validated(job: _Build, temporary: Path) -> None:
+    """Saves the graph to ``temporary``, validates it there, and records the report's summary."""
+    with _within_protobuf_limit():
+        files = save_graph(job.proto, temporary)
+    if len(files) > 1:
+        job.log(f"  weights over {EXTERNAL_DATA_BYTES / 1e9:.1f} GB: stored as ONNX external data in {files[1].name}")
+    with _step("validate", "validate in onnxruntime against the eager reference", job.timings, job.log):
+        job.results = validate(
+            CamSession(temporary), job.loaded.module, job.layer.name, job.options.methods, _cases(job), job.layer.layout
+        )
+    _log_results(job)
+    job.summary.update(_summary(job, files))
+
+
+def _cases(job: _Build) -> list[Case]:
+    options = job.options
+    sizes = other_sizes(job.size) if options.dynamic_size else []
+    prep = job.loaded.preprocessing if job.pixels else None
+    cases = random_cases(job.size, len(job.loaded.labels), seed=options.seed + 1234, sizes=sizes, pixels=prep)
+    if options.model == EFFICIENTNET_LITE0 and options.weights == "default":
+        cases.append(sample_photo_case(job.loaded, job.pixels))
+    return cases
+
+
+def _log_results(job: _Build) -> None:
+    labels = job.loaded.labels
+    for result in job.results:
+        checks = {c.name: c for c in result.checks}
+        heat, grads = checks["heatmap"], checks["gradients"]
+        zero = " (every heatmap all zero: cam <= 0 everywhere)" if heat.reference_max_abs == 0 else ""
+        worst = max(c.max_abs_diff for c in result.checks if c.name.startswith("heatmap"))
+        job.log(
+            f"  ok: {result.description}: classes [{', '.join(labels[i] for i in result.class_index)}], "
+            f"heatmap max diff {worst:.2g}{zero}, gradients rel L2 {grads.relative_l2:.1g}"
+        )
+        if heat.reference_spread is not None and heat.reference_spread > ILL_CONDITIONED:
+            advice = (
+                "Grad-CAM++ weights have poles where a channel's activation sum is negative: "
+                "prefer a layer after a ReLU or methods=('gradcam',)"
+                if job.options.methods[0] == "gradcampp"
+                else "prefer a later layer"
+            )
+            job.log(
+                f"  warning: the explanation is ill-conditioned here: a 1e-5 input perturbation moves the "
+                f"reference heatmap by {heat.reference_spread:.0%} (relative L2); {advice}"
+            )
+    if all(c.reference_max_abs == 0 for r in job.results for c in r.checks if c.name == "gradients"):
+        job.log(
+            f"  warning: every gradient at {job.layer.name} is zero on the validation inputs (a zero-initialised "
+            "classifier head under random weights?), so only the forward pass was really compared"
+        )
+
+
+def _summary(job: _Build, files: list[Path]) -> dict:
+    """The JSON report's body."""
+    options, layer, info = job.options, job.layer, job.info
+    props = info.to_props()
+    return {
+        "graph": str(job.output),
+        "graph_bytes": sum(f.stat().st_size for f in files),
+        "graph_sha256": _sha256(files),
+        "external_data": str(data_path(job.output)) if len(files) > 1 else None,
+        "model": options.model,
+        "weights": info.weights,
+        "layer": layer.name,
+        "layer_default": options.layer is None,
+        "layer_output_shape": ["N", *layer.shape[1:]],
+        "layer_map_shape": ["N", *layer.map_shape],
+        "layer_layout": layer.layout.as_json(),
+        "method": ",".join(options.methods),
+        "methods": list(options.methods),
+        "image_size": list(job.size),
+        "opset": next((o.version for o in job.proto.opset_import if o.domain in ("", "ai.onnx")), None),
+        "metadata": props | {"camexport.labels": f"<{len(info.labels)} labels>"},
+        "validation": {"relative_tolerances": TOLERANCES, "cases": results_as_dict(job.results)},
+        "versions": _versions(),
+    }
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
