@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from camexport.builder.bench import machine, machine_line
-from camexport.contract import METHODS
 from camexport.builder.pipeline import BuildOptions, build
+from camexport.contract import METHODS
 from camexport.runtime.metrics import Faithfulness, evaluate_maps, instance_spread
 from camexport.runtime.preprocess import to_pixels
 from camexport.runtime.samples import SAMPLES

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from camexport.builder.layouts import CHANNELS_FIRST, Layout
 from camexport.builder.pipeline import BuildOptions, build
+from camexport.builder.validation import Case, check_outputs
 from camexport.contract import parse_methods
 
 
@@ -61,3 +64,23 @@ def resnet18_random() -> nn.Module:
 @pytest.fixture(scope="session")
 def efficientnet_graph(graph_dir: Path) -> Path:
     return built_graph(graph_dir, "efficientnet_lite0", None, "gradcampp", weights="default")
+
+
+def assert_matches_reference(
+    graph: dict[str, np.ndarray],
+    model: nn.Module,
+    layer: str,
+    method: str,
+    image: np.ndarray,
+    target: np.ndarray | None,
+    layout: Layout = CHANNELS_FIRST,
+) -> dict[str, np.ndarray]:
+    """The graph's outputs judged by the validation's own documented rules (camexport.builder.validation):
+    tolerances, isolated kink flips, and the reference's own sensitivity to a 1e-5 input perturbation, so
+    that the suite holds on any CPU's kernels while a wrong border, channel or sign still fails. Returns the
+    graph's outputs for further checks."""
+    result = check_outputs(graph, model, layer, parse_methods(method), Case("test", image, target), layout)
+    assert result.passed, result.failures()
+    assert np.isfinite(graph["heatmap"]).all()
+    assert graph["heatmap"].min() >= 0.0 and graph["heatmap"].max() <= 1.0
+    return graph

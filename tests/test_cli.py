@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -201,3 +202,36 @@ def test_a_closed_pipe_is_not_a_traceback() -> None:
     assert result.stdout.splitlines()[1].startswith("alexnet")
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr
     assert result.returncode in (0, 141)
+
+
+def test_library_messages_name_parameters_and_the_cli_names_flags() -> None:
+    from camexport.cli import PARAMETERS, _parser, for_the_command_line
+
+    assert for_the_command_line("seed=-1: use a non-negative integer") == "--seed -1: use a non-negative integer"
+    assert for_the_command_line("methods='x': unknown; or `dynamic_size`") == "--method x: unknown; or --dynamic-size"
+    assert for_the_command_line("target=1000: out of range; use weights='a b'") == (
+        "--class 1000: out of range; use --weights 'a b'"
+    )
+    assert for_the_command_line("unrelated=1 and `name`") == "unrelated=1 and `name`"
+    flags = {f for sub in ("build", "explain", "evaluate", "bench") for f in _subcommand_flags(_parser(), sub)}
+    for name in PARAMETERS:
+        shown = for_the_command_line(f"`{name}`")
+        assert shown in flags, (name, shown)
+
+
+def _subcommand_flags(parser, name: str) -> set[str]:
+    import contextlib
+    import io
+
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
+        parser.parse_args([name, "--help"])
+    return set(re.findall(r"(--[a-z-]+)", text.getvalue()))
+
+
+@pytest.mark.parametrize("size", [["1", "2", "3"], ["0"]])
+def test_image_size_takes_one_or_two_positive_numbers(capsys, size: list[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["build", "resnet18", "--image-size", *size])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "--image-size takes H or H W" in err and err.count("\n") == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from test_build import _assert_matches_reference
+from conftest import assert_matches_reference
 from test_cli import assert_user_error, run_cli
 
 from camexport.builder.pipeline import BuildOptions, build
@@ -66,7 +66,7 @@ def test_any_size_matches_the_reference(strided_graph, height: int, width: int) 
     ref = reference_explain(module, "1", "gradcampp", image, target)
     assert graph["heatmap"].shape == (2, height, width)
     assert np.abs(ref["gradients"]).max() > 0 and ref["heatmap"].max() > 0
-    _assert_matches_reference(graph, ref)
+    assert_matches_reference(graph, module, "1", "gradcampp", image, target)
 
 
 def test_fixed_size_graph_refuses_other_sizes(graph_dir: Path) -> None:

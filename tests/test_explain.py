@@ -93,6 +93,7 @@ def test_progress_bar_summary_and_exit_codes(graph_dir: Path, tmp_path: Path, ca
     assert main(["explain", str(graph), str(folder), "--out", str(tmp_path / "o"), "--batch-size", "2"]) == 0
     out, err = capsys.readouterr()
     assert "0/3 [" in err and "2/3 [" in err  # tqdm's bar on stderr, cleared at the end
+    assert err.count("was built with random weights") == 1 and "labels mean nothing" in err  # said once
     assert "explained 3 image(s) in" in out and "images/s), 0 failed" in out
     (folder / "bad.jpg").write_text("no")
     assert main(["explain", str(graph), str(folder), "--out", str(tmp_path / "o2"), "--quiet"]) == 1
@@ -105,8 +106,8 @@ def test_progress_bar_summary_and_exit_codes(graph_dir: Path, tmp_path: Path, ca
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--class", "unicorn"], "class 'unicorn': not a label of this graph"),
-        (["--class", "1000"], "class 1000: out of range; the graph has classes 0..999"),
+        (["--class", "unicorn"], "--class unicorn: not a label of this graph"),
+        (["--class", "1000"], "--class 1000: out of range; the graph has classes 0..999"),
         (["--batch-size", "0"], "--batch-size 0: use 1 or more"),
         (["--alpha", "1.5"], "--alpha 1.5: use a value between 0 and 1"),
         (["--colormap", "nope"], "--colormap nope: not a matplotlib colormap"),

@@ -76,7 +76,7 @@ def test_factory_graph_matches_reference(nets: Path, tmp_path: Path, capsys) -> 
     )
     assert code == 0, capsys.readouterr().err
     session = CamSession(out)
-    assert session.info.labels == ["cat", "dog", "bird"]
+    assert session.info.labels == ("cat", "dog", "bird")
     assert session.info.preprocessing.mean == (0.5, 0.5, 0.5) and session.info.preprocessing.image_size == (48, 40)
     model = load_model(spec, "random", seed=3, overrides=ModelOverrides(num_classes=3)).module
     layer = session.info.layer

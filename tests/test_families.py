@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_matches_reference
 
 from camexport.builder.pipeline import BuildOptions, build
 from camexport.builder.reference import reference_explain
@@ -34,11 +35,6 @@ def test_inner_layer_graph_matches_reference(graph_dir: Path, model: str, layer:
     module = load_model(model, "random").module
     image = np.random.default_rng(77).standard_normal((2, 3, *SIZE)).astype(np.float32)
     target = np.array([-1, 123])
-    graph = session.run(image, target)
+    assert_matches_reference(session.run(image, target), module, layer, "gradcam", image, target)
     ref = reference_explain(module, layer, "gradcam", image, target)
-    assert graph["class_index"].tolist() == ref["class_index"].tolist()
-    scale = np.abs(ref["activations"]).max()
-    assert np.abs(graph["activations"] - ref["activations"]).max() <= 1e-4 * scale
-    g, r = graph["gradients"], ref["gradients"]
-    assert np.linalg.norm(g - r) <= 1e-2 * np.linalg.norm(r)
-    assert np.abs(graph["heatmap"] - ref["heatmap"]).max() <= 1e-2
+    assert np.abs(ref["gradients"]).max() > 0 and ref["heatmap"].max() > 0  # something to compare

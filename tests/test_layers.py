@@ -82,3 +82,17 @@ def test_square_ambiguous_shapes_stay_channels_first() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 2))
     layers = {info.name: info for info in probe_layers(model.eval(), (8, 8))}
     assert layers["1"].layout == CHANNELS_FIRST and layers["1"].map_shape == (4, 4, 4)
+
+
+def test_layer_listing_columns_line_up() -> None:
+    """The note column starts at one place on every row, also after a shape as long as [N, 64, 112, 112]."""
+    from camexport.builder.layers import describe_layers
+    from camexport.builder.registry import load_model
+
+    lines = describe_layers(load_model("resnet18", "random").module, (224, 224), "resnet18")
+    start = lines[0].index("note")
+    assert any("[N, 64, 112, 112]" in line for line in lines)
+    default = next(line for line in lines if line.endswith("default"))
+    assert default.startswith("layer4 ") and default.index("default") == start
+    for line in lines[2:]:
+        assert line[start - 2 : start] == "  " or len(line) <= start, line

@@ -240,9 +240,7 @@ class Subject:
 
     @classmethod
     def from_spec(cls, spec: dict) -> Subject:
-        return cls(
-            spec["layer"], tuple(spec["methods"]), Path(spec["graph"]), Path(spec["plain"]), tuple(spec["size"])
-        )
+        return cls(spec["layer"], tuple(spec["methods"]), Path(spec["graph"]), Path(spec["plain"]), tuple(spec["size"]))
 
 
 def peak_memory_mb(spec: dict) -> float:

@@ -273,10 +273,11 @@ def describe_layers(
     layers = probe_layers(model, image_size, model_name)
     chosen = default_layer(model, layers).name
     rows = [info for info in layers if everything or info.is_feature_map]
+    shapes = ["-" if info.shape is None else "[N, " + ", ".join(map(str, info.shape[1:])) + "]" for info in rows]
     width = max((len(info.name) for info in rows), default=5)
-    lines = [f"{'layer':{width}}  output [N, ...]   note", f"{'-' * width}  ---------------   ----"]
-    for info in rows:
-        shape = "-" if info.shape is None else "[N, " + ", ".join(map(str, info.shape[1:])) + "]"
+    shape_width = max([len("output [N, ...]"), *map(len, shapes)])
+    lines = [f"{'layer':{width}}  {'output [N, ...]':{shape_width}}  note", f"{'-' * width}  {'-' * shape_width}  ----"]
+    for info, shape in zip(rows, shapes, strict=True):
         notes = [info.describe_layout()] if info.describe_layout() else []
         if info.name == chosen:
             notes.append("default")
@@ -284,5 +285,5 @@ def describe_layers(
             notes.append(f"runs {info.calls}x: not selectable")
         elif not info.is_feature_map:
             notes.append("not a 4-D map")
-        lines.append(f"{info.name:{width}}  {shape:17} {', '.join(notes)}".rstrip())
+        lines.append(f"{info.name:{width}}  {shape:{shape_width}}  {', '.join(notes)}".rstrip())
     return lines

@@ -1,0 +1,102 @@
+"""The run wing never needs torch: explaining imports none of the build side, and an install without extras
+explains photos and names ``camexport[build]`` for the rest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_SIDE = ("torch", "torchvision", "onnx", "onnxscript", "timm")
+
+
+def _python(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+
+
+def test_the_run_side_imports_nothing_of_the_build_side() -> None:
+    done = _python(
+        f"""
+        import sys
+        import camexport.cli, camexport.contract
+        import camexport.runtime.explain, camexport.runtime.metrics, camexport.runtime.samples
+        loaded = [m for m in sys.modules if m.split(".")[0] in {BUILD_SIDE!r} or m.startswith("camexport.builder")]
+        assert not loaded, loaded
+        """
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_explaining_a_photo_never_imports_torch(efficientnet_graph: Path, tmp_path: Path) -> None:
+    done = _python(
+        f"""
+        import sys
+        from camexport.cli import main
+        from camexport.runtime.samples import write_samples
+        photos = write_samples(sys.argv[2])
+        assert main(["explain", sys.argv[1], str(photos[0]), "--out", sys.argv[3], "--quiet"]) == 0
+        assert main(["evaluate", sys.argv[1], str(photos[0]), "--metrics", "average_drop"]) == 0
+        loaded = [m for m in sys.modules if m.split(".")[0] in {BUILD_SIDE!r} or m.startswith("camexport.builder")]
+        assert not loaded, loaded
+        """,
+        str(efficientnet_graph),
+        str(tmp_path / "photos"),
+        str(tmp_path / "out"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "coffee_cam.png").is_file()
+
+
+@pytest.mark.parametrize("command", [["build", "resnet18"], ["layers", "resnet18"], ["models"], ["bench", "resnet18"]])
+def test_build_commands_without_the_build_side_name_the_extra(command: list[str]) -> None:
+    """As on an install without ``camexport[build]``: torch cannot be imported."""
+    done = _python(
+        """
+        import sys
+        sys.modules["torch"] = None  # import torch fails, as where it is not installed
+        from camexport.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """,
+        *command,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "pip install 'camexport[build]'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_an_install_without_extras_explains_photos(efficientnet_graph: Path, tmp_path: Path) -> None:
+    """``pip install camexport`` into a fresh virtual environment: no torch, explain works, build says what to add."""
+    env = tmp_path / "venv"
+    venv.create(env, with_pip=True)
+    bin_dir = env / "bin"
+    install = subprocess.run(
+        [bin_dir / "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    probe = "import importlib.util as u; print([m for m in ('torch', 'onnx', 'timm') if u.find_spec(m)])"
+    assert subprocess.run([bin_dir / "python", "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
+    camexport = bin_dir / "camexport"
+    photos = subprocess.run([camexport, "samples", tmp_path / "photos"], capture_output=True, text=True)
+    assert photos.returncode == 0, photos.stderr
+    out = tmp_path / "explained"
+    done = subprocess.run(
+        [camexport, "explain", efficientnet_graph, tmp_path / "photos" / "coffee.png", "--out", out],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "espresso" in (out / "predictions.jsonl").read_text()
+    refused = subprocess.run([camexport, "build", "resnet18"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "camexport[build]" in refused.stderr
