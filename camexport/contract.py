@@ -68,6 +68,8 @@ def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
     Raises:
         UserError: empty, unknown or repeated names; the message names them and lists the known ones.
     """
+    if isinstance(methods, str):
+        raise UserError(f"methods={methods!r}: give a sequence of names, e.g. ({methods!r},)")
     names = tuple(methods)
     unknown = [n for n in names if n not in METHODS]
     if not names or unknown or not all(names):

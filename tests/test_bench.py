@@ -43,7 +43,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.mark.slow
 def test_harness_writes_the_documented_schema(tiny: str, tmp_path: Path) -> None:
     config = BenchConfig(batch_sizes=(1, 2), runs=3, warmup=1, threads=1, memory=False)
-    result, json_path, md_path = bench_model(tiny, "2", "gradcampp", "random", config, tmp_path, log=lambda _: None)
+    result, json_path, md_path = bench_model(tiny, "2", ("gradcampp",), "random", config, tmp_path, log=lambda _: None)
     stored = json.loads(json_path.read_text())
     assert stored == json.loads(json.dumps(result)) and set(stored) == TOP_KEYS
     assert stored["layer"] == "2" and stored["threads"] == 1 and stored["batch_sizes"] == [1, 2]
@@ -62,7 +62,7 @@ def test_harness_writes_the_documented_schema(tiny: str, tmp_path: Path) -> None
 @pytest.mark.slow
 def test_peak_memory_runs_in_its_own_process(tiny: str, tmp_path: Path) -> None:
     config = BenchConfig(batch_sizes=(2,), runs=3, warmup=0, threads=1, contenders=("a_eager",))
-    result, _, _ = bench_model(tiny, None, "gradcam", "random", config, tmp_path, log=lambda _: None)
+    result, _, _ = bench_model(tiny, None, ("gradcam",), "random", config, tmp_path, log=lambda _: None)
     (row,) = result["timings"]
     assert row["peak_mb"] is not None and row["peak_mb"] >= 0
     assert math.isnan(peak_memory_mb({"model": "no-such-model"}))

@@ -53,6 +53,7 @@ def test_explaining_a_photo_never_imports_torch(efficientnet_graph: Path, tmp_pa
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "coffee_cam.png").is_file()
+    assert "random weights" not in done.stderr  # real weights: no note
 
 
 @pytest.mark.parametrize("command", [["build", "resnet18"], ["layers", "resnet18"], ["models"], ["bench", "resnet18"]])
