@@ -202,18 +202,6 @@ def _tie_tolerant_classes(graph: dict[str, np.ndarray], reference: dict[str, np.
     return got if bool((gaps <= tolerance).all()) else None
 
 
-def run_case(
-    session: CamSession,
-    model: nn.Module,
-    layer: str,
-    methods: tuple[str, ...],
-    case: Case,
-    layout: Layout = CHANNELS_FIRST,
-) -> CaseResult:
-    """Runs one case through the graph and the reference and compares them."""
-    return check_outputs(session.run(case.image, case.target_class), model, layer, methods, case, layout)
-
-
 def check_outputs(
     graph: dict[str, np.ndarray],
     model: nn.Module,
@@ -300,7 +288,9 @@ def validate(
     Raises:
         ValidationError: any output of any case is over tolerance; the message names the worst one.
     """
-    results = [run_case(session, model, layer, methods, case, layout) for case in cases]
+    results = [
+        check_outputs(session.run(case.image, case.target_class), model, layer, methods, case, layout) for case in cases
+    ]
     failures = [(r, c) for r in results for c in r.checks if not c.passed]
     if failures:
         result, check = max(failures, key=lambda rc: rc[1].max_abs_diff / max(rc[1].tolerance, 1e-12))

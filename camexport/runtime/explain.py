@@ -81,6 +81,17 @@ def _record(path: Path, picture: Path, result: Explanation) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class ExplainStyle:
+    """What each explained image becomes: the class, how many predictions, the overlay, the saved heatmap."""
+
+    target: int = -1
+    top_k: int = 5
+    alpha: float = 0.5
+    colormap: str = "jet"
+    save_heatmap: bool = False
+
+
 def explain_paths(
     session: CamSession,
     sources: Iterable[str | Path],
@@ -103,83 +114,107 @@ def explain_paths(
         UserError: a bad argument (class, top-k, batch size, alpha, colormap, output folder) or no images.
     """
     started = time.perf_counter()
-    target_index = session.class_index(target)
+    style = ExplainStyle(session.class_index(target), top_k, alpha, colormap, save_heatmap)
     if top_k < 1:
         raise UserError(f"top_k={top_k}: use 1 or more")
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size}: use 1 or more")
     check_style(alpha, colormap)
+    out = _output_folder(out_dir)
+    paths, skipped = collect_images(sources)
+    if not paths:
+        raise UserError("no images found; pass image files or folders that hold .png/.jpg files")
+    if session.info.random_weights:
+        print(f"note: {random_weights_note(session)}", file=sys.stderr)
+    run = _Run(session, out, style, ExplainSummary(skipped=skipped), log)
+    bar = tqdm(total=len(paths), unit="img", disable=not progress or len(paths) < 2, leave=False)
+    try:
+        run.all(paths, batch_size, bar)
+    finally:
+        bar.close()
+    predictions = out / "predictions.jsonl"
+    write_atomically(predictions, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in run.records)))
+    run.summary.predictions = predictions
+    run.summary.seconds = time.perf_counter() - started
+    return run.summary
+
+
+def _output_folder(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"out_dir={str(out)!r}: cannot create it ({exc.strerror or exc})") from None
-    paths, skipped = collect_images(sources)
-    if not paths:
-        raise UserError("no images found; pass image files or folders that hold .png/.jpg files")
-    summary = ExplainSummary(skipped=skipped)
-    if session.info.random_weights:
-        print(f"note: {random_weights_note(session)}", file=sys.stderr)
-    records: list[dict] = []
-    stems: dict[str, int] = {}
-    bar = tqdm(total=len(paths), unit="img", disable=not progress or len(paths) < 2, leave=False)
+    return out
 
-    def say(line: str) -> None:
-        with tqdm.external_write_mode():  # the bar steps aside for the line, then redraws
-            log(line)
 
-    def fail(message: str) -> None:
-        summary.failures.append(message)
-        with tqdm.external_write_mode(file=sys.stderr):
-            print(f"error: {message}", file=sys.stderr)
+Prepared = tuple[Path, Image.Image, np.ndarray]
 
-    def flush(batch: list[tuple[Path, Image.Image, np.ndarray]]) -> None:
-        try:
-            results = session.explain_prepared([(photo, array) for _, photo, array in batch], target_index, top_k)
-        except CamExportError as exc:
-            for path, _, _ in batch:
-                fail(f"{path}: {exc}")
-            return
-        for (path, photo, _), result in zip(batch, results, strict=True):
-            stem = _unique_stem(path, stems)
-            picture = out / f"{stem}_cam.png"
-            coloured = overlay(photo, result.heatmap, alpha, colormap, result.seen)
-            write_atomically(picture, lambda p, c=coloured: c.save(p, format="PNG"))
-            summary.written.append(picture)
-            record = _record(path, picture, result)
-            if save_heatmap:
-                array_path = out / f"{stem}_heatmap.npy"
-                write_atomically(array_path, lambda p, h=result.heatmap: np.save(p, h))
-                record["heatmap"] = str(array_path)
-                summary.written.append(array_path)
-            records.append(record)
-            summary.explained += 1
-            best = result.top[0]
-            say(f"{path}: {best[1]} ({best[2]:.2f}); explained '{result.label}' -> {picture}")
 
-    pending: list[tuple[Path, Image.Image, np.ndarray]] = []
-    try:
+@dataclass
+class _Run:
+    """One ``explain`` run: files prepared one by one, run in batches, written as they finish."""
+
+    session: CamSession
+    out: Path
+    style: ExplainStyle
+    summary: ExplainSummary
+    log: Callable[[str], None]
+    records: list[dict] = field(default_factory=list)
+    stems: dict[str, int] = field(default_factory=dict)
+
+    def all(self, paths: list[Path], batch_size: int, bar: tqdm) -> None:
+        pending: list[Prepared] = []
         for path in paths:
             try:
-                photo, array = session.prepare(path, str(path))
+                photo, array = self.session.prepare(path, str(path))
                 pending.append((path, photo, array))
             except CamExportError as exc:
-                fail(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+                self.fail(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
                 bar.update(1)
             if len(pending) == batch_size:
-                flush(pending)
+                self.batch(pending)
                 bar.update(len(pending))
                 pending = []
         if pending:
-            flush(pending)
+            self.batch(pending)
             bar.update(len(pending))
-    finally:
-        bar.close()
-    predictions = out / "predictions.jsonl"
-    write_atomically(predictions, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
-    summary.predictions = predictions
-    summary.seconds = time.perf_counter() - started
-    return summary
+
+    def batch(self, batch: list[Prepared]) -> None:
+        style = self.style
+        try:
+            prepared = [(photo, array) for _, photo, array in batch]
+            results = self.session.explain_prepared(prepared, style.target, style.top_k)
+        except CamExportError as exc:
+            for path, _, _ in batch:
+                self.fail(f"{path}: {exc}")
+            return
+        for (path, photo, _), result in zip(batch, results, strict=True):
+            self.write(path, photo, result)
+
+    def write(self, path: Path, photo: Image.Image, result: Explanation) -> None:
+        style, summary = self.style, self.summary
+        stem = _unique_stem(path, self.stems)
+        picture = self.out / f"{stem}_cam.png"
+        coloured = overlay(photo, result.heatmap, style.alpha, style.colormap, result.seen)
+        write_atomically(picture, lambda p: coloured.save(p, format="PNG"))
+        summary.written.append(picture)
+        record = _record(path, picture, result)
+        if style.save_heatmap:
+            array_path = self.out / f"{stem}_heatmap.npy"
+            write_atomically(array_path, lambda p: np.save(p, result.heatmap))
+            record["heatmap"] = str(array_path)
+            summary.written.append(array_path)
+        self.records.append(record)
+        summary.explained += 1
+        best = result.top[0]
+        with tqdm.external_write_mode():  # the bar steps aside for the line, then redraws
+            self.log(f"{path}: {best[1]} ({best[2]:.2f}); explained '{result.label}' -> {picture}")
+
+    def fail(self, message: str) -> None:
+        self.summary.failures.append(message)
+        with tqdm.external_write_mode(file=sys.stderr):
+            print(f"error: {message}", file=sys.stderr)
 
 
 def _unique_stem(path: Path, seen: dict[str, int]) -> str:

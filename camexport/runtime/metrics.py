@@ -141,7 +141,6 @@ def evaluate_maps(
     if steps < 2:
         raise UserError(f"steps={steps}: use 2 or more")
     parse_metrics(",".join(metrics))
-    drop_based = {"average_drop", "increase_in_confidence", "win"} & set(metrics)
     blurred = None
     if "insertion" in metrics:
         blurred = [np.asarray(Image.fromarray(p).filter(ImageFilter.GaussianBlur(blur))) for p in pixels]
@@ -149,47 +148,63 @@ def evaluate_maps(
     for method, maps in heatmaps.items():
         if maps.shape != pixels.shape[:3]:
             raise UserError(f"{method}: heatmaps {list(maps.shape)} do not match images {list(pixels.shape[:3])}")
-        result = Faithfulness(method=method)
-        if drop_based:
-            drops, increased = drop_and_increase(session, pixels, maps, classes)
-            result.drops = [float(d) for d in drops]
-            if "average_drop" in metrics:
-                result.average_drop = float(100.0 * drops.mean())
-            if "increase_in_confidence" in metrics:
-                result.increase_in_confidence = float(100.0 * increased.mean())
-        orders = (
-            [np.argsort(-m.reshape(-1), kind="stable") for m in maps]
-            if {"deletion", "insertion"} & set(metrics)
-            else []
-        )
-        if "deletion" in metrics:
-            result.deletions = [
-                _curve(session, p, np.zeros_like(p), order, int(c), steps)
-                for p, order, c in zip(pixels, orders, classes, strict=True)
-            ]
-            result.deletion_auc = float(np.mean(result.deletions))
-        if "insertion" in metrics:
-            result.insertions = [
-                _curve(session, b, p, order, int(c), steps)
-                for p, b, order, c in zip(pixels, blurred, orders, classes, strict=True)
-            ]
-            result.insertion_auc = float(np.mean(result.insertions))
-        results.append(result)
+        results.append(_score(session, method, pixels, maps, classes, steps, metrics, blurred))
     if "win" in metrics and len(results) > 1:
-        table = np.array([r.drops for r in results])
-        # Maps that agree to 1e-5 (e.g. Grad-CAM and HiResCAM before global pooling) share one outcome: the
-        # masked images are rounded to uint8, so float32 noise in the maps would otherwise break their tie.
-        stacks = list(heatmaps.values())
-        for later in range(1, len(stacks)):
-            for earlier in range(later):
-                same = np.abs(stacks[later] - stacks[earlier]).reshape(len(pixels), -1).max(axis=1) <= 1e-5
-                table[later, same] = table[earlier, same]
-        best = table.min(axis=0)
-        winners = np.isclose(table, best[None], rtol=0, atol=1e-6)
-        share = winners / winners.sum(axis=0, keepdims=True)
-        for result, wins in zip(results, share, strict=True):
-            result.win = float(100.0 * wins.mean())
+        _share_wins(results, list(heatmaps.values()), len(pixels))
     return results
+
+
+def _score(
+    session: CamSession,
+    method: str,
+    pixels: np.ndarray,
+    maps: np.ndarray,
+    classes: np.ndarray,
+    steps: int,
+    metrics: Sequence[str],
+    blurred: list[np.ndarray] | None,
+) -> Faithfulness:
+    """One method's scores (see :func:`evaluate_maps`)."""
+    result = Faithfulness(method=method)
+    if {"average_drop", "increase_in_confidence", "win"} & set(metrics):
+        drops, increased = drop_and_increase(session, pixels, maps, classes)
+        result.drops = [float(d) for d in drops]
+        if "average_drop" in metrics:
+            result.average_drop = float(100.0 * drops.mean())
+        if "increase_in_confidence" in metrics:
+            result.increase_in_confidence = float(100.0 * increased.mean())
+    orders = (
+        [np.argsort(-m.reshape(-1), kind="stable") for m in maps] if {"deletion", "insertion"} & set(metrics) else []
+    )
+    if "deletion" in metrics:
+        result.deletions = [
+            _curve(session, p, np.zeros_like(p), order, int(c), steps)
+            for p, order, c in zip(pixels, orders, classes, strict=True)
+        ]
+        result.deletion_auc = float(np.mean(result.deletions))
+    if "insertion" in metrics:
+        result.insertions = [
+            _curve(session, b, p, order, int(c), steps)
+            for p, b, order, c in zip(pixels, blurred, orders, classes, strict=True)
+        ]
+        result.insertion_auc = float(np.mean(result.insertions))
+    return result
+
+
+def _share_wins(results: list[Faithfulness], stacks: list[np.ndarray], images: int) -> None:
+    """Win %: per image, the method(s) with the lowest drop share the win."""
+    table = np.array([r.drops for r in results])
+    # Maps that agree to 1e-5 (e.g. Grad-CAM and HiResCAM before global pooling) share one outcome: the
+    # masked images are rounded to uint8, so float32 noise in the maps would otherwise break their tie.
+    for later in range(1, len(stacks)):
+        for earlier in range(later):
+            same = np.abs(stacks[later] - stacks[earlier]).reshape(images, -1).max(axis=1) <= 1e-5
+            table[later, same] = table[earlier, same]
+    best = table.min(axis=0)
+    winners = np.isclose(table, best[None], rtol=0, atol=1e-6)
+    share = winners / winners.sum(axis=0, keepdims=True)
+    for result, wins in zip(results, share, strict=True):
+        result.win = float(100.0 * wins.mean())
 
 
 @dataclass

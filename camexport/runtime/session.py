@@ -264,7 +264,8 @@ def random_weights_note(session: CamSession) -> str:
     """What to tell a user whose graph has random weights (said once per run)."""
     return (
         f"{session.path} was built with random weights ({session.info.weights}): its predictions and labels "
-        "mean nothing; build the graph with real weights (--weights default or PATH) to explain real classes"
+        "mean nothing; rebuild it with real weights (camexport build MODEL --weights default or PATH) to "
+        "explain real classes"
     )
 
 
