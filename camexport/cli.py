@@ -301,7 +301,7 @@ PARAMETERS = frozenset(
     "batch_size out_dir alpha colormap provider metrics steps target batch_sizes runs warmup threads contenders".split()
 )
 _FLAG_OF = {"methods": "--method", "out_dir": "--out", "target": "--class"}
-_PARAMETERS = re.compile(r"`(\w+)`|\b(\w+)=('[^']*'|\S+?)(?=[:;,)]|\s|$)")
+_PARAMETERS = re.compile(r"`(\w+)`|\b(\w+)=('[^']*'|\([^)]*\)|\S+?)(?=[:;,)]|\s|$)")
 
 
 def for_the_command_line(message: str) -> str:
@@ -319,6 +319,8 @@ def for_the_command_line(message: str) -> str:
             return match.group(0)
         if value.startswith("'") and " " not in value:
             value = value.strip("'")
+        elif value.startswith("("):  # a tuple such as image_size=(16, 16): the flag's own form, 16 16
+            value = " ".join(part.strip() for part in value.strip("()").split(",") if part.strip())
         return f"{flag(name)} {value}"
 
     return _PARAMETERS.sub(swap, message)

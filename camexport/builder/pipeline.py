@@ -131,7 +131,7 @@ def _check_dynamic_size(module: nn.Module, layer: LayerInfo, size: tuple[int, in
     if layer.layout != CHANNELS_FIRST:
         raise DynamicSizeError(
             f"`dynamic_size`: {layer.name} is {layer.describe_layout()}, laid out for {size[0]}x{size[1]} "
-            "images only; build without `dynamic_size` (one graph per image_size)"
+            "images only; build without `dynamic_size` (one graph per `image_size`)"
         )
     for other in other_sizes(size):
         try:
