@@ -16,8 +16,21 @@ from camexport.errors import CamExportError
 EXIT_USER_ERROR = 2
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Shows ``--image-size H [W]`` as such (argparse would write ``H [W] [H [W] ...]`` for one or more)."""
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if isinstance(action, _ImageSize):
+            return str(action.metavar)
+        return super()._format_args(action, default_metavar)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the one-line error style of the rest of camexport (exit 2)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"camexport: error: {message}; see '{self.prog} --help'\n")

@@ -236,3 +236,11 @@ def test_image_size_takes_one_or_two_positive_numbers(capsys, size: list[str]) -
         main(["build", "resnet18", "--image-size", *size])
     err = capsys.readouterr().err
     assert caught.value.code == 2 and "--image-size takes H or H W" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["build", "layers"])
+def test_image_size_help_reads_h_w(capsys, command: str) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "--image-size H [W]" in text and "[H [W] ...]" not in text
