@@ -64,7 +64,7 @@ def test_a_missing_num_batches_tracked_keeps_the_models_own(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["mnasnet0_5", "resnet18"])
+@pytest.mark.parametrize("model", ["mnasnet0_5", "resnet18", "mobilenet_v3_small"])
 def test_build_with_a_checkpoint_file(tmp_path: Path, graph_dir: Path, model: str) -> None:
     """`camexport build MODEL --weights PATH` with torch.save(model.state_dict()): the graph holds those weights
     (its logits equal the checkpoint's model's), validated like any other."""
