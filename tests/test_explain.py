@@ -148,3 +148,17 @@ def test_same_stem_in_two_folders_gets_two_overlays(session: CamSession, tmp_pat
         sample_photo("coffee").save(tmp_path / folder / "photo.png")
     summary = explain_paths(session, [tmp_path / "a", tmp_path / "b"], tmp_path / "o", log=lambda _: None)
     assert [p.name for p in summary.written] == ["photo_cam.png", "photo-2_cam.png"]
+
+
+@pytest.mark.slow
+def test_a_graph_of_a_newer_contract_is_refused(graph_dir: Path, tmp_path: Path, capsys) -> None:
+    import onnx
+
+    newer = onnx.load(str(built_graph(graph_dir, "resnet18", "layer4", "gradcampp")))
+    next(p for p in newer.metadata_props if p.key == "camexport.contract").value = "7"
+    onnx.save(newer, str(tmp_path / "newer.onnx"))
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert main(["explain", str(tmp_path / "newer.onnx"), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "follows camexport graph contract '7', this camexport reads contract 1" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

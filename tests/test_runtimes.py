@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from conftest import built_graph
 from PIL import Image
@@ -86,6 +87,18 @@ def test_node_resizes_a_full_photo_and_refuses_bad_files(
     )
     assert result.returncode == 2 and "bad.png: not a readable PNG" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    newer = onnx.load(str(efficientnet_graph))
+    next(p for p in newer.metadata_props if p.key == "camexport.contract").value = "2"
+    onnx.save(newer, str(tmp_path / "newer.onnx"))
+    result = subprocess.run(
+        ["node", "explain.mjs", str(tmp_path / "newer.onnx"), str(tmp_path / "coffee.png"), str(tmp_path / "y")],
+        cwd=node_example,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "graph contract '2', this program reads contract 1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "y.npy").exists()
 
 
 SMALL_NET = """

@@ -16,6 +16,9 @@ import pngjs from "pngjs";
 
 const { PNG } = pngjs;
 
+// The camexport graph contract this program reads (README: "The graph contract"; camexport/contract.py).
+const CONTRACT = "1";
+
 function fail(message) {
   console.error(`explain.mjs: error: ${message}`);
   process.exit(2);
@@ -73,6 +76,10 @@ function camexportMetadata(file) {
     metadata[key] = value;
   });
   if (!("camexport.version" in metadata)) fail(`${file}: not a graph built by camexport (no camexport.* metadata)`);
+  const contract = metadata["camexport.contract"] ?? "1"; // graphs from before the key follow contract 1
+  if (contract !== CONTRACT) {
+    fail(`${file}: the graph follows camexport graph contract '${contract}', this program reads contract ${CONTRACT}; rebuild the graph`);
+  }
   return {
     labels: JSON.parse(metadata["camexport.labels"]),
     mean: JSON.parse(metadata["camexport.mean"]),
