@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -248,6 +248,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         ValidationError: the graph disagrees with the eager reference.
     """
     options.check()
+    options = replace(options, methods=check_methods(options.methods))  # a list given by a caller becomes a tuple
     job = _Build(options, log, options.output_path())
     with _step("load", f"load {options.model} (weights: {options.weights})", job.timings, log):
         _load(job)
