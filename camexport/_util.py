@@ -76,3 +76,21 @@ def sha256_of(files: list[Path]) -> str:
             while chunk := handle.read(1 << 24):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def removing_new_folders(folder: Path) -> Iterator[None]:
+    """On failure, removes the folders up to ``folder`` that the body created and left empty (so that a failed
+    run leaves nothing behind); folders that existed before, or hold anything, stay."""
+    new = []
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists():
+            break
+        new.append(candidate)
+    try:
+        yield
+    except BaseException:
+        for created in new:  # deepest first
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise

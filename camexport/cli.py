@@ -311,7 +311,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 # The library's parameters that messages name (see camexport.errors), and the flags whose name differs.
 PARAMETERS = frozenset(
     "weights layer methods seed image_size opset output labels mean std num_classes dynamic_size input top_k "
-    "batch_size out_dir alpha colormap provider metrics steps target batch_sizes runs warmup threads contenders".split()
+    "batch_size out_dir out alpha colormap provider metrics steps target batch_sizes runs warmup threads "
+    "contenders".split()
 )
 _FLAG_OF = {"methods": "--method", "out_dir": "--out", "target": "--class"}
 _PARAMETERS = re.compile(r"`(\w+)`|\b(\w+)=('[^']*'|\([^)]*\)|\S+?)(?=[:;,)]|\s|$)")

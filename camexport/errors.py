@@ -55,6 +55,10 @@ class ValidationError(CamExportError):
     """The built graph's outputs differ from the eager reference beyond tolerance."""
 
 
+class NonFiniteOutputError(UserError):
+    """The graph's outputs hold NaN or Inf for an input (inputs far outside the normalised range)."""
+
+
 class ContractError(UserError):
     """The graph follows a version of the graph contract that this camexport does not read."""
 

@@ -167,3 +167,12 @@ def test_unknown_or_repeated_methods_are_refused(tmp_path: Path) -> None:
             options = BuildOptions(model="resnet18", methods=tuple(spec.split(",")), weights="random")
             build(replace(options, output=tmp_path / "x.onnx"))
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_failed_build_leaves_no_new_folder(tmp_path: Path) -> None:
+    from camexport.errors import UnknownLayerError
+
+    out = tmp_path / "new" / "graphs" / "g.onnx"
+    with pytest.raises(UnknownLayerError):
+        build(BuildOptions(model="resnet18", layer="nope", weights="random", output=out), log=lambda _: None)
+    assert not (tmp_path / "new").exists()

@@ -162,3 +162,42 @@ def test_a_graph_of_a_newer_contract_is_refused(graph_dir: Path, tmp_path: Path,
     err = capsys.readouterr().err
     assert "follows camexport graph contract '7', this camexport reads contract 1" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_stems_that_collide_get_distinct_overlays(session: CamSession, tmp_path: Path) -> None:
+    """a.png, a.jpg and a-2.png in one folder: three overlays, three records, none overwritten."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "a.jpg", "a-2.png"):
+        sample_photo("rocket").resize((64, 48)).save(folder / name)
+    summary = explain_paths(session, [folder], tmp_path / "o", progress=False, log=lambda _: None)
+    records = [json.loads(line) for line in summary.predictions.read_text().splitlines()]
+    overlays = [r["overlay"] for r in records]
+    assert summary.explained == 3 and len(set(overlays)) == 3 and all(Path(o).is_file() for o in overlays)
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["a-2_cam.png", "a-3_cam.png", "a_cam.png"]
+
+
+@pytest.mark.slow
+def test_a_run_that_explains_nothing_keeps_earlier_output(session: CamSession, tmp_path: Path, capsys) -> None:
+    graph = str(session.path)
+    earlier = tmp_path / "explained"
+    earlier.mkdir()
+    (earlier / "predictions.jsonl").write_text('{"image": "earlier.png"}\n')
+    assert main(["explain", graph, str(tmp_path / "missing.png"), "--out", str(earlier)]) == 1
+    err = capsys.readouterr().err
+    assert "missing.png: no such file" in err and "nothing was written" in err
+    assert (earlier / "predictions.jsonl").read_text() == '{"image": "earlier.png"}\n'
+    assert main(["explain", graph, str(tmp_path / "missing.png"), "--out", str(tmp_path / "new" / "out")]) == 1
+    assert not (tmp_path / "new").exists()  # no empty folder left behind
+
+
+@pytest.mark.slow
+def test_a_decompression_bomb_is_one_line(session: CamSession, tmp_path: Path, capsys) -> None:
+    """12000 x 12000 (144 megapixels, over Pillow's 89-megapixel warning limit): refused before it is decoded."""
+    Image.new("1", (12000, 12000)).save(tmp_path / "bomb.png")
+    sample_photo("rocket").resize((64, 48)).save(tmp_path / "fine.png")
+    assert main(["explain", str(session.path), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "bomb.png: over 89 megapixels, Pillow's decompression-bomb limit; downscale it first" in err
+    assert "Traceback" not in err and (tmp_path / "o" / "fine_cam.png").is_file()

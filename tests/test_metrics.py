@@ -202,3 +202,32 @@ def test_methods_with_the_same_map_share_their_wins(detector: CamSession) -> Non
     }
     results = {r.method: r for r in evaluate_maps(detector, pixels[None], maps, np.array([1]), steps=2)}
     assert results["half"].win == results["half_noisy"].win == 50.0 and results["background"].win == 0.0
+
+
+def test_many_steps_give_the_same_curve_in_chunks(detector: CamSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames go through the graph FRAMES_AT_ONCE at a time (flat memory for any --steps): same AUC as all at once."""
+    from camexport.runtime import metrics
+
+    pixels, on_object, _ = _scene()
+    chunked = deletion_insertion(detector, pixels, on_object, 1, steps=40)
+    monkeypatch.setattr(metrics, "FRAMES_AT_ONCE", 10_000)
+    assert deletion_insertion(detector, pixels, on_object, 1, steps=40) == pytest.approx(chunked, abs=1e-12)
+
+
+def test_evaluate_out_is_checked_before_the_work(detector: CamSession, tmp_path: Path, capsys) -> None:
+    import json
+
+    from PIL import Image
+
+    from camexport.cli import main
+
+    Image.fromarray(_scene()[0]).save(tmp_path / "red.png")
+    assert main(["evaluate", str(detector.path), str(tmp_path / "red.png"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {tmp_path}: is a directory" in err
+    deep = tmp_path / "new" / "deeper" / "scores.json"
+    argv = ["evaluate", str(detector.path), str(tmp_path / "red.png"), "--metrics", "average_drop", "--out", str(deep)]
+    assert main(argv) == 0 and json.loads(deep.read_text())["metrics"] == ["average_drop"]
+    (tmp_path / "afile").write_text("x")
+    argv[-1] = str(tmp_path / "afile" / "scores.json")
+    assert main(argv) == 2 and "cannot write it" in capsys.readouterr().err

@@ -162,3 +162,35 @@ def test_uint8_graph_equals_the_float_graph(graph_dir: Path, session: CamSession
         assert np.abs(a.heatmap - b.heatmap).max() <= 1e-4
     with pytest.raises(UserError, match=r"the graph takes \[N, 224, 224, 3\] uint8"):
         pixels_session.run(np.zeros((1, 3, 224, 224), np.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [(None, "image 0: NoneType is not an image"), (5, "image 0: int is not an image"),
+     ([np.zeros((8, 8, 3), np.uint8), None], "image 1: NoneType is not an image")],
+)  # fmt: skip
+def test_things_that_are_not_images_are_named(session: CamSession, images, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        session.explain(images)
+
+
+@pytest.mark.slow
+def test_inputs_far_outside_the_normalised_range_are_refused_not_nan(session: CamSession) -> None:
+    from camexport.errors import NonFiniteOutputError
+
+    with pytest.raises(NonFiniteOutputError, match=r"not finite for this batch \(largest input magnitude 3e\+38\)"):
+        session.run(np.full((1, 3, 224, 224), 3e38, np.float32))
+    assert np.isfinite(session.run(np.full((1, 3, 224, 224), 50.0, np.float32))["heatmap"]).all()
+
+
+@pytest.mark.slow
+def test_labels_that_do_not_match_the_logits_are_refused(session: CamSession, tmp_path: Path) -> None:
+    import json
+
+    damaged = onnx.load(str(session.path))
+    labels = next(p for p in damaged.metadata_props if p.key == "camexport.labels")
+    labels.value = json.dumps(json.loads(labels.value)[:10])
+    onnx.save(damaged, str(tmp_path / "damaged.onnx"))
+    with pytest.raises(UserError, match="damaged camexport metadata \\(10 labels for 1000 logits\\)"):
+        CamSession(tmp_path / "damaged.onnx")

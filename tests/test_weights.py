@@ -85,3 +85,50 @@ def test_build_with_a_checkpoint_file(tmp_path: Path, graph_dir: Path, model: st
 @pytest.mark.slow
 def test_random_graph_says_so(graph_dir: Path) -> None:
     assert CamSession(built_graph(graph_dir, "resnet18", "layer4", "gradcampp")).info.random_weights
+
+
+def test_a_plain_pickle_is_one_line_with_its_cause(tmp_path: Path, capsys) -> None:
+    import pickle
+
+    from camexport.cli import main
+
+    with open(tmp_path / "plain.pth", "wb") as handle:
+        pickle.dump({"weight": [1.0, 2.0]}, handle)
+    assert (
+        main(["build", "resnet18", "--weights", str(tmp_path / "plain.pth"), "--output", str(tmp_path / "g.onnx")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused it: Unsupported operand" in err and "nothing in it was run" in err
+    assert not (tmp_path / "g.onnx").exists()
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PAYLOAD_RAN",))
+
+
+def test_a_malicious_checkpoint_names_the_blocked_global_and_never_runs(tmp_path: Path, monkeypatch) -> None:
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "evil.pth", "wb") as handle:
+        pickle.dump({"weight": _Payload()}, handle, protocol=2)
+    with pytest.raises(WeightsError, match=r"unsupported GLOBAL posix\.system") as caught:
+        read_checkpoint(tmp_path / "evil.pth")
+    assert "\n" not in str(caught.value) and not (tmp_path / "PAYLOAD_RAN").exists()
+
+
+def test_non_finite_weights_are_named(tmp_path: Path, capsys) -> None:
+    from camexport.cli import main
+
+    state = torchvision.models.resnet18().state_dict()
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    state["fc.bias"][3] = float("inf")
+    torch.save(state, tmp_path / "nan.pth")
+    assert (
+        main(["build", "resnet18", "--weights", str(tmp_path / "nan.pth"), "--output", str(tmp_path / "g.onnx")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "2 tensor(s) hold NaN or Inf: layer2.0.conv1.weight, fc.bias" in err and err.count("\n") == 1

@@ -22,7 +22,7 @@ from google.protobuf.message import EncodeError
 from torch import nn
 
 from camexport import __version__
-from camexport._util import first_line, sha256_of, write_atomically
+from camexport._util import first_line, removing_new_folders, sha256_of, write_atomically
 from camexport.builder.export import EXTERNAL_DATA_BYTES, check_opset, data_path, finalise, save_graph, to_onnx
 from camexport.builder.layers import LayerInfo, count_logits, default_layer, probe_layers, resolve_layer
 from camexport.builder.layouts import CHANNELS_FIRST
@@ -247,15 +247,16 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         UnsupportedModelError: the exporter cannot handle the model or layer.
         ValidationError: the graph disagrees with the eager reference.
     """
-    options.check()
     options = replace(options, methods=check_methods(options.methods))  # a list given by a caller becomes a tuple
     job = _Build(options, log, options.output_path())
-    with _step("load", f"load {options.model} (weights: {options.weights})", job.timings, log):
-        _load(job)
-        _choose_layer(job)
-    _describe(job)
-    _trace_and_export(job)
-    write_atomically(job.output, lambda temporary: _write_validated(job, temporary))
+    with removing_new_folders(job.output.parent):  # a failed build leaves no empty folder behind
+        options.check()
+        with _step("load", f"load {options.model} (weights: {options.weights})", job.timings, log):
+            _load(job)
+            _choose_layer(job)
+        _describe(job)
+        _trace_and_export(job)
+        write_atomically(job.output, lambda temporary: _write_validated(job, temporary))
     if job.summary["external_data"] is None:
         data_path(job.output).unlink(missing_ok=True)  # a previous, larger build's weights
     job.summary["timings_s"] = job.timings

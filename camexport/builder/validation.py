@@ -31,7 +31,7 @@ from torch import nn
 from camexport.builder.layouts import CHANNELS_FIRST, Layout
 from camexport.builder.reference import reference_explain
 from camexport.contract import PER_METHOD_OUTPUTS, Preprocessing
-from camexport.errors import ValidationError
+from camexport.errors import NonFiniteOutputError, ValidationError
 from camexport.runtime.preprocess import normalise
 from camexport.runtime.session import CamSession
 
@@ -288,9 +288,7 @@ def validate(
     Raises:
         ValidationError: any output of any case is over tolerance; the message names the worst one.
     """
-    results = [
-        check_outputs(session.run(case.image, case.target_class), model, layer, methods, case, layout) for case in cases
-    ]
+    results = [check_outputs(_run(session, case), model, layer, methods, case, layout) for case in cases]
     failures = [(r, c) for r in results for c in r.checks if not c.passed]
     if failures:
         result, check = max(failures, key=lambda rc: rc[1].max_abs_diff / max(rc[1].tolerance, 1e-12))
@@ -300,6 +298,13 @@ def validate(
             f"on '{result.description}' ({len(failures)} output check(s) failed); the graph was not written"
         )
     return results
+
+
+def _run(session: CamSession, case: Case) -> dict[str, np.ndarray]:
+    try:
+        return session.run(case.image, case.target_class)
+    except NonFiniteOutputError as exc:  # on validation inputs this is the graph's fault, not the user's
+        raise ValidationError(f"on '{case.description}': {exc}; the graph was not written") from None
 
 
 def results_as_dict(results: list[CaseResult]) -> list[dict]:

@@ -8,6 +8,7 @@ versioned state (``_metadata``) included.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -81,13 +82,40 @@ def read_checkpoint(path: str | Path) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"weights={str(path)!r}: no such file; give a state_dict checkpoint, 'default' or 'random'")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a file
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a corrupt file
         raise WeightsError(
-            f"weights={str(path)!r}: cannot read the checkpoint ({first_line(exc)[:200]}); "
+            f"weights={str(path)!r}: cannot read the checkpoint ({_load_failure(exc)}); nothing in it was run; "
             "save one with torch.save(model.state_dict(), PATH)"
         ) from None
-    return _unwrap_checkpoint(obj, path)
+    state = _unwrap_checkpoint(obj, path)
+    _check_finite(state, path)
+    return state
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The real cause of a refused checkpoint. torch's weights-only refusal opens with a paragraph about
+    ``weights_only`` and closes with a pointer to the docs; the cause stands between (``Trying to load
+    unsupported GLOBAL posix.system ...``, ``Unsupported operand 149`` for a plain pickle)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        boilerplate = ("Please file an issue", "Check the documentation")
+        cause = next((line for line in lines[1:] if line and not line.startswith(boilerplate)), "")
+        if cause:
+            return f"torch.load(weights_only=True) refused it: {cause[:200]}"
+    return first_line(exc)[:200]
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """A checkpoint with NaN or Inf weights is refused here, naming them, not after a failed validation."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(
+            f"weights={str(path)!r}: {len(bad)} tensor(s) hold NaN or Inf: {_summarise(bad)}; "
+            "pass a checkpoint of finite weights"
+        )
 
 
 def _summarise(names: list[str], limit: int = 4) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from camexport._util import write_atomically
+from camexport._util import removing_new_folders, write_atomically
 from camexport.errors import CamExportError, UserError
 from camexport.runtime.session import CamSession, Explanation, random_weights_note
 from camexport.runtime.visualize import check_style, overlay
@@ -120,23 +120,34 @@ def explain_paths(
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size}: use 1 or more")
     check_style(alpha, colormap)
-    out = _output_folder(out_dir)
     paths, skipped = collect_images(sources)
     if not paths:
         raise UserError("no images found; pass image files or folders that hold .png/.jpg files")
     if session.info.random_weights:
         print(f"note: {random_weights_note(session)}", file=sys.stderr)
-    run = _Run(session, out, style, ExplainSummary(skipped=skipped), log)
-    bar = tqdm(total=len(paths), unit="img", disable=not progress or len(paths) < 2, leave=False)
-    try:
-        run.all(paths, batch_size, bar)
-    finally:
-        bar.close()
+    with removing_new_folders(Path(out_dir)):  # a run that explains nothing leaves no new folder behind
+        out = _output_folder(out_dir)
+        run = _Run(session, out, style, ExplainSummary(skipped=skipped), log)
+        bar = tqdm(total=len(paths), unit="img", disable=not progress or len(paths) < 2, leave=False)
+        try:
+            run.all(paths, batch_size, bar)
+        finally:
+            bar.close()
+        if not run.records:  # every image failed: an earlier run's predictions stay as they were
+            raise NothingExplained(run.summary)
     predictions = out / "predictions.jsonl"
     write_atomically(predictions, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in run.records)))
     run.summary.predictions = predictions
     run.summary.seconds = time.perf_counter() - started
     return run.summary
+
+
+class NothingExplained(CamExportError):
+    """Every image of a run failed (each already reported); nothing was written."""
+
+    def __init__(self, summary: ExplainSummary) -> None:
+        super().__init__(f"none of the {len(summary.failures)} image(s) could be explained; nothing was written")
+        self.summary = summary
 
 
 def _output_folder(out_dir: str | Path) -> Path:
@@ -161,7 +172,7 @@ class _Run:
     summary: ExplainSummary
     log: Callable[[str], None]
     records: list[dict] = field(default_factory=list)
-    stems: dict[str, int] = field(default_factory=dict)
+    stems: set[str] = field(default_factory=set)
 
     def all(self, paths: list[Path], batch_size: int, bar: tqdm) -> None:
         pending: list[Prepared] = []
@@ -217,8 +228,12 @@ class _Run:
             print(f"error: {message}", file=sys.stderr)
 
 
-def _unique_stem(path: Path, seen: dict[str, int]) -> str:
-    """``photo`` for the first ``photo.jpg``, ``photo-2`` for a second one (e.g. ``photo.png`` or another folder)."""
-    count = seen.get(path.stem, 0) + 1
-    seen[path.stem] = count
-    return path.stem if count == 1 else f"{path.stem}-{count}"
+def _unique_stem(path: Path, taken: set[str]) -> str:
+    """``photo`` for the first ``photo.jpg``, then ``photo-2``, ``photo-3``, ... for more files of that stem (e.g.
+    ``photo.png``, or one in another folder), skipping any stem already taken (a file named ``photo-2.png``)."""
+    stem, count = path.stem, 1
+    while stem in taken:
+        count += 1
+        stem = f"{path.stem}-{count}"
+    taken.add(stem)
+    return stem

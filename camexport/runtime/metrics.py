@@ -38,6 +38,8 @@ from camexport.runtime.session import CamSession, as_photo, softmax
 # What `camexport evaluate --metrics` selects. The first three come from the same two runs per image;
 # deletion and insertion cost ``steps + 1`` runs per image and method each.
 METRICS = ("average_drop", "increase_in_confidence", "win", "deletion", "insertion")
+# Deletion/insertion frames held at once (each a float64 copy of the input crop).
+FRAMES_AT_ONCE = 32
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
@@ -100,15 +102,19 @@ def drop_and_increase(
 def _curve(session: CamSession, start: np.ndarray, end: np.ndarray, order: np.ndarray, cls: int, steps: int) -> float:
     """AUC of the class probability while pixels of ``start`` turn into ``end`` in ``order``, ``steps`` chunks."""
     h, w, _ = start.shape
-    frames = []
     current = start.reshape(h * w, 3).astype(np.float64).copy()
     target = end.reshape(h * w, 3).astype(np.float64)
     bounds = np.linspace(0, h * w, steps + 1).round().astype(int)
-    frames.append(current.reshape(h, w, 3).copy())
+    frames, probs = [current.reshape(h, w, 3).copy()], []
     for lo, hi in itertools.pairwise(bounds):
         current[order[lo:hi]] = target[order[lo:hi]]
         frames.append(current.reshape(h, w, 3).copy())
-    probs = class_probabilities(session, np.stack(frames), np.full(len(frames), cls))
+        if len(frames) == FRAMES_AT_ONCE:  # memory stays flat for any number of steps
+            probs.append(class_probabilities(session, np.stack(frames), np.full(len(frames), cls)))
+            frames = []
+    if frames:
+        probs.append(class_probabilities(session, np.stack(frames), np.full(len(frames), cls)))
+    probs = np.concatenate(probs)
     trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it
     return float(trapezoid(probs, dx=1.0 / steps))
 
@@ -313,9 +319,11 @@ def evaluate_paths(
 ) -> str:
     """``camexport evaluate``: scores every method of the graph on the images in ``sources`` (files or
     folders), optionally writes them as JSON to ``out``, and returns the table (plus where the JSON went)."""
-    from camexport._util import write_atomically
+    from camexport._util import removing_new_folders, write_atomically
     from camexport.runtime.explain import collect_images
 
+    if out is not None and Path(out).is_dir():
+        raise UserError(f"out={str(out)!r}: is a directory; give a file name such as {Path(out) / 'scores.json'}")
     paths, _ = collect_images(sources)
     if not paths:
         raise UserError("no images found; pass image files or folders that hold .png/.jpg files")
@@ -325,6 +333,14 @@ def evaluate_paths(
         record = {"graph": str(session.path), "images": [str(p) for p in paths], "steps": steps}
         record["metrics"] = list(metrics)
         record["methods"] = [asdict(r) for r in results]
-        write_atomically(Path(out), lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+        out = Path(out)
+        try:
+            with removing_new_folders(out.parent):
+                out.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(out, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+        except OSError as exc:
+            raise UserError(
+                f"out={str(out)!r}: cannot write it ({exc.strerror or exc}); choose a writable path"
+            ) from None
         table += f"\nwrote {out}"
     return table

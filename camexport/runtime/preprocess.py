@@ -6,6 +6,7 @@ The steps follow torchvision's and timm's evaluation transforms: convert to RGB,
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,16 @@ def open_image(source: str | Path | Image.Image) -> Image.Image:
         if not path.is_file():
             raise UserError(f"{path}: no such file")
         try:
-            image = Image.open(path)
-            image.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused before it is decoded
+                image = Image.open(path)
+                image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise UserError(
+                f"{path}: over {Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, Pillow's decompression-bomb limit; "
+                "downscale it first"
+            ) from None
+        except (OSError, ValueError) as exc:
             raise UserError(f"{path}: not a readable image ({str(exc)[:120]})") from None
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)

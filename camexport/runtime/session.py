@@ -15,7 +15,7 @@ from PIL import Image
 
 from camexport._util import first_line
 from camexport.contract import IMAGE, TARGET_CLASS, GraphInfo
-from camexport.errors import CamExportError, UserError
+from camexport.errors import CamExportError, NonFiniteOutputError, UserError
 from camexport.runtime.preprocess import heatmap_to_original, normalise, open_image, seen_mask, to_pixels
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -75,6 +75,12 @@ class CamSession:
             raise UserError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)[:160]})") from None
         self.info = GraphInfo.from_props(self._session.get_modelmeta().custom_metadata_map, self.path)
         self.output_names = [o.name for o in self._session.get_outputs()]
+        logits = self._session.get_outputs()[0].shape[-1]
+        if isinstance(logits, int) and logits != len(self.info.labels):
+            raise UserError(
+                f"{self.path}: damaged camexport metadata ({len(self.info.labels)} labels for {logits} logits); "
+                "rebuild the graph with 'camexport build'"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -118,7 +124,15 @@ class CamSession:
                 f"{self.path}: onnxruntime failed on a [{', '.join(map(str, image.shape))}] batch "
                 f"({first_line(exc)[-200:]}); rebuild the graph with 'camexport build'"
             ) from None
-        return dict(zip(self.output_names, outputs, strict=True))
+        named = dict(zip(self.output_names, outputs, strict=True))
+        broken = [name for name, value in named.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
+        if broken:
+            largest = float(np.abs(feeds[IMAGE]).max()) if feeds[IMAGE].size else 0.0
+            raise NonFiniteOutputError(
+                f"the graph's {', '.join(broken)} are not finite for this batch (largest input magnitude "
+                f"{largest:.3g}); pass pixels normalised as the graph's metadata says"
+            )
+        return named
 
     def _check_batch(self, image: np.ndarray) -> np.ndarray:
         height, width = self.info.preprocessing.image_size
@@ -182,7 +196,7 @@ class CamSession:
         """Explains photos: preprocessing (Pillow), batched runs, heatmaps back at each photo's size.
 
         Args:
-            images: one image or a sequence of them: PIL images, file paths, or arrays [H, W] / [H, W, 3] /
+            images: one image or a list (or tuple) of them: PIL images, file paths, or arrays [H, W] / [H, W, 3] /
                 [H, W, 4] (uint8, or float in [0, 1]).
             target: the class to explain, by index or label name; None explains each image's top-1 class.
             top_k: how many classes to report per image.
@@ -194,8 +208,7 @@ class CamSession:
         Raises:
             UserError: a bad image (named by its path or position), class, ``top_k`` or ``batch_size``.
         """
-        single = isinstance(images, (str, Path, Image.Image, np.ndarray))
-        items = [images] if single else list(images)
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
         if top_k < 1:
             raise UserError(f"top_k={top_k}: use 1 or more")
         if batch_size < 1:
@@ -282,8 +295,12 @@ def as_photo(image: ImageLike, name: str = "image") -> Image.Image:
     Raises:
         UserError: unreadable file; wrong array shape or dtype; NaN or Inf; float values outside [0, 1].
     """
-    if not isinstance(image, np.ndarray):
+    if isinstance(image, (str, Path, Image.Image)):
         return open_image(image)
+    if not isinstance(image, np.ndarray):
+        raise UserError(
+            f"{name}: {type(image).__name__} is not an image; pass a PIL image, a file path or an array of pixels"
+        )
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)) or 0 in image.shape:
         raise UserError(f"{name}: array of shape {list(image.shape)}; pass [H, W], [H, W, 3] or [H, W, 4] pixels")
     if image.dtype.kind == "f":
