@@ -77,7 +77,7 @@ def main() -> None:
 
         summary = explain_paths(session, [photos], out, batch_size=args.batch_size, progress=False, log=sample)
         end_rss = status_mb("VmRSS")
-        written = len(list(out.glob("*_cam.png")))
+        written = len(list(out.glob("*_cam.*")))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     after_first = next((s["rss_mb"] for s in samples if s["images"] >= 100), round(end_rss, 1))
     result = {

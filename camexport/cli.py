@@ -167,6 +167,16 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     explain.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     explain.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
     explain.add_argument("--save-heatmap", action="store_true", help="also save each heatmap as .npy")
+    explain.add_argument(
+        "--format",
+        dest="overlay_format",
+        metavar="jpg|png|webp",
+        help="overlay file format (default jpg: 100x faster to write than png at 12 megapixels, 8x smaller)",
+    )
+    explain.add_argument(
+        "--overlay-max-side", type=int, metavar="N", help="downscale overlays to at most N pixels on the longer side"
+    )
+    explain.add_argument("--no-overlay", action="store_true", help="write no overlays (predictions and heatmaps only)")
     explain.add_argument("--batch-size", type=int, default=8, help="images per onnxruntime run (default 8)")
     explain.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
     explain.add_argument("--quiet", action="store_true", help="no line per image, only errors and the summary")
@@ -264,7 +274,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from camexport.runtime.explain import explain_paths
+    from camexport.runtime.explain import DEFAULT_FORMAT, explain_paths
     from camexport.runtime.session import CamSession
 
     session = CamSession(args.graph, provider=args.provider, threads=args.threads)
@@ -280,12 +290,14 @@ def _explain(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=sys.stderr.isatty(),
         log=(lambda _line: None) if args.quiet else print,
+        overlay_format=None if args.no_overlay else (args.overlay_format or DEFAULT_FORMAT),
+        overlay_max_side=args.overlay_max_side,
     )
     skipped = f", {len(summary.skipped)} non-image file(s) skipped" if summary.skipped else ""
     print(
         f"explained {summary.explained} image(s) in {summary.seconds:.1f} s "
         f"({summary.images_per_second:.1f} images/s), {len(summary.failures)} failed{skipped}; "
-        f"overlays in {args.out}/, predictions: {summary.predictions}"
+        f"{'outputs' if args.no_overlay else 'overlays'} in {args.out}/, predictions: {summary.predictions}"
     )
     return 1 if summary.failures else 0
 
@@ -312,9 +324,9 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 PARAMETERS = frozenset(
     "weights layer methods seed image_size opset output labels mean std num_classes dynamic_size input top_k "
     "batch_size out_dir out alpha colormap provider metrics steps target batch_sizes runs warmup threads "
-    "contenders".split()
+    "contenders overlay_format overlay_max_side".split()
 )
-_FLAG_OF = {"methods": "--method", "out_dir": "--out", "target": "--class"}
+_FLAG_OF = {"methods": "--method", "out_dir": "--out", "target": "--class", "overlay_format": "--format"}
 _PARAMETERS = re.compile(r"`(\w+)`|\b(\w+)=('[^']*'|\([^)]*\)|\S+?)(?=[:;,)]|\s|$)")
 
 

@@ -69,7 +69,14 @@ def test_overlay_pixels_are_the_blend_of_photo_and_colormap(session: CamSession,
     photo = sample_photo("chelsea")
     photo.save(tmp_path / "cat.png")
     explain_paths(
-        session, [tmp_path / "cat.png"], tmp_path / "o", alpha=0.3, colormap="viridis", save_heatmap=True, log=print
+        session,
+        [tmp_path / "cat.png"],
+        tmp_path / "o",
+        alpha=0.3,
+        colormap="viridis",
+        save_heatmap=True,
+        log=print,
+        overlay_format="png",
     )
     heat = np.load(tmp_path / "o" / "cat_heatmap.npy")
     written = np.asarray(Image.open(tmp_path / "o" / "cat_cam.png"), dtype=np.float64)
@@ -147,7 +154,7 @@ def test_same_stem_in_two_folders_gets_two_overlays(session: CamSession, tmp_pat
         (tmp_path / folder).mkdir()
         sample_photo("coffee").save(tmp_path / folder / "photo.png")
     summary = explain_paths(session, [tmp_path / "a", tmp_path / "b"], tmp_path / "o", log=lambda _: None)
-    assert [p.name for p in summary.written] == ["photo_cam.png", "photo-2_cam.png"]
+    assert [p.name for p in summary.written] == ["photo_cam.jpg", "photo-2_cam.jpg"]
 
 
 @pytest.mark.slow
@@ -175,7 +182,7 @@ def test_stems_that_collide_get_distinct_overlays(session: CamSession, tmp_path:
     records = [json.loads(line) for line in summary.predictions.read_text().splitlines()]
     overlays = [r["overlay"] for r in records]
     assert summary.explained == 3 and len(set(overlays)) == 3 and all(Path(o).is_file() for o in overlays)
-    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["a-2_cam.png", "a-3_cam.png", "a_cam.png"]
+    assert sorted(p.name for p in (tmp_path / "o").glob("*_cam.*")) == ["a-2_cam.jpg", "a-3_cam.jpg", "a_cam.jpg"]
 
 
 @pytest.mark.slow
@@ -199,5 +206,32 @@ def test_a_decompression_bomb_is_one_line(session: CamSession, tmp_path: Path, c
     sample_photo("rocket").resize((64, 48)).save(tmp_path / "fine.png")
     assert main(["explain", str(session.path), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
-    assert "bomb.png: over 89 megapixels, Pillow's decompression-bomb limit; downscale it first" in err
-    assert "Traceback" not in err and (tmp_path / "o" / "fine_cam.png").is_file()
+    assert "bomb.png: not a readable image (Image size (144000000 pixels) exceeds limit of 89478485 pixels" in err
+    assert "Traceback" not in err and (tmp_path / "o" / "fine_cam.jpg").is_file()
+
+
+@pytest.mark.slow
+def test_overlay_format_size_and_none(session: CamSession, tmp_path: Path, capsys) -> None:
+    """--format webp, --overlay-max-side 300 (aspect kept, same colours as a full-size overlay scaled down),
+    --no-overlay (records say so), and bad values as one line."""
+    photo = sample_photo("chelsea")  # 451 x 300
+    photo.save(tmp_path / "cat.png")
+    graph = str(session.path)
+    argv = ["explain", graph, str(tmp_path / "cat.png"), "--quiet", "--save-heatmap"]
+    assert main([*argv, "--out", str(tmp_path / "w"), "--format", "webp", "--overlay-max-side", "300"]) == 0
+    small = Image.open(tmp_path / "w" / "cat_cam.webp")
+    assert small.format == "WEBP" and small.size == (300, 200)
+    assert main([*argv, "--out", str(tmp_path / "full"), "--format", "png"]) == 0
+    full = Image.open(tmp_path / "full" / "cat_cam.png").resize((300, 200), Image.Resampling.BILINEAR)
+    assert np.abs(np.asarray(full, np.float64) - np.asarray(small.convert("RGB"), np.float64)).mean() < 6
+    assert main([*argv, "--out", str(tmp_path / "none"), "--no-overlay"]) == 0
+    (record,) = [json.loads(line) for line in (tmp_path / "none" / "predictions.jsonl").read_text().splitlines()]
+    assert record["overlay"] is None and Path(record["heatmap"]).is_file()
+    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == ["cat_heatmap.npy", "predictions.jsonl"]
+    capsys.readouterr()
+    for bad, message in ((["--format", "gif"], "--format gif: use one of jpg, png, webp"),
+                         (["--overlay-max-side", "0"], "--overlay-max-side 0: use a positive number")):  # fmt: skip
+        assert main([*argv, "--out", str(tmp_path / "bad"), *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()

@@ -52,7 +52,7 @@ def test_explaining_a_photo_never_imports_torch(efficientnet_graph: Path, tmp_pa
         str(tmp_path / "out"),
     )
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "out" / "coffee_cam.png").is_file()
+    assert (tmp_path / "out" / "coffee_cam.jpg").is_file()
     assert "random weights" not in done.stderr  # real weights: no note
 
 

@@ -110,7 +110,7 @@ def _load_failure(exc: BaseException) -> str:
 
 def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
     """A checkpoint with NaN or Inf weights is refused here, naming them, not after a failed validation."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.is_meta and not bool(torch.isfinite(v).all())]
     if bad:
         raise WeightsError(
             f"weights={str(path)!r}: {len(bad)} tensor(s) hold NaN or Inf: {_summarise(bad)}; "

@@ -42,10 +42,10 @@ def open_image(source: str | Path | Image.Image) -> Image.Image:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused before it is decoded
                 image = Image.open(path)
                 image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            reason = str(exc).split(", could be")[0]  # "Image size (N pixels) exceeds limit of M pixels"
             raise UserError(
-                f"{path}: over {Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, Pillow's decompression-bomb limit; "
-                "downscale it first"
+                f"{path}: not a readable image ({reason}: a decompression bomb?); downscale it first"
             ) from None
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: not a readable image ({str(exc)[:120]})") from None

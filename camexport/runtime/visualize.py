@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
@@ -24,7 +26,11 @@ def overlay(
     colormap: str = "jet",
     mask: np.ndarray | None = None,
 ) -> Image.Image:
-    """Blends ``colormap(heatmap)`` over ``image``: ``(1 − alpha)·photo + alpha·colour``.
+    """Blends ``colormap(heatmap)`` over ``image``: ``(1 − alpha)·photo + alpha·colour``, rounded to uint8.
+
+    The colour comes from the colormap's own lookup table (matplotlib quantises a float to one of its ``N``
+    entries, so the table gives the same colours), and the blend runs in float32 over bands of rows, so a
+    12-megapixel photo needs tens of megabytes, not gigabytes.
 
     Args:
         image: the photo (converted to RGB).
@@ -38,11 +44,25 @@ def overlay(
         UserError: unknown colormap, alpha outside [0, 1], or a heatmap of another size.
     """
     check_style(alpha, colormap)
-    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
+    photo = np.asarray(image.convert("RGB"))
     if heatmap.shape != photo.shape[:2]:
         raise UserError(f"heatmap is {heatmap.shape[1]}x{heatmap.shape[0]}, image {photo.shape[1]}x{photo.shape[0]}")
-    colour = colormaps[colormap](np.clip(heatmap, 0.0, 1.0))[..., :3] * 255.0
-    blended = (1.0 - alpha) * photo + alpha * colour
-    if mask is not None:
-        blended = np.where(mask[..., None], blended, photo)
-    return Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8), mode="RGB")
+    table = colour_table(colormap)
+    out = np.empty_like(photo)
+    for top in range(0, photo.shape[0], ROWS_AT_ONCE):
+        rows = slice(top, top + ROWS_AT_ONCE)
+        index = np.clip(np.floor(np.asarray(heatmap[rows], np.float32) * len(table)), 0, len(table) - 1)
+        blended = (1.0 - alpha) * photo[rows].astype(np.float32) + alpha * table[index.astype(np.intp)]
+        blended = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+        out[rows] = blended if mask is None else np.where(mask[rows, :, None], blended, photo[rows])
+    return Image.fromarray(out, mode="RGB")
+
+
+ROWS_AT_ONCE = 256
+
+
+@functools.lru_cache(maxsize=16)
+def colour_table(colormap: str) -> np.ndarray:
+    """The colormap's entries as float32 RGB in [0, 255], [N, 3]: what ``colormaps[colormap](x)`` picks from."""
+    cmap = colormaps[colormap]
+    return (cmap(np.arange(cmap.N))[:, :3] * 255.0).astype(np.float32)
