@@ -50,15 +50,18 @@ def _encode_rows(coloured: Image.Image, repeats: int) -> list[str]:
 
 
 def _end_to_end(graph: Path, photo: Path, overlay_format: str) -> tuple[float, float, float]:
-    """(explain's own seconds, peak RSS MB, RSS MB of a process that only loaded the session)."""
+    """(explain's own seconds, peak RSS MB, RSS MB once the session is loaded), from Linux's /proc/self/status
+    (the peak, VmHWM, reset after loading; ru_maxrss would carry the parent's peak across exec)."""
     with tempfile.TemporaryDirectory() as out:
         code = (
-            "import resource, sys, time; from camexport.runtime.session import CamSession; "
-            "from camexport.runtime.explain import explain_paths; s = CamSession(sys.argv[1]); "
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
-            "fmt = None if sys.argv[4] == 'none' else sys.argv[4]; "
-            "r = explain_paths(s, [sys.argv[2]], sys.argv[3], progress=False, log=lambda _: None, overlay_format=fmt); "
-            "print(r.seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, base)"
+            "import sys; from camexport.runtime.session import CamSession; "
+            "from camexport.runtime.explain import explain_paths\n"
+            "def mb(field):\n"
+            "    return [int(x.split()[1]) for x in open('/proc/self/status') if x.startswith(field)][0] / 1024\n"
+            "s = CamSession(sys.argv[1]); base = mb('VmRSS:'); open('/proc/self/clear_refs', 'w').write('5')\n"
+            "fmt = None if sys.argv[4] == 'none' else sys.argv[4]\n"
+            "r = explain_paths(s, [sys.argv[2]], sys.argv[3], progress=False, log=lambda _: None, overlay_format=fmt)\n"
+            "print(r.seconds, mb('VmHWM:'), base)"
         )
         done = subprocess.run(
             [sys.executable, "-c", code, str(graph), str(photo), out, overlay_format], capture_output=True, text=True
