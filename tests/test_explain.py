@@ -132,23 +132,6 @@ def test_bad_arguments_are_one_line(graph_dir: Path, tmp_path: Path, capsys, arg
 
 
 @pytest.mark.slow
-def test_not_a_camexport_graph(tmp_path: Path, capsys) -> None:
-    import onnx
-    from onnx import TensorProto, helper
-
-    identity = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    onnx.save(helper.make_model(identity), tmp_path / "other.onnx")
-    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    assert main(["explain", str(tmp_path / "other.onnx"), str(tmp_path / "a.png")]) == 2
-    assert "not a graph built by camexport" in capsys.readouterr().err
-
-
-@pytest.mark.slow
 def test_same_stem_in_two_folders_gets_two_overlays(session: CamSession, tmp_path: Path) -> None:
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

@@ -135,8 +135,9 @@ class BenchConfig:
             raise UserError(f"batch_sizes={list(self.batch_sizes)}: use positive integers")
         if self.runs < 3:
             raise UserError(f"runs={self.runs}: use 3 or more (a median and quartiles need several runs)")
-        if self.warmup < 0 or self.threads < 0:
-            raise UserError(f"warmup={self.warmup}, threads={self.threads}: use 0 or more")
+        for name in ("warmup", "threads"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name}={getattr(self, name)}: use 0 or more")
         unknown = [c for c in self.contenders if c not in CONTENDERS]
         if unknown:
             raise UserError(f"contenders={','.join(unknown)!r}: unknown; choose from {', '.join(CONTENDERS)}")

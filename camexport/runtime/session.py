@@ -60,6 +60,8 @@ class CamSession:
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int = 0) -> None:
         self.path = Path(path)
+        if threads < 0:
+            raise UserError(f"threads={threads}: use 0 (onnxruntime's default) or a positive number")
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such graph; build one with 'camexport build MODEL'")
         options = ort.SessionOptions()
