@@ -82,8 +82,8 @@ def _record(path: Path, picture: Path | None, result: Explanation) -> dict:
 
 
 # Overlay file formats: (Pillow format, file suffix, save options). JPEG is the default: measured on a
-# 12-megapixel overlay, JPEG (quality 90) encodes in 0.02 s and 0.95 MB, WebP in 0.17 s and 0.3 MB, PNG in
-# 2.4 s and 7.6 MB (benchmarks/overlay_formats.md, python benchmarks/overlay_formats.py).
+# 12-megapixel overlay, JPEG (quality 90) encodes in 0.02 s and 0.95 MB, WebP in 0.14 s and 0.3 MB, PNG in
+# 2.2 s and 7.6 MB (benchmarks/overlay_formats.md, python benchmarks/overlay_formats.py).
 OVERLAY_FORMATS = {
     "jpg": ("JPEG", ".jpg", {"quality": 90}),
     "png": ("PNG", ".png", {}),
