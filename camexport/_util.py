@@ -1,4 +1,5 @@
-"""Small helpers shared by several modules: quieting third-party code, error lines, atomic writes, digests."""
+"""Small helpers shared by several modules: quieting third-party code, error lines, atomic writes, digests,
+bounded work in order."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 
@@ -94,3 +97,13 @@ def removing_new_folders(folder: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 created.rmdir()
         raise
+
+
+def in_order(pool: Executor, work: Callable, items: Iterable, ahead: int) -> Iterator[Future]:
+    """The futures of ``work(item)`` for each item, submitted to ``pool`` up to ``ahead`` items ahead, in order."""
+    queued: deque[Future] = deque()
+    for item in items:
+        queued.append(pool.submit(work, item))
+        if len(queued) >= ahead:
+            yield queued.popleft()
+    yield from queued

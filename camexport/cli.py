@@ -14,6 +14,7 @@ from camexport.contract import INPUT_KINDS, METHODS, parse_methods
 from camexport.errors import CamExportError
 
 EXIT_USER_ERROR = 2
+LOCAL_RAY = "local"  # --ray without an address: a Ray instance on this machine
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -49,7 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="camexport", description="Grad-CAM/Grad-CAM++ inside one self-contained ONNX graph.")
     parser.add_argument("--version", action="version", version=f"camexport {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_build, _add_models, _add_layers, _add_bench, _add_evaluate, _add_explain, _add_samples):
+    for add in (
+        _add_build,
+        _add_models,
+        _add_layers,
+        _add_bench,
+        _add_evaluate,
+        _add_explain,
+        _add_render,
+        _add_samples,
+    ):
         add(commands)
     return parser
 
@@ -180,6 +190,38 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     explain.add_argument("--batch-size", type=int, default=8, help="images per onnxruntime run (default 8)")
     explain.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
     explain.add_argument("--quiet", action="store_true", help="no line per image, only errors and the summary")
+    explain.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL_RAY,
+        metavar="ADDRESS",
+        help="explain on a Ray cluster (camexport[ray]): at ADDRESS (auto, HOST:PORT, ray://HOST:PORT), or a local "
+        "one on this machine's cores if none is given",
+    )
+    explain.add_argument("--actors", type=int, default=2, help="with --ray: actors, each holding one session (2)")
+    explain.add_argument(
+        "--actor-cpus",
+        type=float,
+        metavar="F",
+        help="with --ray: CPUs per actor (fractions allowed; default --threads)",
+    )
+    again = explain.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="finish the run in --out: skip the images it has recorded")
+    again.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (once this run records its first batch)"
+    )
+
+
+def _add_render(commands: argparse._SubParsersAction) -> None:
+    render = commands.add_parser("render", help="draw overlays later from an explain run's cams.parquet (no graph)")
+    render.add_argument("source", type=Path, help="the --out folder of 'camexport explain', or its cams.parquet")
+    render.add_argument("--out", type=Path, help="where the overlays go (default: beside cams.parquet)")
+    render.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
+    render.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
+    render.add_argument("--format", dest="overlay_format", default="jpg", metavar="jpg|png|webp", help="(default jpg)")
+    render.add_argument(
+        "--overlay-max-side", type=int, metavar="N", help="downscale overlays to at most N pixels on the longer side"
+    )
 
 
 def _add_samples(commands: argparse._SubParsersAction) -> None:
@@ -274,31 +316,65 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from camexport.runtime.explain import DEFAULT_FORMAT, explain_paths
+    from camexport.runtime.explain import DEFAULT_FORMAT, ExplainStyle, explain_paths
     from camexport.runtime.session import CamSession
 
     session = CamSession(args.graph, provider=args.provider, threads=args.threads)
-    summary = explain_paths(
-        session,
-        args.images,
-        args.out,
-        target=args.target,
-        top_k=args.top_k,
-        alpha=args.alpha,
-        colormap=args.colormap,
-        save_heatmap=args.save_heatmap,
-        batch_size=args.batch_size,
-        progress=sys.stderr.isatty(),
-        log=(lambda _line: None) if args.quiet else print,
-        overlay_format=None if args.no_overlay else (args.overlay_format or DEFAULT_FORMAT),
-        overlay_max_side=args.overlay_max_side,
-    )
+    overlay_format = None if args.no_overlay else (args.overlay_format or DEFAULT_FORMAT)
+    common = {
+        "batch_size": args.batch_size,
+        "progress": sys.stderr.isatty(),
+        "log": (lambda _line: None) if args.quiet else print,
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+    }
+    if args.ray is not None:
+        from camexport.runtime.distributed import RayOptions, explain_paths_on_ray
+
+        style = ExplainStyle(
+            session.class_index(args.target), args.top_k, args.alpha, args.colormap, args.save_heatmap,
+            overlay_format, args.overlay_max_side,
+        )  # fmt: skip
+        options = RayOptions(args.actors, args.actor_cpus, args.threads or 1, args.provider)
+        address = None if args.ray == LOCAL_RAY else args.ray
+        summary = explain_paths_on_ray(session, args.images, args.out, style, options, address, **common)
+    else:
+        summary = explain_paths(
+            session,
+            args.images,
+            args.out,
+            target=args.target,
+            top_k=args.top_k,
+            alpha=args.alpha,
+            colormap=args.colormap,
+            save_heatmap=args.save_heatmap,
+            overlay_format=overlay_format,
+            overlay_max_side=args.overlay_max_side,
+            **common,
+        )
     skipped = f", {len(summary.skipped)} non-image file(s) skipped" if summary.skipped else ""
+    earlier = f", {summary.already_done} recorded earlier" if summary.already_done else ""
     print(
         f"explained {summary.explained} image(s) in {summary.seconds:.1f} s "
-        f"({summary.images_per_second:.1f} images/s), {len(summary.failures)} failed{skipped}; "
-        f"{'outputs' if args.no_overlay else 'overlays'} in {args.out}/, predictions: {summary.predictions}"
+        f"({summary.images_per_second:.1f} images/s), {len(summary.failures)} failed{skipped}{earlier}; "
+        f"{'outputs' if args.no_overlay else 'overlays'} in {args.out}/, predictions: {summary.predictions}, "
+        f"cams: {summary.columnar}"
     )
+    return 1 if summary.failures else 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from camexport.runtime.explain import ExplainStyle
+    from camexport.runtime.render import render
+
+    style = ExplainStyle(
+        alpha=args.alpha,
+        colormap=args.colormap,
+        overlay_format=args.overlay_format,
+        overlay_max_side=args.overlay_max_side,
+    )
+    summary = render(args.source, args.out, style)
+    print(f"rendered {len(summary.written)} overlay(s), {len(summary.failures)} failed")
     return 1 if summary.failures else 0
 
 
@@ -317,6 +393,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": _bench,
     "evaluate": _evaluate,
     "explain": _explain,
+    "render": _render,
     "samples": _samples,
 }
 
@@ -324,9 +401,15 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 PARAMETERS = frozenset(
     "weights layer methods seed image_size opset output labels mean std num_classes dynamic_size input top_k "
     "batch_size out_dir out alpha colormap provider metrics steps target batch_sizes runs warmup threads "
-    "contenders overlay_format overlay_max_side".split()
+    "contenders overlay_format overlay_max_side resume overwrite actors cpus_per_actor ray".split()
 )
-_FLAG_OF = {"methods": "--method", "out_dir": "--out", "target": "--class", "overlay_format": "--format"}
+_FLAG_OF = {
+    "methods": "--method",
+    "out_dir": "--out",
+    "target": "--class",
+    "overlay_format": "--format",
+    "cpus_per_actor": "--actor-cpus",
+}
 _PARAMETERS = re.compile(r"`(\w+)`|\b(\w+)=('[^']*'|\([^)]*\)|\S+?)(?=[:;,)]|\s|$)")
 
 

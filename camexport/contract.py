@@ -28,6 +28,9 @@ INPUT_NAMES = (IMAGE, TARGET_CLASS)
 # Outputs, in graph order; a graph of several methods adds ``heatmap_<m>`` and ``cam_<m>`` per method.
 OUTPUT_NAMES = ("logits", "class_index", "heatmap", "cam", "activations", "gradients")
 PER_METHOD_OUTPUTS = ("heatmap", "cam")
+# ``heatmap`` is ``cam`` resized bilinearly (half-pixel centres) to the input size, then min-max scaled to
+# [0, 1] per image; a map whose span is at most FLAT_MAP of its maximum (interpolation rounding) gives zeros.
+FLAT_MAP = 1e-5
 
 # Symbolic dimension names.
 BATCH_DIM = "batch"

@@ -4,9 +4,11 @@ argument or input, 1 for a run in which no image could be explained), no traceba
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -17,6 +19,8 @@ from PIL import Image
 from camexport.builder.pipeline import BuildOptions, build
 from camexport.builder.registry import ModelOverrides
 from camexport.cli import main
+from camexport.runtime.records import Record, RecordLog
+from camexport.runtime.session import CamSession
 
 TINY = """
 from torch import nn
@@ -85,6 +89,16 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     nan["fc.bias"][0] = float("nan")
     torch.save(nan, root / "nan.pth")
     (root / "junk.pth").write_bytes(b"junk")
+    (root / "earlier").mkdir()
+    (root / "earlier" / "predictions.jsonl").write_text('{"image": "x.png"}\n')
+    other = RecordLog(root / "empty", dataclasses.replace(CamSession(graph).info, model="other"))
+    other.append([Record("x.png", None, None, 0, "cat", 1.0, [], np.zeros((2, 2), np.float32))])
+    other.finish()
+    (root / "othergraph").mkdir()
+    for name in ("predictions.jsonl", "cams.parquet"):  # a finished run of another graph
+        (root / "empty" / name).rename(root / "othergraph" / name)
+    (root / "notparquet").mkdir()
+    (root / "notparquet" / "cams.parquet").write_text("not parquet")
     return {"root": root, "graph": graph}
 
 
@@ -153,6 +167,15 @@ EXPLAIN = [
     ("image-broken", "explain {graph} {root}/broken.png", 1, "none of the 1 image(s) could be explained"),
     ("image-bomb", "explain {graph} {root}/bomb.png", 1, "none of the 1 image(s) could be explained"),
     ("no-images-given", "explain {graph}", 2, "the following arguments are required: images"),
+    ("resume-and-overwrite", "explain {graph} {root}/photos --resume --overwrite", 2, "not allowed with argument"),
+    ("earlier-run", "explain {graph} {root}/photos --out {root}/earlier", 2, "an earlier run's output; pass --resume"),
+    ("resume-other-graph", "explain {graph} {root}/photos --out {root}/othergraph --resume", 2, "of another graph"),
+    ("ray-actors", "explain {graph} {root}/photos --ray --actors 0", 2, "--actors 0: use 1 or more"),
+    ("ray-actor-cpus", "explain {graph} {root}/photos --ray --actor-cpus 0", 2, "--actor-cpus 0.0: use a positive"),
+    ("render-nothing", "render {root}/empty", 2, "cams.parquet: no such file"),
+    ("render-not-parquet", "render {root}/notparquet", 2, "not a cams.parquet written by 'camexport explain'"),
+    ("render-format", "render {root}/othergraph --format gif", 2, "--format gif: use one of jpg, png, webp"),
+    ("render-alpha", "render {root}/othergraph --alpha -1", 2, "--alpha -1.0: use a value between 0 and 1"),
 ]
 OTHERS = [
     ("evaluate-steps", "evaluate {graph} {root}/photos --steps 1", 2, "--steps 1: use 2 or more"),

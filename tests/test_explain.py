@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import built_graph
 from matplotlib import colormaps
@@ -13,8 +18,10 @@ from PIL import Image
 
 from camexport.cli import main
 from camexport.runtime.explain import explain_paths
+from camexport.runtime.records import read_predictions
 from camexport.runtime.samples import sample_photo
 from camexport.runtime.session import CamSession
+from camexport.runtime.visualize import heatmap_from_cam
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +181,7 @@ def test_a_run_that_explains_nothing_keeps_earlier_output(session: CamSession, t
     earlier = tmp_path / "explained"
     earlier.mkdir()
     (earlier / "predictions.jsonl").write_text('{"image": "earlier.png"}\n')
-    assert main(["explain", graph, str(tmp_path / "missing.png"), "--out", str(earlier)]) == 1
+    assert main(["explain", graph, str(tmp_path / "missing.png"), "--out", str(earlier), "--overwrite"]) == 1
     err = capsys.readouterr().err
     assert "missing.png: no such file" in err and "nothing was written" in err
     assert (earlier / "predictions.jsonl").read_text() == '{"image": "earlier.png"}\n'
@@ -210,7 +217,11 @@ def test_overlay_format_size_and_none(session: CamSession, tmp_path: Path, capsy
     assert main([*argv, "--out", str(tmp_path / "none"), "--no-overlay"]) == 0
     (record,) = [json.loads(line) for line in (tmp_path / "none" / "predictions.jsonl").read_text().splitlines()]
     assert record["overlay"] is None and Path(record["heatmap"]).is_file()
-    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == ["cat_heatmap.npy", "predictions.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == [
+        "cams.parquet",
+        "cat_heatmap.npy",
+        "predictions.jsonl",
+    ]
     capsys.readouterr()
     for bad, message in ((["--format", "gif"], "--format gif: use one of jpg, png, webp"),
                          (["--overlay-max-side", "0"], "--overlay-max-side 0: use a positive number")):  # fmt: skip
@@ -218,3 +229,116 @@ def test_overlay_format_size_and_none(session: CamSession, tmp_path: Path, capsy
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_cams_parquet_holds_the_graphs_cams_and_render_redraws_the_overlays(
+    session: CamSession, tmp_path: Path
+) -> None:
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        sample_photo(name).save(photos / f"{name}.png")
+    out = tmp_path / "o"
+    explain_paths(session, [photos], out, batch_size=2, log=lambda _: None, overlay_format="png")
+    rows, lines = pq.read_table(out / "cams.parquet").to_pylist(), read_predictions(out / "predictions.jsonl")
+    assert [r["image"] for r in rows] == [line["image"] for line in lines] == sorted(map(str, photos.iterdir()))
+    for row, line in zip(rows, lines, strict=True):
+        assert {key: row[key] for key in line} == line
+        outputs = session.run(session.prepare(row["image"])[1][None])  # the graph on this photo alone
+        cam = np.reshape(row["cam"], row["cam_shape"])
+        assert row["class_index"] == outputs["class_index"][0]
+        np.testing.assert_allclose(cam, outputs["cam"][0], rtol=1e-5, atol=1e-6)  # batch of 2 against 1
+        height, width = outputs["heatmap"].shape[1:]
+        assert np.abs(heatmap_from_cam(cam, height, width) - outputs["heatmap"][0]).max() <= 1e-5
+    assert main(["render", str(out), "--out", str(tmp_path / "r"), "--format", "png"]) == 0
+    for line in lines:
+        drawn = np.asarray(Image.open(line["overlay"]), dtype=np.int16)
+        redrawn = np.asarray(Image.open(tmp_path / "r" / Path(line["overlay"]).name), dtype=np.int16)
+        difference = np.abs(drawn - redrawn)  # float rounding moves a rare pixel across a colour step
+        assert difference.max() <= 2 and (difference > 0).mean() < 1e-3
+
+
+@pytest.mark.slow
+def test_render_refuses_what_it_cannot_draw(tmp_path: Path, capsys) -> None:
+    assert main(["render", str(tmp_path)]) == 2
+    assert "cams.parquet: no such file; pass the folder of a 'camexport explain' run" in capsys.readouterr().err
+    (tmp_path / ".cams").mkdir()
+    assert main(["render", str(tmp_path)]) == 2
+    assert "did not finish; run 'camexport explain' again with --resume" in capsys.readouterr().err
+    (tmp_path / "cams.parquet").write_text("not parquet")
+    assert main(["render", str(tmp_path / "cams.parquet")]) == 2
+    assert "not a cams.parquet written by 'camexport explain'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", [1, 3 * 600 * 400])
+def test_records_come_in_order_when_files_fail_and_photos_hold_the_pixel_budget(
+    session: CamSession, tmp_path: Path, monkeypatch, budget: int
+) -> None:
+    """A pixel budget smaller than a batch's photos makes the pipeline run part batches (no deadlock); the
+    records still follow the files' order, with the broken ones left out, and match a one-by-one run."""
+    monkeypatch.setattr("camexport.runtime.explain.PIXELS_IN_FLIGHT", budget)
+    _mixed_folder(tmp_path / "in")
+    summary = explain_paths(session, [tmp_path / "in"], tmp_path / "o", batch_size=4, log=lambda _: None)
+    names = [Path(line["image"]).name for line in read_predictions(tmp_path / "o" / "predictions.jsonl")]
+    good = sorted(p.name for p in (tmp_path / "in").iterdir() if p.name not in ("broken.png", "empty.jpg", "notes.txt"))
+    assert names == good and summary.explained == len(good) and len(summary.failures) == 2
+    alone = explain_paths(session, [tmp_path / "in"], tmp_path / "one", batch_size=1, log=lambda _: None)
+    assert alone.explained == len(good)
+    together, one = pq.read_table(tmp_path / "o" / "cams.parquet"), pq.read_table(tmp_path / "one" / "cams.parquet")
+    assert together.column("class_index").to_pylist() == one.column("class_index").to_pylist()
+    np.testing.assert_allclose(
+        np.array(together.column("cam").to_pylist()), np.array(one.column("cam").to_pylist()), rtol=1e-5, atol=1e-6
+    )
+
+
+def _many_photos(folder: Path, count: int) -> None:
+    folder.mkdir()
+    photo = sample_photo("coffee").resize((160, 107))
+    for i in range(count):
+        photo.rotate(i % 360).save(folder / f"p{i:03d}.jpg")
+
+
+def _start_and_stop(graph: Path, photos: Path, out: Path, signal_number: int) -> subprocess.CompletedProcess:
+    """Starts ``camexport explain`` in its own process and sends it ``signal_number`` once it has recorded
+    at least 3 images."""
+    argv = [sys.executable, "-m", "camexport.cli", "explain", str(graph), str(photos), "--out", str(out)]
+    process = subprocess.Popen([*argv, "--batch-size", "2", "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / "predictions.jsonl").exists() and len(read_predictions(out / "predictions.jsonl")) >= 3:
+            break
+        time.sleep(0.005)
+    process.send_signal(signal_number)
+    _, err = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(argv, process.returncode, "", err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGINT])
+def test_a_run_stopped_midway_keeps_what_it_finished_and_resumes(
+    session: CamSession, tmp_path: Path, signal_number: int
+) -> None:
+    _many_photos(tmp_path / "in", 300)
+    out = tmp_path / "o"
+    stopped = _start_and_stop(session.path, tmp_path / "in", out, signal_number)
+    kept = read_predictions(out / "predictions.jsonl")
+    assert 3 <= len(kept) < 300, "the run should be stopped midway"
+    for line in kept:  # every recorded image's overlay is whole
+        Image.open(line["overlay"]).verify()
+    if signal_number == signal.SIGINT:  # Ctrl-C: one line, exit 130, and the records merged already
+        assert stopped.returncode == 130 and "Traceback" not in stopped.stderr
+        assert f"interrupted after {len(kept)} image(s)" in stopped.stderr and "--resume" in stopped.stderr
+        assert pq.read_table(out / "cams.parquet").column("image").to_pylist() == [line["image"] for line in kept]
+    else:
+        assert stopped.returncode == -signal.SIGKILL
+    assert main(["explain", str(session.path), str(tmp_path / "in"), "--out", str(out), "--resume", "--quiet"]) == 0
+    images = [line["image"] for line in read_predictions(out / "predictions.jsonl")]
+    assert images == sorted(map(str, (tmp_path / "in").iterdir()))  # each once, in order
+    table = pq.read_table(out / "cams.parquet")
+    assert table.column("image").to_pylist() == images and not (out / ".cams").exists()
+    for row in table.slice(0, 2).to_pylist() + table.slice(298).to_pylist():  # before and after the stop
+        outputs = session.run(session.prepare(row["image"])[1][None])
+        np.testing.assert_allclose(np.reshape(row["cam"], row["cam_shape"]), outputs["cam"][0], rtol=1e-5, atol=1e-6)
+    assert len(list(out.glob("*_cam.jpg"))) == 300

@@ -13,8 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-# Relative span below which an upsampled map counts as constant (float32 rounding is ~1e-7).
-FLAT_MAP = 1e-5
+from camexport.contract import FLAT_MAP  # relative span below which an upsampled map counts as constant
 
 
 def gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,7 @@ def open_image(source: str | Path | Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         top = array.max() if array.size and array.max() > 0 else 1.0
         image = Image.fromarray((array / top * 255.0).round().astype(np.uint8), mode="L")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # an RGB image is used as it is, not copied
 
 
 def to_pixels(image: Image.Image, prep: Preprocessing) -> np.ndarray:
@@ -66,10 +66,17 @@ def to_pixels(image: Image.Image, prep: Preprocessing) -> np.ndarray:
 
 
 def normalise(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """uint8 [..., H, W, 3] pixels → float32 [..., 3, H, W]: scaled to [0, 1], minus mean, over std."""
-    array = np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
-    array = (array - np.asarray(prep.mean, dtype=np.float32)) / np.asarray(prep.std, dtype=np.float32)
-    return np.ascontiguousarray(np.moveaxis(array, -1, -3))
+    """uint8 [..., H, W, 3] pixels → float32 [..., 3, H, W]: scaled to [0, 1], minus mean, over std.
+
+    Computed as one multiply-add per value, ``x·(1/(255·std)) − mean/std`` (within float32 rounding of the
+    three-step form, at a third of its time).
+    """
+    std = np.asarray(prep.std, dtype=np.float64)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+    offset = (-np.asarray(prep.mean, dtype=np.float64) / std).astype(np.float32)[:, None, None]
+    array = np.multiply(np.moveaxis(np.asarray(pixels), -1, -3), scale, dtype=np.float32, order="C")
+    array += offset
+    return array
 
 
 def to_input(image: Image.Image, prep: Preprocessing) -> np.ndarray:
@@ -86,27 +93,37 @@ def heatmap_to_original(heatmap: np.ndarray, prep: Preprocessing, width: int, he
     Returns:
         float32 [height, width] in [0, 1].
     """
+    (left, top, right, bottom), inside = placed_heatmap(heatmap, prep, width, height)
+    canvas = np.zeros((height, width), dtype=np.float32)
+    canvas[top:bottom, left:right] = inside
+    return canvas
+
+
+def placed_heatmap(
+    heatmap: np.ndarray, prep: Preprocessing, width: int, height: int
+) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """The part of the photo the network saw, as a box (left, top, right, bottom) in the photo's pixels, and the
+    heatmap resized (bilinear) onto it: float32 [bottom − top, right − left] in [0, 1]."""
     left, top, right, bottom = prep.crop_box(width, height)
     box_w, box_h = max(1, round(right - left)), max(1, round(bottom - top))
-    resized = np.asarray(
-        Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
-            (box_w, box_h), Image.Resampling.BILINEAR
-        )
-    )
-    canvas = np.zeros((height, width), dtype=np.float32)
     x0, y0 = round(left), round(top)
     src_x0, src_y0 = max(0, -x0), max(0, -y0)
     dst_x0, dst_y0 = max(0, x0), max(0, y0)
-    w = min(width - dst_x0, box_w - src_x0)
-    h = min(height - dst_y0, box_h - src_y0)
-    if w > 0 and h > 0:
-        canvas[dst_y0 : dst_y0 + h, dst_x0 : dst_x0 + w] = resized[src_y0 : src_y0 + h, src_x0 : src_x0 + w]
-    return np.clip(canvas, 0.0, 1.0)
+    w = max(0, min(width - dst_x0, box_w - src_x0))
+    h = max(0, min(height - dst_y0, box_h - src_y0))
+    resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
+        (box_w, box_h), Image.Resampling.BILINEAR
+    )
+    inside = np.asarray(resized.crop((src_x0, src_y0, src_x0 + w, src_y0 + h)), dtype=np.float32)
+    return (dst_x0, dst_y0, dst_x0 + w, dst_y0 + h), np.clip(inside, 0.0, 1.0)
 
 
 def seen_mask(prep: Preprocessing, width: int, height: int) -> np.ndarray:
-    """Boolean [height, width]: True where the network saw the photo (inside the centre crop)."""
+    """Boolean [height, width]: True where the network saw the photo (inside the centre crop; the box of
+    :func:`placed_heatmap`)."""
     left, top, right, bottom = prep.crop_box(width, height)
+    box_w, box_h = max(1, round(right - left)), max(1, round(bottom - top))
+    x0, y0 = round(left), round(top)
     mask = np.zeros((height, width), dtype=bool)
-    mask[max(0, round(top)) : max(0, round(bottom)), max(0, round(left)) : max(0, round(right))] = True
+    mask[max(0, y0) : max(0, y0 + box_h), max(0, x0) : max(0, x0 + box_w)] = True
     return mask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from camexport._util import first_line
-from camexport.contract import IMAGE, TARGET_CLASS, GraphInfo
+from camexport.contract import IMAGE, TARGET_CLASS, GraphInfo, Preprocessing
 from camexport.errors import CamExportError, NonFiniteOutputError, UserError
 from camexport.runtime.preprocess import heatmap_to_original, normalise, open_image, seen_mask, to_pixels
 
@@ -52,13 +53,17 @@ class CamSession:
     Args:
         path: the ``.onnx`` file written by ``camexport build``.
         provider: ``cpu`` or ``cuda``.
-        threads: intra-op threads (0: onnxruntime's default).
+        threads: intra-op threads (0: onnxruntime's default, one per core).
+        spin: let onnxruntime's idle worker threads spin-wait for work (its own default) rather than sleep.
+            camexport's default is False: measured on 2 cores, where the threads that read and draw
+            photos need the cores too, explain ran faster with sleeping workers and the graph alone no
+            slower (benchmarks/explain_dataset.md).
 
     Raises:
         UserError: the file is missing, not ONNX, or not built by camexport.
     """
 
-    def __init__(self, path: str | Path, provider: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int = 0, spin: bool = False) -> None:
         self.path = Path(path)
         if threads < 0:
             raise UserError(f"threads={threads}: use 0 (onnxruntime's default) or a positive number")
@@ -66,6 +71,7 @@ class CamSession:
             raise UserError(f"{self.path}: no such graph; build one with 'camexport build MODEL'")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(
@@ -243,8 +249,10 @@ class CamSession:
                     class_index=chosen,
                     label=labels[chosen],
                     probability=float(probs[i, chosen]),
-                    heatmap=heatmap_to_original(outputs["heatmap"][i], self.info.preprocessing, *photo.size),
-                    seen=seen_mask(self.info.preprocessing, *photo.size),
+                    cam=outputs["cam"][i],
+                    input_heatmap=outputs["heatmap"][i],
+                    photo_size=photo.size,
+                    preprocessing=self.info.preprocessing,
                 )
             )
         return results
@@ -262,17 +270,34 @@ class Explanation:
         class_index: the class the heatmap explains.
         label: its name.
         probability: its softmax probability.
-        heatmap: float32 [height, width] in [0, 1] at the photo's own resolution (0 outside what the
-            network saw).
-        seen: bool [height, width], True where the network saw the photo (inside the centre crop).
+        cam: the graph's raw ``cam`` [h, w] (float32, at the explained layer's resolution).
+        input_heatmap: the graph's ``heatmap`` [H, W] in [0, 1], at the network input's size.
+        photo_size: (width, height) of the photo.
+        preprocessing: how the photo became the network input (for placing the heatmap back).
     """
 
     top: list[tuple[int, str, float]]
     class_index: int
     label: str
     probability: float
-    heatmap: np.ndarray
-    seen: np.ndarray
+    cam: np.ndarray
+    input_heatmap: np.ndarray
+    photo_size: tuple[int, int]
+    preprocessing: Preprocessing
+
+    @functools.cached_property
+    def heatmap(self) -> np.ndarray:
+        """Float32 [height, width] in [0, 1] at the photo's own resolution (0 outside what the network saw)."""
+        return self.heatmap_at(*self.photo_size)
+
+    @functools.cached_property
+    def seen(self) -> np.ndarray:
+        """Bool [height, width], True where the network saw the photo (inside the centre crop)."""
+        return seen_mask(self.preprocessing, *self.photo_size)
+
+    def heatmap_at(self, width: int, height: int) -> np.ndarray:
+        """The heatmap placed on the photo resized to ``width`` x ``height`` (e.g. a downscaled overlay)."""
+        return heatmap_to_original(self.input_heatmap, self.preprocessing, width, height)
 
 
 def random_weights_note(session: CamSession) -> str:

@@ -1,0 +1,266 @@
+"""Explaining across machines with Ray Data: actors that each hold one session, records in the same files.
+
+``explain_dataset`` turns a ``ray.data.Dataset`` of images (a ``path`` column, and an ``image`` column if Ray
+read them, as ``ray.data.read_images(..., include_paths=True)`` gives) or a list of paths into a lazy Dataset
+with one row per input: the columns of :data:`camexport.runtime.records.SCHEMA` plus ``error`` (None, or why
+that input could not be explained). Each actor of the pool loads the graph once and explains
+``batch_size`` images per call, writing overlays if asked; Ray restarts an actor that dies and runs its batch
+again (``max_restarts``/``max_task_retries``), so every input comes out once. ``explain_with_ray`` is what
+``camexport explain --ray`` runs (through :func:`explain_paths_on_ray`): it streams those rows, in order, into
+the run's :class:`~camexport.runtime.records.RecordLog`, so the outputs are the single-process run's files.
+
+Every node needs camexport with ``camexport[ray]``, and the graph and images at the same paths (a shared
+file system, or paths a node can read); overlays and heatmaps go to ``out_dir`` as each actor sees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+from tqdm import tqdm
+
+from camexport._util import write_atomically
+from camexport.errors import CamExportError, UserError
+from camexport.runtime.explain import (
+    OVERLAY_FORMATS,
+    ExplainRun,
+    ExplainStyle,
+    ExplainSummary,
+    explain_files,
+    unique_stem,
+    write_overlay,
+)
+from camexport.runtime.records import SCHEMA, Record
+from camexport.runtime.session import CamSession, Explanation
+
+if TYPE_CHECKING:
+    import ray.data
+
+ROWS = SCHEMA.append(pa.field("error", pa.string()))
+
+
+def _ray():
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # Ray Data logs each execution; camexport reports
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise UserError("Ray is not installed; pip install 'camexport[ray]' on every node") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How the work spreads over a Ray cluster.
+
+    Attributes:
+        actors: actors in the pool, each holding one session.
+        cpus_per_actor: CPUs Ray reserves per actor (fractions allowed; None: onnxruntime's threads, at most
+            what leaves the cluster one CPU for Ray's read tasks, which reserve one each: actors that took
+            every CPU would stall the read).
+        threads: onnxruntime intra-op threads per actor.
+        provider: ``cpu``, or ``cuda`` (one GPU per actor).
+    """
+
+    actors: int = 2
+    cpus_per_actor: float | None = None
+    threads: int = 1
+    provider: str = "cpu"
+
+    def check(self) -> None:
+        if self.actors < 1:
+            raise UserError(f"actors={self.actors}: use 1 or more")
+        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
+            raise UserError(f"cpus_per_actor={self.cpus_per_actor}: use a positive number (fractions allowed)")
+        if self.threads < 0:
+            raise UserError(f"threads={self.threads}: use 0 (one per core) or a positive number")
+
+    def cpus(self, cluster_cpus: float) -> float:
+        if self.cpus_per_actor is not None:
+            return self.cpus_per_actor
+        wanted = float(self.threads or 1)
+        return max(0.1, min(wanted, (cluster_cpus - 1.0) / self.actors))
+
+
+class Explainer:
+    """One actor's work: a session loaded once, a batch of rows in, a table of rows out (in order)."""
+
+    def __init__(self, graph: str, style: ExplainStyle, provider: str, threads: int, out_dir: str | None) -> None:
+        self.session = CamSession(graph, provider=provider, threads=threads)
+        self.style, self.out_dir = style, None if out_dir is None else Path(out_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        paths = [str(p) for p in batch["path"]]
+        stems = [str(s) for s in batch["stem"]] if "stem" in batch else [_stem(p) for p in paths]
+        images = batch.get("image")
+        rows: list[dict] = [{"image": path, "error": None} for path in paths]
+        prepared, where = [], []
+        for i, path in enumerate(paths):
+            try:
+                prepared.append(self.session.prepare(path if images is None else images[i], path))
+                where.append(i)
+            except CamExportError as exc:
+                rows[i]["error"] = str(exc) if path in str(exc) else f"{path}: {exc}"
+        if prepared:
+            self._explain(prepared, where, rows, stems)
+        return pa.Table.from_pylist(rows, schema=ROWS)
+
+    def _explain(self, prepared: list, where: list[int], rows: list[dict], stems: list[str]) -> None:
+        style = self.style
+        try:
+            results = self.session.explain_prepared(prepared, style.target, style.top_k)
+        except CamExportError as exc:
+            for i in where:
+                rows[i]["error"] = f"{rows[i]['image']}: {exc}"
+            return
+        for i, (photo, _), result in zip(where, prepared, results, strict=True):
+            try:
+                overlay, heatmap = self._files(stems[i], photo, result)
+            except (OSError, ValueError) as exc:
+                rows[i]["error"] = f"{rows[i]['image']}: cannot write its files ({exc})"
+                continue
+            rows[i].update(Record.of(rows[i]["image"], overlay, heatmap, result).as_row())
+
+    def _files(self, stem: str, photo: Image.Image, result: Explanation) -> tuple[Path | None, Path | None]:
+        """Writes the overlay and heatmap the style asks for into ``out_dir``; returns their paths."""
+        overlay = heatmap = None
+        if self.out_dir is not None and self.style.overlay_format:
+            overlay = self.out_dir / f"{stem}_cam{OVERLAY_FORMATS[self.style.overlay_format][1]}"
+            write_overlay(overlay, photo, result.input_heatmap, result.preprocessing, self.style)
+        if self.out_dir is not None and self.style.save_heatmap:
+            heatmap = self.out_dir / f"{stem}_heatmap.npy"
+            write_atomically(heatmap, lambda p: np.save(p, result.heatmap))
+        return overlay, heatmap
+
+
+def _stem(path: str) -> str:
+    """A file stem no other path gives: the name's stem and 8 hex digits of the whole path's digest."""
+    return f"{Path(path).stem}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+
+
+def explain_dataset(
+    graph: str | Path,
+    images: ray.data.Dataset | Sequence[str | Path],
+    style: ExplainStyle | None = None,
+    batch_size: int = 8,
+    options: RayOptions | None = None,
+    out_dir: str | Path | None = None,
+) -> ray.data.Dataset:
+    """Explains a dataset on the Ray cluster that ``ray.init`` connected to (lazily: nothing runs until read).
+
+    Args:
+        graph: the ``.onnx`` file, at this path on every node.
+        images: a Dataset with a ``path`` column (and ``image`` arrays, and a ``stem`` column for overlay
+            names, if it has them), or a list of image paths.
+        style: class, top-k and overlay style (``style.target``: an index, −1 for each image's top-1).
+        batch_size: images per graph run.
+        options: actors, CPUs, threads, provider.
+        out_dir: where actors write the overlays and heatmaps the style asks for (None: no files).
+
+    Returns:
+        One row per input, in order when the Dataset context preserves order: :data:`ROWS`.
+    """
+    ray = _ray()
+    style, options = style or ExplainStyle(), options or RayOptions()
+    style.check()
+    options.check()
+    if batch_size < 1:
+        raise UserError(f"batch_size={batch_size}: use 1 or more")
+    if not isinstance(images, ray.data.Dataset):
+        images = ray.data.from_items([{"path": str(p)} for p in images])
+    return images.map_batches(
+        Explainer,
+        fn_constructor_kwargs={
+            "graph": str(Path(graph).resolve()),
+            "style": style,
+            "provider": options.provider,
+            "threads": options.threads,
+            "out_dir": None if out_dir is None else str(Path(out_dir).resolve()),
+        },
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=options.actors),
+        num_cpus=options.cpus(ray.cluster_resources().get("CPU", 1.0)),
+        num_gpus=1 if options.provider == "cuda" else 0,
+    )  # Ray Data's actors restart when they die, and run their batch again (max_restarts, max_task_retries -1)
+
+
+def explain_paths_on_ray(
+    session: CamSession,
+    sources: Sequence[str | Path],
+    out_dir: str | Path,
+    style: ExplainStyle,
+    options: RayOptions | None = None,
+    address: str | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> ExplainSummary:
+    """:func:`camexport.runtime.explain.explain_paths` on a Ray cluster (see :func:`connect` for ``address``):
+    the same checks, records, resume and summary; the images are explained by the actors of
+    :func:`explain_dataset`, and their rows come back in order into ``predictions.jsonl`` and ``cams.parquet``."""
+    options = options or RayOptions()
+    options.check()
+    connect(address)
+
+    def work(run: ExplainRun, todo: list[Path], bar: tqdm) -> None:
+        explain_with_ray(run, todo, bar, batch_size, options)
+
+    return explain_files(session, sources, out_dir, style, batch_size, progress, log, resume, overwrite, work)
+
+
+def explain_with_ray(run: ExplainRun, todo: list[Path], bar: tqdm, batch_size: int, options: RayOptions) -> None:
+    """Explains ``todo`` on the connected cluster and reports every row, in order, as the rows stream back."""
+    ray = _ray()
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False  # camexport's own bar and lines report progress
+    rows = [{"path": str(p), "stem": unique_stem(p, run.stems)} for p in todo]
+    blocks = min(len(rows), 200, max(options.actors, len(rows) // (4 * batch_size)))
+    source = ray.data.from_items(rows, override_num_blocks=blocks)
+    explained = explain_dataset(run.session.path, source, run.style, batch_size, options, run.out)
+    for table in explained.iter_batches(batch_format="pyarrow", batch_size=None):
+        failed = table.column("error").is_valid()
+        for message in table.filter(failed).column("error").to_pylist():
+            run.fail(message)
+        bar.update(int(pc.sum(failed).as_py() or 0))
+        records = [Record.from_row(row) for row in table.filter(pc.invert(failed)).to_pylist()]
+        for record in records:  # the actors wrote to the resolved folder; the records name it as the user did
+            record.overlay = str(run.out / Path(record.overlay).name) if record.overlay else None
+            record.heatmap = str(run.out / Path(record.heatmap).name) if record.heatmap else None
+        run.report(records, bar)
+
+
+def connect(address: str | None) -> None:
+    """Connects to the Ray cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or starts a
+    local one on this machine's cores (None), on 127.0.0.1, without the dashboard."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    try:
+        if address is None:
+            ray.init(
+                num_cpus=os.cpu_count(),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                _node_ip_address="127.0.0.1",
+            )
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"ray={address!r}: cannot connect to a Ray cluster there ({exc}); start one with 'ray start --head'"
+        ) from None

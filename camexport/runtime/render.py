@@ -1,0 +1,104 @@
+"""``camexport render``: overlays drawn later, from the raw cams an explain run stored in ``cams.parquet``.
+
+The graph is not needed: the file's schema metadata carries the graph's preprocessing, and each row its
+``cam``; the heatmap is rebuilt exactly as the graph builds it (:func:`camexport.runtime.visualize.
+heatmap_from_cam`) and placed on the photo as ``explain`` places it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from camexport._util import in_order
+from camexport.contract import GraphInfo
+from camexport.errors import CamExportError, UserError
+from camexport.runtime.explain import OVERLAY_FORMATS, ExplainStyle, output_folder, unique_stem, write_overlay
+from camexport.runtime.preprocess import open_image
+from camexport.runtime.records import CAMS, STAGING
+from camexport.runtime.visualize import heatmap_from_cam
+
+
+@dataclass
+class RenderSummary:
+    """What :func:`render` did: the overlays written, and one line per row that failed."""
+
+    written: list[Path] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Row:
+    image: str
+    cam: np.ndarray
+    picture: Path
+
+
+def render(source: str | Path, out_dir: str | Path | None = None, style: ExplainStyle | None = None) -> RenderSummary:
+    """Draws an overlay for every row of ``cams.parquet``: ``<stem>_cam.<format>`` in ``out_dir``.
+
+    Args:
+        source: an explain output folder, or its ``cams.parquet``.
+        out_dir: where the overlays go (default: the folder of ``cams.parquet``).
+        style: alpha, colormap, format and ``overlay_max_side`` (its class and top-k are not used).
+
+    Raises:
+        UserError: no ``cams.parquet`` there (or an unfinished run), a file that is not one, a bad style.
+    """
+    style = style or ExplainStyle()
+    style.check()
+    cams = _cams_file(Path(source))
+    try:
+        parquet = pq.ParquetFile(cams)
+        info = GraphInfo.from_props({k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()})
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{cams}: not a cams.parquet written by 'camexport explain' ({exc})") from None
+    out = output_folder(out_dir if out_dir is not None else cams.parent)
+    summary = RenderSummary()
+    height, width = info.preprocessing.image_size
+
+    def draw(row: _Row) -> Path | str:
+        try:
+            photo = open_image(row.image)
+            write_overlay(row.picture, photo, heatmap_from_cam(row.cam, height, width), info.preprocessing, style)
+            return row.picture
+        except (CamExportError, OSError, ValueError) as exc:
+            return str(exc) if row.image in str(exc) else f"{row.image}: {exc}"
+
+    with ThreadPoolExecutor(2, "camexport-render") as pool:
+        for future in in_order(pool, draw, _rows(parquet, out, style), ahead=8):
+            done = future.result()
+            if isinstance(done, Path):
+                summary.written.append(done)
+            else:
+                summary.failures.append(done)
+                print(f"error: {done}", file=sys.stderr)
+    return summary
+
+
+def _cams_file(source: Path) -> Path:
+    cams = source / CAMS if source.is_dir() else source
+    if not cams.is_file():
+        if (cams.parent / STAGING).is_dir():
+            raise UserError(
+                f"{cams.parent}: its explain run did not finish; run 'camexport explain' again with --resume"
+            )
+        raise UserError(f"{cams}: no such file; pass the folder of a 'camexport explain' run, or its cams.parquet")
+    return cams
+
+
+def _rows(parquet: pq.ParquetFile, out: Path, style: ExplainStyle) -> Iterator[_Row]:
+    suffix = OVERLAY_FORMATS[style.overlay_format or "jpg"][1]
+    taken: set[str] = set()
+    for batch in parquet.iter_batches(batch_size=256, columns=["image", "cam_shape", "cam"]):
+        shapes, flat = batch.column("cam_shape").to_pylist(), batch.column("cam")
+        for i, image in enumerate(batch.column("image").to_pylist()):
+            cam = flat[i].values.to_numpy().reshape(shapes[i])
+            yield _Row(image, cam, out / f"{unique_stem(Path(image), taken)}_cam{suffix}")
