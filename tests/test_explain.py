@@ -201,6 +201,20 @@ def test_a_decompression_bomb_is_one_line(session: CamSession, tmp_path: Path, c
 
 
 @pytest.mark.slow
+def test_bombs_are_refused_whichever_reader_thread_opens_them(session: CamSession, tmp_path: Path) -> None:
+    """Two reader threads open files at once; each bomb is still refused before it is decoded (the warnings
+    filter that turns Pillow's warning into a refusal is process-wide, so openers take turns)."""
+    bomb = tmp_path / "b0.png"
+    Image.new("1", (12000, 12000)).save(bomb)
+    for i in range(6):
+        (tmp_path / f"b{i + 1}.png").write_bytes(bomb.read_bytes())
+        sample_photo("rocket").resize((64, 48)).save(tmp_path / f"f{i}.png")
+    summary = explain_paths(session, [tmp_path], tmp_path / "o", batch_size=2, log=lambda _: None)
+    assert summary.explained == 6 and len(summary.failures) == 7
+    assert all("a decompression bomb?" in failure for failure in summary.failures)
+
+
+@pytest.mark.slow
 def test_overlay_format_size_and_none(session: CamSession, tmp_path: Path, capsys) -> None:
     """--format webp, --overlay-max-side 300 (aspect kept, same colours as a full-size overlay scaled down),
     --no-overlay (records say so), and bad values as one line."""

@@ -11,7 +11,6 @@ import contextlib
 import sys
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from camexport._util import first_line, in_order, removing_new_folders, write_atomically
 from camexport.contract import Preprocessing
 from camexport.errors import CamExportError, UserError
-from camexport.runtime.preprocess import placed_heatmap
+from camexport.runtime.preprocess import open_unread, placed_heatmap
 from camexport.runtime.records import Record, RecordLog
 from camexport.runtime.session import CamSession, Explanation, random_weights_note
 from camexport.runtime.visualize import check_style, overlay
@@ -482,11 +481,9 @@ def _all_done(batch: _Batch) -> bool:
 def _pixels_of(path: Path) -> int:
     """Width x height from the file's header (nothing decoded); 0 when unreadable (the read reports it)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # reading it says so, in one line
-            with Image.open(path) as image:
-                return image.width * image.height
-    except Exception:  # any unreadable file: preparing it reports the reason
+        with open_unread(path) as image:
+            return image.width * image.height
+    except UserError:  # preparing it reports the reason
         return 0
 
 

@@ -6,6 +6,7 @@ The steps follow torchvision's and timm's evaluation transforms: convert to RGB,
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -35,18 +36,9 @@ def open_image(source: str | Path | Image.Image) -> Image.Image:
         image = source
     else:
         path = Path(source)
-        if not path.is_file():
-            raise UserError(f"{path}: no such file")
+        image = open_unread(path)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused before it is decoded
-                image = Image.open(path)
-                image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            reason = str(exc).split(", could be")[0]  # "Image size (N pixels) exceeds limit of M pixels"
-            raise UserError(
-                f"{path}: not a readable image ({reason}: a decompression bomb?); downscale it first"
-            ) from None
+            image.load()
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: not a readable image ({str(exc)[:120]})") from None
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -54,6 +46,29 @@ def open_image(source: str | Path | Image.Image) -> Image.Image:
         top = array.max() if array.size and array.max() > 0 else 1.0
         image = Image.fromarray((array / top * 255.0).round().astype(np.uint8), mode="L")
     return image if image.mode == "RGB" else image.convert("RGB")  # an RGB image is used as it is, not copied
+
+
+_OPENING = threading.Lock()  # warnings filters are process-wide: one opener changes them at a time
+
+
+def open_unread(path: Path) -> Image.Image:
+    """Opens a file's header (nothing decoded yet), refusing a decompression bomb: a photo over Pillow's
+    ``MAX_IMAGE_PIXELS`` (89 megapixels), before it is decoded.
+
+    Raises:
+        UserError: the file is missing, not an image, or a decompression bomb.
+    """
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        with _OPENING, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        reason = str(exc).split(", could be")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise UserError(f"{path}: not a readable image ({reason}: a decompression bomb?); downscale it first") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable image ({str(exc)[:120]})") from None
 
 
 def to_pixels(image: Image.Image, prep: Preprocessing) -> np.ndarray:
