@@ -186,7 +186,11 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     explain.add_argument(
         "--overlay-max-side", type=int, metavar="N", help="downscale overlays to at most N pixels on the longer side"
     )
-    explain.add_argument("--no-overlay", action="store_true", help="write no overlays (predictions and heatmaps only)")
+    explain.add_argument(
+        "--no-overlay",
+        action="store_true",
+        help="write no overlays (records only; 'camexport render' draws them later)",
+    )
     explain.add_argument("--batch-size", type=int, default=8, help="images per onnxruntime run (default 8)")
     explain.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
     explain.add_argument("--quiet", action="store_true", help="no line per image, only errors and the summary")
@@ -198,7 +202,9 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
         help="explain on a Ray cluster (camexport[ray]): at ADDRESS (auto, HOST:PORT, ray://HOST:PORT), or a local "
         "one on this machine's cores if none is given",
     )
-    explain.add_argument("--actors", type=int, default=2, help="with --ray: actors, each holding one session (2)")
+    explain.add_argument(
+        "--actors", type=int, default=2, help="with --ray: actors, each holding one session (default 2)"
+    )
     explain.add_argument(
         "--actor-cpus",
         type=float,
