@@ -18,9 +18,15 @@ from typing import Literal
 
 from camexport.errors import ContractError, UserError
 
-CONTRACT_VERSION = 1
+# Contract 2: ``target_class`` is a required input, int64 [N] or [1] (one class for the whole batch), −1 meaning
+# each image's top-1 class. Contract 1 (graphs of camexport 0.1) made it optional with a default initializer
+# [-1]; every onnxruntime warned on loading such a graph (an initializer that is also an input), and OpenVINO
+# folded the default into a constant, so only the top-1 class could be explained there. A required input
+# with one sentinel is as simple for C++, Java and JS callers (always pass [-1]) and every runtime honours it.
+CONTRACT_VERSION = 2
+READABLE_CONTRACTS = (1, 2)  # contract 1 graphs still run: an explicit target_class overrides their default
 
-# Inputs. ``target_class`` is optional: it has a default initializer [-1] (the top-1 class).
+# Inputs.
 IMAGE = "image"
 TARGET_CLASS = "target_class"
 INPUT_NAMES = (IMAGE, TARGET_CLASS)
@@ -210,12 +216,13 @@ class GraphInfo:
 
 def _contract_version(props: Mapping[str, str], source: object) -> int:
     text = props.get(f"{PREFIX}contract", "1")
-    if text.strip() != str(CONTRACT_VERSION):
+    if text.strip() not in {str(v) for v in READABLE_CONTRACTS}:
+        readable = " and ".join(map(str, READABLE_CONTRACTS))
         raise ContractError(
             f"{source}: the graph follows camexport graph contract {text!r}, this camexport "
-            f"reads contract {CONTRACT_VERSION}; install the camexport that built it, or rebuild the graph"
+            f"reads contracts {readable}; install the camexport that built it, or rebuild the graph"
         )
-    return CONTRACT_VERSION
+    return int(text)
 
 
 def _read(cls: type[GraphInfo], props: Mapping[str, str], contract: int) -> GraphInfo:

@@ -88,8 +88,8 @@ def test_graph_contract(graph_dir: Path) -> None:
     assert meta["camexport.version"]
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["image"]
-    assert [i.name for i in session.get_overridable_initializers()] == ["target_class"]
+    assert [i.name for i in session.get_inputs()] == ["image", "target_class"]  # both required (contract 2)
+    assert session.get_overridable_initializers() == [] and meta["camexport.contract"] == "2"
 
 
 @pytest.mark.slow

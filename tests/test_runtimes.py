@@ -88,7 +88,7 @@ def test_node_resizes_a_full_photo_and_refuses_bad_files(
     assert result.returncode == 2 and "bad.png: not a readable PNG" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     newer = onnx.load(str(efficientnet_graph))
-    next(p for p in newer.metadata_props if p.key == "camexport.contract").value = "2"
+    next(p for p in newer.metadata_props if p.key == "camexport.contract").value = "9"
     onnx.save(newer, str(tmp_path / "newer.onnx"))
     result = subprocess.run(
         ["node", "explain.mjs", str(tmp_path / "newer.onnx"), str(tmp_path / "coffee.png"), str(tmp_path / "y")],
@@ -97,7 +97,7 @@ def test_node_resizes_a_full_photo_and_refuses_bad_files(
         text=True,
         timeout=120,
     )
-    assert result.returncode == 2 and "graph contract '2', this program reads contract 1" in result.stderr
+    assert result.returncode == 2 and "graph contract '9', this program reads contracts 1 and 2" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "y.npy").exists()
 
 

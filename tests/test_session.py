@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 from conftest import built_graph
 from onnx import TensorProto, helper
@@ -194,3 +197,32 @@ def test_labels_that_do_not_match_the_logits_are_refused(session: CamSession, tm
     onnx.save(damaged, str(tmp_path / "damaged.onnx"))
     with pytest.raises(UserError, match="damaged camexport metadata \\(10 labels for 1000 logits\\)"):
         CamSession(tmp_path / "damaged.onnx")
+
+
+@pytest.mark.slow
+def test_onnxruntime_loads_a_graph_without_warnings_at_its_default_log_level(graph_dir: Path) -> None:
+    """Contract 2 has no initializer that is also an input: nothing to warn about on loading."""
+    graph = built_graph(graph_dir, "resnet18", "layer4", "gradcampp")
+    code = (
+        "import numpy as np, onnxruntime as ort\n"
+        f"s = ort.InferenceSession({str(graph)!r})\n"
+        "s.run(None, {'image': np.zeros((1, 3, 224, 224), np.float32), 'target_class': np.array([-1])})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+@pytest.mark.slow
+def test_a_contract_1_graph_with_its_default_target_still_runs(graph_dir: Path, tmp_path: Path) -> None:
+    """Graphs of camexport 0.1 (contract 1: ``target_class`` had a default initializer [-1]) read as before."""
+    model = onnx.load(str(built_graph(graph_dir, "resnet18", "layer4", "gradcampp")))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), "target_class"))
+    next(p for p in model.metadata_props if p.key == "camexport.contract").value = "1"
+    onnx.save(model, tmp_path / "old.onnx")
+    old, new = CamSession(tmp_path / "old.onnx"), CamSession(built_graph(graph_dir, "resnet18", "layer4", "gradcampp"))
+    assert old.info.contract == 1 and new.info.contract == 2
+    image = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    for target in (None, [281, -1]):
+        mine, theirs = old.run(image, target), new.run(image, target)
+        assert mine["class_index"].tolist() == theirs["class_index"].tolist()
+        np.testing.assert_array_equal(mine["heatmap"], theirs["heatmap"])

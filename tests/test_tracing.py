@@ -64,14 +64,15 @@ def test_probe_graph_matches_numpy_at_new_batch_sizes(method: str) -> None:
         np.testing.assert_allclose(outputs["heatmap"], numpy_cam.heatmap(expected_cam, 2 * h, 2 * w), atol=1e-4)
 
 
-def test_target_class_may_be_omitted_or_broadcast() -> None:
+def test_target_class_is_a_required_input_broadcast_to_the_batch() -> None:
+    """Contract 2: ``target_class`` is an input with no default initializer ([1] or [N], −1 = top-1)."""
     rng = np.random.default_rng(6)
     weight = torch.tensor(rng.normal(0, 1, size=(5, 3, 4, 4)), dtype=torch.float32)
     session, _ = export_session(ProbeModel(weight).eval(), "feat", "gradcam", (4, 4), 5)
-    assert [i.name for i in session.get_inputs()] == ["image"]
-    assert [i.name for i in session.get_overridable_initializers()] == ["target_class"]
+    assert [i.name for i in session.get_inputs()] == ["image", "target_class"]
+    assert session.get_overridable_initializers() == []
     image = rng.normal(0, 1, size=(3, 3, 4, 4)).astype(np.float32)
-    top1 = session.run(["class_index", "logits"], {"image": image})
+    top1 = session.run(["class_index", "logits"], {"image": image, "target_class": np.array([-1], dtype=np.int64)})
     assert top1[0].tolist() == top1[1].argmax(1).tolist()
     broadcast = session.run(["class_index"], {"image": image, "target_class": np.array([2], dtype=np.int64)})[0]
     assert broadcast.tolist() == [2, 2, 2]
@@ -105,7 +106,8 @@ def test_gradients_are_recomputed_not_frozen() -> None:
     previous = None
     for batch in (1, 3):
         image = rng.normal(0, 1, size=(batch, 3, *size)).astype(np.float32)
-        got = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {"image": image}), strict=True))
+        feeds = {"image": image, "target_class": np.array([-1], dtype=np.int64)}
+        got = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), feeds), strict=True))
         ref = reference_explain(model, "0", "gradcampp", image)
         np.testing.assert_allclose(
             got["gradients"], ref["gradients"], rtol=1e-4, atol=1e-5 * np.abs(ref["gradients"]).max()

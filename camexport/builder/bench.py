@@ -334,7 +334,9 @@ def _contender(name: str, model: nn.Module, subject: Subject, config: BenchConfi
         return synced(_torchcam(on_device, layer, size))
     session = _ort_session(subject.plain if name == "e_ort_plain" else subject.graph, config.threads, config.provider)
     names = [o.name for o in session.get_outputs()]
-    return lambda batch: session.run(names, {"image": batch})
+    # The camexport graph's target_class is required (contract 2): [-1], each image's top-1; the plain graph has none.
+    target = {"target_class": np.array([-1], dtype=np.int64)} if len(session.get_inputs()) > 1 else {}
+    return lambda batch: session.run(names, {"image": batch, **target})
 
 
 def measure(

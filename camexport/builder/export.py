@@ -1,8 +1,9 @@
 """Export: the traced explainer becomes one ONNX graph with the IO contract of :mod:`camexport.contract`.
 
-``image`` and ``target_class`` in (the latter optional: a default initializer [-1] and an ``Expand`` to the
-batch), the outputs by their contract names with a symbolic ``batch``, the :class:`~camexport.contract.GraphInfo`
-as metadata props; then ``onnx.checker`` with ``full_check``.
+``image`` and ``target_class`` in (the latter required, [N] or [1], broadcast to the batch with ``Expand``;
+see :data:`camexport.contract.CONTRACT_VERSION`), the outputs by their contract names with a symbolic
+``batch``, the :class:`~camexport.contract.GraphInfo` as metadata props; then ``onnx.checker`` with
+``full_check``.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from camexport._util import first_line, quiet
 from camexport.builder.tracing import TRACE_BATCH, ExplainerModule, TracedExplainer, example_image
@@ -160,7 +160,7 @@ def fold_broadcast_matmuls(graph: onnx.GraphProto) -> int:
 
 
 def finalise(model: onnx.ModelProto, info: GraphInfo) -> onnx.ModelProto:
-    """Applies the IO contract: named dims, an optional ``target_class``, ``info`` as metadata; then checks it.
+    """Applies the IO contract: named dims, ``target_class`` broadcast, ``info`` as metadata; then checks it.
 
     Raises:
         UnsupportedModelError: the graph's IO is not the contract's, it uses non-standard operators, or it
@@ -169,7 +169,7 @@ def finalise(model: onnx.ModelProto, info: GraphInfo) -> onnx.ModelProto:
     graph = model.graph
     fold_broadcast_matmuls(graph)
     _check_io(graph, info)
-    _make_target_optional(graph)
+    _broadcast_target(graph)
     _name_dims(graph, info)
     _check_operators(model)
     del model.metadata_props[:]
@@ -192,9 +192,10 @@ def _check_io(graph: onnx.GraphProto, info: GraphInfo) -> None:
         raise UnsupportedModelError("the exported image input has the wrong type; this is a camexport bug")
 
 
-def _make_target_optional(graph: onnx.GraphProto) -> None:
-    """``target_class`` keeps its name as the graph input and gets a default initializer ``[-1]``; the graph
-    broadcasts it to the batch with ``Expand``, so a caller may pass [batch], [1] or nothing."""
+def _broadcast_target(graph: onnx.GraphProto) -> None:
+    """``target_class`` keeps its name as the graph input, which the graph broadcasts to the batch with
+    ``Expand``, so a caller passes [batch] or [1]. No default initializer: an initializer that is also an input
+    makes every onnxruntime warn on loading, and OpenVINO fold it into a constant (contract 1 did that)."""
     for node in graph.node:
         node.input[:] = [_EXPANDED_TARGET if name == TARGET_CLASS else name for name in node.input]
     batch_shape = helper.make_node("Shape", [IMAGE], ["image_batch_size"], start=0, end=1)
@@ -202,7 +203,6 @@ def _make_target_optional(graph: onnx.GraphProto) -> None:
     nodes = [batch_shape, expand, *graph.node]
     graph.ClearField("node")
     graph.node.extend(nodes)
-    graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), TARGET_CLASS))
 
 
 def _name_dims(graph: onnx.GraphProto, info: GraphInfo) -> None:

@@ -247,8 +247,8 @@ def random_cases(
     sizes: list[tuple[int, int]] = (),
     pixels: Preprocessing | None = None,
 ) -> list[Case]:
-    """Fresh random inputs at batch sizes 3 and 1 (tracing used 2), with and without ``target_class``;
-    then a batch of 2 at each of ``sizes`` (for a graph with a dynamic image size).
+    """Fresh random inputs at batch sizes 3 and 1 (tracing used 2), with ``target_class`` [-1] (top-1) and given
+    classes; then a batch of 2 at each of ``sizes`` (for a graph with a dynamic image size).
 
     With ``pixels`` (a ``--input uint8`` graph), the inputs are random uint8 [N, H, W, 3] pixels and the
     reference gets them normalised with ``pixels``' mean and std (:func:`camexport.runtime.preprocess.normalise`).
@@ -264,7 +264,7 @@ def random_cases(
     batch3 = draw(3, *image_size)
     targets = np.array([-1, int(rng.integers(num_classes)), int(rng.integers(num_classes))], dtype=np.int64)
     cases = [
-        Case("random batch of 3, top-1 class (target_class omitted)", batch3[0], None, batch3[1]),
+        Case("random batch of 3, top-1 class (target_class [-1])", batch3[0], None, batch3[1]),
         Case("random batch of 3, target_class [-1, c1, c2]", batch3[0], targets, batch3[1]),
     ]
     single = draw(1, *image_size)

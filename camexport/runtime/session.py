@@ -102,8 +102,8 @@ class CamSession:
             image: float32 [N, 3, H, W], normalised as the graph's metadata says; for a ``--input uint8``
                 graph, uint8 [N, H, W, 3] RGB pixels. H x W is the graph's image size, or any size for a
                 graph built with ``--dynamic-size``.
-            target_class: None (top-1 class for every image), an int for all images, or [N] indices with
-                −1 meaning top-1.
+            target_class: None (top-1 class for every image: [-1] is fed), an int for all images, or [N]
+                indices with −1 meaning top-1.
 
         Returns:
             Every graph output by name (``logits``, ``class_index``, ``heatmap``, ``cam``, ...).
@@ -114,17 +114,7 @@ class CamSession:
         """
         image = np.asarray(image)
         feeds: dict[str, np.ndarray] = {IMAGE: self._check_batch(image)}
-        if target_class is not None:
-            target = np.atleast_1d(np.asarray(target_class))
-            if target.dtype.kind not in "iu" or target.ndim != 1 or target.shape[0] not in (1, image.shape[0]):
-                raise UserError(f"target_class must be integers of shape [1] or [{image.shape[0]}]")
-            bad = target[(target < -1) | (target >= self.num_classes)]
-            if bad.size:
-                raise UserError(
-                    f"class index {int(bad[0])} is out of range; "
-                    f"use 0..{self.num_classes - 1} or -1 for the top-1 class"
-                )
-            feeds[TARGET_CLASS] = target.astype(np.int64)
+        feeds[TARGET_CLASS] = self._check_target(-1 if target_class is None else target_class, image.shape[0])
         try:
             outputs = self._session.run(self.output_names, feeds)
         except Exception as exc:  # onnxruntime's own exception types
@@ -141,6 +131,18 @@ class CamSession:
                 f"{largest:.3g}); pass pixels normalised as the graph's metadata says"
             )
         return named
+
+    def _check_target(self, target_class: np.ndarray | list[int] | int, batch: int) -> np.ndarray:
+        """int64 [1] or [batch] class indices (−1: top-1), fed always: the graph's input is required (contract 2)."""
+        target = np.atleast_1d(np.asarray(target_class))
+        if target.dtype.kind not in "iu" or target.ndim != 1 or target.shape[0] not in (1, batch):
+            raise UserError(f"target_class must be integers of shape [1] or [{batch}]")
+        bad = target[(target < -1) | (target >= self.num_classes)]
+        if bad.size:
+            raise UserError(
+                f"class index {int(bad[0])} is out of range; use 0..{self.num_classes - 1} or -1 for the top-1 class"
+            )
+        return target.astype(np.int64)
 
     def _check_batch(self, image: np.ndarray) -> np.ndarray:
         height, width = self.info.preprocessing.image_size

@@ -17,7 +17,7 @@ import pngjs from "pngjs";
 const { PNG } = pngjs;
 
 // The camexport graph contract this program reads (README: "The graph contract"; camexport/contract.py).
-const CONTRACT = "1";
+const CONTRACTS = ["1", "2"]; // 2: target_class required ([1] or [batch], -1 = top-1); 1: it had a default
 
 function fail(message) {
   console.error(`explain.mjs: error: ${message}`);
@@ -77,8 +77,8 @@ function camexportMetadata(file) {
   });
   if (!("camexport.version" in metadata)) fail(`${file}: not a graph built by camexport (no camexport.* metadata)`);
   const contract = metadata["camexport.contract"] ?? "1"; // graphs from before the key follow contract 1
-  if (contract !== CONTRACT) {
-    fail(`${file}: the graph follows camexport graph contract '${contract}', this program reads contract ${CONTRACT}; rebuild the graph`);
+  if (!CONTRACTS.includes(contract)) {
+    fail(`${file}: the graph follows camexport graph contract '${contract}', this program reads contracts ${CONTRACTS.join(" and ")}; rebuild the graph`);
   }
   return {
     labels: JSON.parse(metadata["camexport.labels"]),
@@ -179,9 +179,9 @@ async function main() {
   if (!fs.existsSync(graph)) fail(`${graph}: no such graph; build one with 'camexport build'`);
   const meta = camexportMetadata(graph);
   const pixels = photoPixels(photo, meta.size, meta.resize);
-  // Level 3: errors only (ORT warns that target_class, an input with a default, is also an initializer).
-  const session = await ort.InferenceSession.create(graph, { logSeverityLevel: 3 });
-  const outputs = await session.run({ image: imageTensor(pixels, meta) }); // target_class: its default, top-1
+  const session = await ort.InferenceSession.create(graph);
+  const topOne = new ort.Tensor("int64", BigInt64Array.from([-1n]), [1]); // -1: explain the top-1 class
+  const outputs = await session.run({ image: imageTensor(pixels, meta), target_class: topOne });
   const logits = Array.from(outputs.logits.data);
   const top = logits.indexOf(Math.max(...logits));
   const sum = logits.reduce((acc, v) => acc + Math.exp(v - logits[top]), 0);
