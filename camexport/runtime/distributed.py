@@ -26,22 +26,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 from tqdm import tqdm
 
-from camexport._util import write_atomically
 from camexport.errors import CamExportError, UserError
 from camexport.runtime.explain import (
-    OVERLAY_FORMATS,
     ExplainRun,
     ExplainStyle,
     ExplainSummary,
     explain_files,
+    failure_line,
     unique_stem,
-    write_overlay,
+    write_files,
 )
 from camexport.runtime.records import SCHEMA, Record
-from camexport.runtime.session import CamSession, Explanation
+from camexport.runtime.session import CamSession
 
 if TYPE_CHECKING:
     import ray.data
@@ -110,7 +108,7 @@ class Explainer:
                 prepared.append(self.session.prepare(path if images is None else images[i], path))
                 where.append(i)
             except CamExportError as exc:
-                rows[i]["error"] = str(exc) if path in str(exc) else f"{path}: {exc}"
+                rows[i]["error"] = failure_line(path, exc)
         if prepared:
             self._explain(prepared, where, rows, stems)
         return pa.Table.from_pylist(rows, schema=ROWS)
@@ -125,22 +123,13 @@ class Explainer:
             return
         for i, (photo, _), result in zip(where, prepared, results, strict=True):
             try:
-                overlay, heatmap = self._files(stems[i], photo, result)
+                files = (None, None)
+                if self.out_dir is not None:
+                    files = write_files(self.out_dir, stems[i], photo, result, self.style)
             except (OSError, ValueError) as exc:
                 rows[i]["error"] = f"{rows[i]['image']}: cannot write its files ({exc})"
                 continue
-            rows[i].update(Record.of(rows[i]["image"], overlay, heatmap, result).as_row())
-
-    def _files(self, stem: str, photo: Image.Image, result: Explanation) -> tuple[Path | None, Path | None]:
-        """Writes the overlay and heatmap the style asks for into ``out_dir``; returns their paths."""
-        overlay = heatmap = None
-        if self.out_dir is not None and self.style.overlay_format:
-            overlay = self.out_dir / f"{stem}_cam{OVERLAY_FORMATS[self.style.overlay_format][1]}"
-            write_overlay(overlay, photo, result.input_heatmap, result.preprocessing, self.style)
-        if self.out_dir is not None and self.style.save_heatmap:
-            heatmap = self.out_dir / f"{stem}_heatmap.npy"
-            write_atomically(heatmap, lambda p: np.save(p, result.heatmap))
-        return overlay, heatmap
+            rows[i].update(Record.of(rows[i]["image"], *files, result).as_row())
 
 
 def _stem(path: str) -> str:

@@ -371,7 +371,7 @@ class ExplainRun:
                 raise
             return _Prepared(path, photo, array, pixels)
         except CamExportError as exc:
-            return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            return failure_line(path, exc)
 
     def run(self, batch: list[_Prepared], drawer: ThreadPoolExecutor) -> _Batch:
         """The graph on one batch; each image's files are then drawn in the drawing thread."""
@@ -392,12 +392,7 @@ class ExplainRun:
     def draw(self, item: _Prepared, result: Explanation, stem: str) -> tuple[Path | None, Path | None]:
         """Writes one image's overlay and heatmap file (in the drawing thread); returns their paths."""
         try:
-            picture = self.overlay(stem, item.photo, result) if self.style.overlay_format else None
-            heatmap = None
-            if self.style.save_heatmap:
-                heatmap = self.out / f"{stem}_heatmap.npy"
-                write_atomically(heatmap, lambda p: np.save(p, result.heatmap))
-            return picture, heatmap
+            return write_files(self.out, stem, item.photo, result, self.style)
         finally:
             item.photo = None
             self.budget.give(item.pixels)
@@ -429,16 +424,33 @@ class ExplainRun:
                 )
         bar.update(len(records))
 
-    def overlay(self, stem: str, photo: Image.Image, result: Explanation) -> Path:
-        """Writes the overlay and returns its path."""
-        picture = self.out / f"{stem}_cam{OVERLAY_FORMATS[self.style.overlay_format][1]}"
-        write_overlay(picture, photo, result.input_heatmap, result.preprocessing, self.style)
-        return picture
-
     def fail(self, message: str) -> None:
         self.summary.failures.append(message)
         with tqdm.external_write_mode(file=sys.stderr):
             print(f"error: {message}", file=sys.stderr)
+
+
+def failure_line(path: str | Path, exc: Exception) -> str:
+    """The one line reporting a file that failed: the error's own, when it names the file already."""
+    return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+
+
+def write_files(
+    out: Path, stem: str, photo: Image.Image, result: Explanation, style: ExplainStyle
+) -> tuple[Path | None, Path | None]:
+    """Writes the files the style asks for into ``out``: ``<stem>_cam.<format>`` and ``<stem>_heatmap.npy``.
+
+    Returns:
+        (overlay path, heatmap path), None for a file not asked for.
+    """
+    overlay_path = heatmap_path = None
+    if style.overlay_format:
+        overlay_path = out / f"{stem}_cam{OVERLAY_FORMATS[style.overlay_format][1]}"
+        write_overlay(overlay_path, photo, result.input_heatmap, result.preprocessing, style)
+    if style.save_heatmap:
+        heatmap_path = out / f"{stem}_heatmap.npy"
+        write_atomically(heatmap_path, lambda p: np.save(p, result.heatmap))
+    return overlay_path, heatmap_path
 
 
 def write_overlay(

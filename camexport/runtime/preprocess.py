@@ -119,26 +119,30 @@ def placed_heatmap(
 ) -> tuple[tuple[int, int, int, int], np.ndarray]:
     """The part of the photo the network saw, as a box (left, top, right, bottom) in the photo's pixels, and the
     heatmap resized (bilinear) onto it: float32 [bottom − top, right − left] in [0, 1]."""
-    left, top, right, bottom = prep.crop_box(width, height)
-    box_w, box_h = max(1, round(right - left)), max(1, round(bottom - top))
-    x0, y0 = round(left), round(top)
-    src_x0, src_y0 = max(0, -x0), max(0, -y0)
-    dst_x0, dst_y0 = max(0, x0), max(0, y0)
-    w = max(0, min(width - dst_x0, box_w - src_x0))
-    h = max(0, min(height - dst_y0, box_h - src_y0))
-    resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
-        (box_w, box_h), Image.Resampling.BILINEAR
-    )
-    inside = np.asarray(resized.crop((src_x0, src_y0, src_x0 + w, src_y0 + h)), dtype=np.float32)
-    return (dst_x0, dst_y0, dst_x0 + w, dst_y0 + h), np.clip(inside, 0.0, 1.0)
+    size, (src_x0, src_y0), box = _placement(prep, width, height)
+    resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+    crop = (src_x0, src_y0, src_x0 + box[2] - box[0], src_y0 + box[3] - box[1])
+    return box, np.clip(np.asarray(resized.crop(crop), dtype=np.float32), 0.0, 1.0)
 
 
 def seen_mask(prep: Preprocessing, width: int, height: int) -> np.ndarray:
     """Boolean [height, width]: True where the network saw the photo (inside the centre crop; the box of
     :func:`placed_heatmap`)."""
+    left, top, right, bottom = _placement(prep, width, height)[2]
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def _placement(
+    prep: Preprocessing, width: int, height: int
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
+    """Where the network's view lands on a ``width`` x ``height`` photo: the crop's footprint in whole pixels
+    (box_w, box_h), the offset into that footprint of its visible part, and that part's box in the photo."""
     left, top, right, bottom = prep.crop_box(width, height)
     box_w, box_h = max(1, round(right - left)), max(1, round(bottom - top))
     x0, y0 = round(left), round(top)
-    mask = np.zeros((height, width), dtype=bool)
-    mask[max(0, y0) : max(0, y0 + box_h), max(0, x0) : max(0, x0 + box_w)] = True
-    return mask
+    dst_x0, dst_y0 = max(0, x0), max(0, y0)
+    w = max(0, min(width - dst_x0, box_w - (dst_x0 - x0)))
+    h = max(0, min(height - dst_y0, box_h - (dst_y0 - y0)))
+    return (box_w, box_h), (dst_x0 - x0, dst_y0 - y0), (dst_x0, dst_y0, dst_x0 + w, dst_y0 + h)

@@ -233,8 +233,8 @@ class RecordLog:
             self._stream = None
         if not self.staging.exists():
             return self.cams if self.cams.exists() else None
-        if not self.done:  # a resumed folder whose earlier run was killed before recording anything
-            self._read_earlier()
+        if not self.done:  # this run recorded nothing (an overwrite whose images all failed): the streams left
+            self._read_earlier()  # by the folder's earlier run keep what that run's JSON lines hold
         write_parquet(self.cams, self.schema, self._sources(), keep=self.done)
         shutil.rmtree(self.staging)
         return self.cams

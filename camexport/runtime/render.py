@@ -20,7 +20,15 @@ import pyarrow.parquet as pq
 from camexport._util import in_order
 from camexport.contract import GraphInfo
 from camexport.errors import CamExportError, UserError
-from camexport.runtime.explain import OVERLAY_FORMATS, ExplainStyle, output_folder, unique_stem, write_overlay
+from camexport.runtime.explain import (
+    DEFAULT_FORMAT,
+    OVERLAY_FORMATS,
+    ExplainStyle,
+    failure_line,
+    output_folder,
+    unique_stem,
+    write_overlay,
+)
 from camexport.runtime.preprocess import open_image
 from camexport.runtime.records import CAMS, STAGING
 from camexport.runtime.visualize import heatmap_from_cam
@@ -70,7 +78,7 @@ def render(source: str | Path, out_dir: str | Path | None = None, style: Explain
             write_overlay(row.picture, photo, heatmap_from_cam(row.cam, height, width), info.preprocessing, style)
             return row.picture
         except (CamExportError, OSError, ValueError) as exc:
-            return str(exc) if row.image in str(exc) else f"{row.image}: {exc}"
+            return failure_line(row.image, exc)
 
     with ThreadPoolExecutor(2, "camexport-render") as pool:
         for future in in_order(pool, draw, _rows(parquet, out, style), ahead=8):
@@ -95,7 +103,7 @@ def _cams_file(source: Path) -> Path:
 
 
 def _rows(parquet: pq.ParquetFile, out: Path, style: ExplainStyle) -> Iterator[_Row]:
-    suffix = OVERLAY_FORMATS[style.overlay_format or "jpg"][1]
+    suffix = OVERLAY_FORMATS[style.overlay_format or DEFAULT_FORMAT][1]
     taken: set[str] = set()
     for batch in parquet.iter_batches(batch_size=256, columns=["image", "cam_shape", "cam"]):
         shapes, flat = batch.column("cam_shape").to_pylist(), batch.column("cam")
