@@ -1,6 +1,6 @@
 """The README's speed table: `camexport bench` for resnet18 (layer4), resnet18 layer3 and efficientnet_lite0.
 
-Each configuration runs all six contenders (see ``camexport/bench.py``) at batch sizes 1, 8 and 32 on this
+Each configuration runs all eight contenders (see ``camexport/bench.py``) at batch sizes 1, 8 and 32 on this
 machine's cores, with interleaved rounds, and writes ``results/<name>.json`` and ``.md``; this script then
 joins them into ``bench.md`` with the machine description and the targets of issue 5.
 

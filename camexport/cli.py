@@ -140,7 +140,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", type=int, default=0, help="threads for torch and onnxruntime (default: all cores)")
     bench.add_argument("--provider", default="cpu", help="cpu (default) or cuda (eager contenders on the GPU too)")
     bench.add_argument(
-        "--contenders", help="comma-separated subset, e.g. e_ort_plain,f_ort_camexport (default: all six)"
+        "--contenders", help="comma-separated subset, e.g. e_ort_plain,f_ort_camexport (default: all eight)"
     )
     bench.add_argument(
         "--no-memory", action="store_true", help="skip measuring each contender's added peak RSS in its own process"

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from camexport.builder.export import fold_broadcast_matmuls
+from camexport.builder.export import drop_unused_initializers, fold_broadcast_matmuls, fold_weight_transposes
 
 
 def _fold_and_compare(
@@ -116,3 +116,31 @@ def test_atomic_write_moves_companions_or_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         write_atomically(other, fails_after_writing)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx", "g.onnx.data"]
+
+
+def test_a_transposed_weight_is_stored_transposed_and_unused_initializers_go() -> None:
+    """Forward ``x @ W`` and backward ``g @ Wᵀ`` share W: after folding, Wᵀ is its own initializer (no
+    Transpose left for OpenVINO to fuse wrongly), both products are unchanged, and nothing unused remains."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((4, 6)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["g", "wt"], ["dx"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", k]) for n, k in (("x", 4), ("g", 6))],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", k]) for n, k in (("y", 6), ("dx", 4))],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(weight[:1], "stale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x, g = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((3, 6)).astype(np.float32)
+    assert fold_weight_transposes(model.graph) == 1 and drop_unused_initializers(model.graph) == 1
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "MatMul"]
+    assert sorted(t.name for t in model.graph.initializer) == ["w", "wt"]
+    onnx.checker.check_model(model, full_check=True)
+    y, dx = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "g": g})
+    np.testing.assert_allclose(y, x @ weight, rtol=1e-5)
+    np.testing.assert_allclose(dx, g @ weight.T, rtol=1e-5)

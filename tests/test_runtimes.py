@@ -177,3 +177,39 @@ def test_the_reference_evaluator_maxpool_discrepancy_itself() -> None:
     assert flat.ravel().tolist() == list(range(96))  # the spec: indices over N*C*H*W
     per_plane = ReferenceEvaluator(model).run(None, {"x": x})[1]
     assert per_plane[1, 2].ravel().tolist() == list(range(16))
+
+
+def _openvino_outputs(graph: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The graph run by OpenVINO's CPU plugin from the .onnx file itself, in float32 (its default on CPUs
+    with bfloat16 units is bfloat16, heatmaps then 4e-2 off)."""
+    ov = pytest.importorskip("openvino")
+    compiled = ov.Core().compile_model(str(graph), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled(feed)
+    return {output.get_any_name(): result[output] for output in compiled.outputs}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "layer", "weights"),
+    [
+        ("resnet18", "layer4", "random"),
+        ("resnet18", "layer3", "random"),
+        ("efficientnet_lite0", None, "default"),
+        ("vit_b_16", None, "random"),
+    ],
+)
+def test_openvino_agrees_with_onnxruntime(graph_dir: Path, model: str, layer: str | None, weights: str) -> None:
+    """Every output of OpenVINO's run equals onnxruntime's, for the top-1 class and for another class (the
+    required ``target_class`` of contract 2 stays an input in OpenVINO). The ViT graph caught an OpenVINO
+    fusion bug that camexport's export now avoids (see ``fold_weight_transposes``)."""
+    graph = built_graph(graph_dir, model, layer, "gradcampp", weights=weights)
+    session = CamSession(graph)
+    photos = np.stack([to_pixels(sample_photo(name), session.info.preprocessing) for name in ("coffee", "astronaut")])
+    feed = {"image": normalise(photos, session.info.preprocessing), "target_class": np.array([-1, 5], np.int64)}
+    ours = session.run(feed["image"], feed["target_class"])
+    theirs = _openvino_outputs(graph, feed)
+    assert theirs["class_index"].tolist() == ours["class_index"].tolist() and ours["class_index"][1] == 5
+    for name in ("logits", "activations", "gradients", "cam", "heatmap"):
+        scale = float(np.abs(ours[name]).max())
+        assert np.abs(theirs[name] - ours[name]).max() <= 1e-4 * scale, name
+    assert np.abs(theirs["heatmap"] - ours["heatmap"]).max() <= 2e-5

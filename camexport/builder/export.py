@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from camexport._util import first_line, quiet
 from camexport.builder.tracing import TRACE_BATCH, ExplainerModule, TracedExplainer, example_image
@@ -159,6 +159,47 @@ def fold_broadcast_matmuls(graph: onnx.GraphProto) -> int:
     return folded
 
 
+def fold_weight_transposes(graph: onnx.GraphProto) -> int:
+    """``Transpose(W)`` of an initializer → an initializer holding ``Wᵀ``, as onnxruntime folds it on loading.
+
+    The backward pass of ``x @ W`` is ``g @ Wᵀ``: the traced graph transposes the forward weight at run time.
+    OpenVINO's CPU plugin (2026.4, f32) fuses ``MatMul(g, Transpose(W))`` into a FullyConnected node on ``W``
+    and, where ``W`` also feeds a MatMul without bias (ViT's attention output projection), computes
+    ``g @ W`` instead: ViT gradients off by 100 %. A stored ``Wᵀ`` gives OpenVINO nothing to fuse (its
+    heatmaps then equal onnxruntime's to 2e-6, tested). The file grows by the transposed weights on the
+    backward path (ViT-B/16: 31 MB on 347 MB); onnxruntime's memory does not, since it folded them anyway.
+    Returns how many were folded.
+    """
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    folded = [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in weights]
+    for node in folded:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        value = numpy_helper.to_array(weights[node.input[0]]).transpose(perm)
+        graph.initializer.append(numpy_helper.from_array(value.copy(), node.output[0]))
+        graph.node.remove(node)
+    return len(folded)
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> int:
+    """Initializers no node reads (onnxruntime warns about each one on loading). Returns how many went."""
+    used = _read_names(graph)
+    unused = [tensor for tensor in graph.initializer if tensor.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    return len(unused)
+
+
+def _read_names(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node reads or the graph returns, subgraphs (If, Loop, Scan) included."""
+    names = {output.name for output in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            for subgraph in [attribute.g, *attribute.graphs] if attribute.HasField("g") else attribute.graphs:
+                names |= _read_names(subgraph)
+    return names
+
+
 def finalise(model: onnx.ModelProto, info: GraphInfo) -> onnx.ModelProto:
     """Applies the IO contract: named dims, ``target_class`` broadcast, ``info`` as metadata; then checks it.
 
@@ -168,6 +209,8 @@ def finalise(model: onnx.ModelProto, info: GraphInfo) -> onnx.ModelProto:
     """
     graph = model.graph
     fold_broadcast_matmuls(graph)
+    fold_weight_transposes(graph)
+    drop_unused_initializers(graph)
     _check_io(graph, info)
     _broadcast_target(graph)
     _name_dims(graph, info)
