@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_evaluate,
         _add_explain,
         _add_render,
+        _add_serve,
         _add_samples,
     ):
         add(commands)
@@ -230,6 +231,25 @@ def _add_render(commands: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve", help="serve a graph over HTTP: POST /explain with dynamic batching (camexport[serve])"
+    )
+    serve.add_argument("graph", type=Path, help="a .onnx graph written by camexport build")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    serve.add_argument("--max-batch", type=int, default=16, help="most images per graph run (default 16)")
+    serve.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="longest an image waits for others to batch with (default 5)"
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default 20 MB)")
+    serve.add_argument("--decoders", type=int, default=4, help="images decoded and encoded at once (default 4)")
+    serve.add_argument("--drain-s", type=float, default=30.0, help="on SIGTERM, wait this long for requests in flight")
+    serve.add_argument("--provider", default="cpu", help="cpu (default) or cuda")
+    serve.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
+    serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+
+
 def _add_samples(commands: argparse._SubParsersAction) -> None:
     samples = commands.add_parser("samples", help="write the real photos bundled with scikit-image and matplotlib")
     samples.add_argument("folder", type=Path, nargs="?", default=Path("photos"), help="where (default: photos/)")
@@ -384,6 +404,23 @@ def _render(args: argparse.Namespace) -> int:
     return 1 if summary.failures else 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from camexport.runtime.serve import ServeOptions, serve
+
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_upload_mb=args.max_upload_mb,
+        decoders=args.decoders,
+        drain_s=args.drain_s,
+        access_log=args.access_log,
+    )
+    serve(args.graph, options, provider=args.provider, threads=args.threads, log=lambda line: print(line, flush=True))
+    return 0
+
+
 def _samples(args: argparse.Namespace) -> int:
     from camexport.runtime.samples import write_samples
 
@@ -400,6 +437,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "evaluate": _evaluate,
     "explain": _explain,
     "render": _render,
+    "serve": _serve,
     "samples": _samples,
 }
 
@@ -407,7 +445,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 PARAMETERS = frozenset(
     "weights layer methods seed image_size opset output labels mean std num_classes dynamic_size input top_k "
     "batch_size out_dir out alpha colormap provider metrics steps target batch_sizes runs warmup threads "
-    "contenders overlay_format overlay_max_side resume overwrite actors cpus_per_actor ray".split()
+    "contenders overlay_format overlay_max_side resume overwrite actors cpus_per_actor ray port max_batch "
+    "max_wait_ms max_upload_mb decoders drain_s".split()
 )
 _FLAG_OF = {
     "methods": "--method",

@@ -65,3 +65,11 @@ class ContractError(UserError):
 
 class BuildSideMissing(UserError):
     """A build-side feature was asked for, but the build dependencies (torch, ...) are not installed."""
+
+
+class RequestError(UserError):
+    """A bad request to ``camexport serve``: answered with the HTTP ``status`` (a 4xx) and the message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

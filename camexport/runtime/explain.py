@@ -24,10 +24,10 @@ from tqdm import tqdm
 from camexport._util import first_line, in_order, removing_new_folders, write_atomically
 from camexport.contract import Preprocessing
 from camexport.errors import CamExportError, UserError
-from camexport.runtime.preprocess import open_unread, placed_heatmap
+from camexport.runtime.preprocess import open_unread
 from camexport.runtime.records import Record, RecordLog
 from camexport.runtime.session import CamSession, Explanation, random_weights_note
-from camexport.runtime.visualize import check_style, overlay
+from camexport.runtime.visualize import check_style, overlay_on_photo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -459,13 +459,9 @@ def write_overlay(
     """Writes ``photo`` with the graph's ``input_heatmap`` placed back on it (downscaled to the style's
     ``overlay_max_side`` if asked) in the style's format, atomically."""
     pillow_format, _, options = OVERLAY_FORMATS[style.overlay_format or DEFAULT_FORMAT]
-    if style.overlay_max_side and max(photo.size) > style.overlay_max_side:
-        scale = style.overlay_max_side / max(photo.size)
-        size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
-        photo = photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    box, heatmap = placed_heatmap(input_heatmap, preprocessing, *photo.size)
-    coloured = photo.copy()  # coloured where the network saw the photo, the rest left as it is
-    coloured.paste(overlay(photo.crop(box), heatmap, style.alpha, style.colormap), box)
+    coloured = overlay_on_photo(
+        photo, input_heatmap, preprocessing, style.alpha, style.colormap, style.overlay_max_side
+    )
     write_atomically(path, lambda p: coloured.save(p, format=pillow_format, **options))
 
 

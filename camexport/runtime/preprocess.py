@@ -6,6 +6,8 @@ The steps follow torchvision's and timm's evaluation transforms: convert to RGB,
 
 from __future__ import annotations
 
+import io
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -24,23 +26,24 @@ _FILTERS = {
 }
 
 
-def open_image(source: str | Path | Image.Image) -> Image.Image:
-    """Opens a file (or takes a PIL image) and converts it to 8-bit RGB.
+def open_image(source: str | Path | bytes | Image.Image, name: str | None = None) -> Image.Image:
+    """Opens a file or an image file's bytes (or takes a PIL image) and converts it to 8-bit RGB.
 
     Grayscale, palette, 16-bit and CMYK images are converted; an alpha channel is dropped.
 
     Raises:
-        UserError: the file is missing or not a readable image.
+        UserError: the file is missing or not a readable image (messages call it ``name``, or its path).
     """
     if isinstance(source, Image.Image):
         image = source
     else:
-        path = Path(source)
-        image = open_unread(path)
+        source = source if isinstance(source, bytes) else Path(source)
+        name = name or str(source)
+        image = open_unread(source, name)
         try:
             image.load()
         except (OSError, ValueError) as exc:
-            raise UserError(f"{path}: not a readable image ({str(exc)[:120]})") from None
+            raise UserError(f"{name}: not a readable image ({str(exc)[:120]})") from None
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
         top = array.max() if array.size and array.max() > 0 else 1.0
@@ -51,24 +54,34 @@ def open_image(source: str | Path | Image.Image) -> Image.Image:
 _OPENING = threading.Lock()  # warnings filters are process-wide: one opener changes them at a time
 
 
-def open_unread(path: Path) -> Image.Image:
+def open_unread(path: Path | bytes, name: str | None = None) -> Image.Image:
     """Opens a file's header (nothing decoded yet), refusing a decompression bomb: a photo over Pillow's
     ``MAX_IMAGE_PIXELS`` (89 megapixels), before it is decoded.
+
+    Args:
+        path: a file, or an image file's bytes (an upload).
+        name: what messages call the image (the path itself by default).
 
     Raises:
         UserError: the file is missing, not an image, or a decompression bomb.
     """
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
+    name = name or str(path)
+    if isinstance(path, bytes):
+        source: Path | io.BytesIO = io.BytesIO(path)
+    elif not path.is_file():
+        raise UserError(f"{name}: no such file")
+    else:
+        source = path
     try:
         with _OPENING, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
+            return Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         reason = str(exc).split(", could be")[0]  # "Image size (N pixels) exceeds limit of M pixels"
-        raise UserError(f"{path}: not a readable image ({reason}: a decompression bomb?); downscale it first") from None
+        raise UserError(f"{name}: not a readable image ({reason}: a decompression bomb?); downscale it first") from None
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable image ({str(exc)[:120]})") from None
+        reason = re.sub(r" <_io\.BytesIO object at \w+>", "", str(exc))[:120]  # Pillow names a buffer by its repr
+        raise UserError(f"{name}: not a readable image ({reason})") from None
 
 
 def to_pixels(image: Image.Image, prep: Preprocessing) -> np.ndarray:

@@ -234,30 +234,32 @@ class CamSession:
         return results
 
     def explain_prepared(
-        self, prepared: Sequence[tuple[Image.Image, np.ndarray]], target: int = -1, top_k: int = 5
+        self, prepared: Sequence[tuple[Image.Image, np.ndarray]], target: int | Sequence[int] = -1, top_k: int = 5
     ) -> list[Explanation]:
-        """Runs one batch of :meth:`prepare` results (the CLI's path, which prepares files one by one)."""
+        """Runs one batch of :meth:`prepare` results (the CLI's path, which prepares files one by one); ``target``
+        is one class for all or one per image (−1: top-1)."""
         batch = np.stack([array for _, array in prepared])
-        outputs = self.run(batch, np.array([target], dtype=np.int64))
-        probs = softmax(outputs["logits"])
+        outputs = self.run(batch, np.asarray(target, dtype=np.int64).reshape(-1))
+        return [self.explanation(outputs, i, photo.size, top_k) for i, (photo, _) in enumerate(prepared)]
+
+    def explanation(
+        self, outputs: dict[str, np.ndarray], i: int, photo_size: tuple[int, int], top_k: int = 5
+    ) -> Explanation:
+        """Image ``i`` of a batch's :meth:`run` outputs as an :class:`Explanation` of a ``photo_size`` photo."""
+        probs = softmax(outputs["logits"][i : i + 1])[0]
         labels = self.info.labels
-        results = []
-        for i, (photo, _) in enumerate(prepared):
-            order = np.argsort(-probs[i], kind="stable")[:top_k]
-            chosen = int(outputs["class_index"][i])
-            results.append(
-                Explanation(
-                    top=[(int(k), labels[int(k)], float(probs[i, k])) for k in order],
-                    class_index=chosen,
-                    label=labels[chosen],
-                    probability=float(probs[i, chosen]),
-                    cam=outputs["cam"][i],
-                    input_heatmap=outputs["heatmap"][i],
-                    photo_size=photo.size,
-                    preprocessing=self.info.preprocessing,
-                )
-            )
-        return results
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        chosen = int(outputs["class_index"][i])
+        return Explanation(
+            top=[(int(k), labels[int(k)], float(probs[k])) for k in order],
+            class_index=chosen,
+            label=labels[chosen],
+            probability=float(probs[chosen]),
+            cam=outputs["cam"][i],
+            input_heatmap=outputs["heatmap"][i],
+            photo_size=photo_size,
+            preprocessing=self.info.preprocessing,
+        )
 
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 - a runtime alias

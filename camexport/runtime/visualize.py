@@ -8,8 +8,9 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from camexport.contract import FLAT_MAP
+from camexport.contract import FLAT_MAP, Preprocessing
 from camexport.errors import UserError
+from camexport.runtime.preprocess import placed_heatmap
 
 
 def check_style(alpha: float, colormap: str) -> None:
@@ -53,6 +54,26 @@ def overlay(
     if mask is not None:
         blended = Image.composite(blended, photo, Image.fromarray(np.asarray(mask, dtype=bool)))
     return blended
+
+
+def overlay_on_photo(
+    photo: Image.Image,
+    input_heatmap: np.ndarray,
+    preprocessing: Preprocessing,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    max_side: int | None = None,
+) -> Image.Image:
+    """The graph's ``input_heatmap`` placed back on ``photo`` (downscaled first so that its longer side is at most
+    ``max_side``, if given) and blended over the part the network saw; the rest of the photo is left as it is."""
+    if max_side and max(photo.size) > max_side:
+        scale = max_side / max(photo.size)
+        size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+        photo = photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    box, heatmap = placed_heatmap(input_heatmap, preprocessing, *photo.size)
+    coloured = photo.copy()
+    coloured.paste(overlay(photo.crop(box), heatmap, alpha, colormap), box)
+    return coloured
 
 
 def colourise(heatmap: np.ndarray, colormap: str = "jet") -> Image.Image:
