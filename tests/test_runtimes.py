@@ -49,15 +49,16 @@ def _run_node(example: Path, graph: Path, photo: Path, prefix: Path) -> dict:
 def test_node_heatmap_equals_python(
     node_example: Path, graph_dir: Path, tmp_path: Path, efficientnet_graph: Path, input_kind: str
 ) -> None:
-    """The real-weights model on coffee(): the same top-1 label and heatmap from Node.js as from Python."""
+    """The real-weights model on coffee(): the same top-1 label and heatmap from Node.js as from Python (the photo
+    resized and cropped by examples/web/camexport.mjs, byte for byte as by Pillow)."""
     if input_kind == "uint8":
         graph = built_graph(graph_dir, "efficientnet_lite0", None, "gradcampp", weights="default", input="uint8")
     else:
         graph = efficientnet_graph
     session = CamSession(graph)
+    sample_photo("coffee").save(tmp_path / "coffee.png")  # 600 x 400: resized and cropped in JavaScript as by Pillow
     pixels = to_pixels(sample_photo("coffee"), session.info.preprocessing)
-    Image.fromarray(pixels).save(tmp_path / "coffee_crop.png")
-    result = _run_node(node_example, graph, tmp_path / "coffee_crop.png", tmp_path / "node" / "coffee")
+    result = _run_node(node_example, graph, tmp_path / "coffee.png", tmp_path / "node" / "coffee")
     feed = pixels[None] if session.info.takes_pixels else normalise(pixels[None], session.info.preprocessing)
     python = session.run(feed)
     heatmap = np.load(tmp_path / "node" / "coffee.npy")

@@ -1,0 +1,179 @@
+// The page: a camexport graph (picked, dropped, or named by ?graph=URL) and a photo in; the top-5 classes and the
+// Grad-CAM++ overlay out. onnxruntime-web runs the graph: WebGPU where the browser offers it, else WebAssembly
+// (threaded when the page is cross-origin isolated). Every failure is shown on the page as one line.
+import * as ort from "./node_modules/onnxruntime-web/dist/ort.all.min.mjs";
+import { colourise, geometry, imageInput, readMetadata, toPixels, topK } from "./camexport.mjs";
+
+const $ = (id) => document.getElementById(id);
+ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
+ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+ort.env.logLevel = "error";
+
+const state = { session: null, meta: null, backend: null };
+// What the page showed last, for scripts that drive it (tests/test_web.py): the numbers behind the pixels.
+window.camexport = { ready: false, result: null, error: null };
+
+function status(text) {
+  $("status").textContent = text;
+}
+
+function fail(message) {
+  window.camexport.error = message;
+  $("error").textContent = message;
+  $("error").classList.add("shown");
+  status("");
+}
+
+function clearError() {
+  window.camexport.error = null;
+  $("error").classList.remove("shown");
+}
+
+async function createSession(bytes) {
+  const backends = "gpu" in navigator ? ["webgpu", "wasm"] : ["wasm"];
+  let lastError;
+  for (const backend of backends) {
+    try {
+      return { session: await ort.InferenceSession.create(bytes, { executionProviders: [backend] }), backend };
+    } catch (error) {
+      lastError = error; // WebGPU offered but unusable (no adapter, an op it lacks): WebAssembly next
+    }
+  }
+  throw lastError;
+}
+
+async function loadGraph(bytes, name) {
+  clearError();
+  $("result").classList.remove("shown");
+  state.session = null;
+  const meta = readMetadata(bytes, name); // throws a one-line Error for a file that is not a camexport graph
+  status(`Loading ${name}…`);
+  let created;
+  try {
+    created = await createSession(bytes);
+  } catch (error) {
+    throw new Error(`${name}: onnxruntime-web cannot load it (${String(error.message ?? error).split("\n")[0]})`);
+  }
+  Object.assign(state, { session: created.session, backend: created.backend, meta });
+  const [h, w] = meta.size;
+  $("graph-info").textContent = `${meta.model}, ${meta.method}, ${w}×${h} ${meta.input} input, ${meta.labels.length} classes` +
+    (meta.randomWeights ? " — random weights: its labels mean nothing" : "");
+  status(`Graph ready (${created.backend}). Pick a photo.`);
+}
+
+async function decode(file) {
+  try {
+    const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+    const context = canvas.getContext("2d", { willReadFrequently: true });
+    context.drawImage(bitmap, 0, 0);
+    return { bitmap, rgba: context.getImageData(0, 0, bitmap.width, bitmap.height).data };
+  } catch {
+    throw new Error(`${file.name}: not an image this browser can decode; pick a JPEG, PNG, WebP, GIF or BMP photo`);
+  }
+}
+
+async function explain(file) {
+  clearError();
+  if (!state.session) throw new Error("no graph loaded yet; pick a .onnx graph written by 'camexport build' first");
+  status(`Explaining ${file.name}…`);
+  const { bitmap, rgba } = await decode(file);
+  const meta = state.meta;
+  const pixels = toPixels(new Uint8Array(rgba.buffer), bitmap.width, bitmap.height, meta);
+  const input = imageInput(pixels, meta);
+  const started = performance.now();
+  const outputs = await state.session.run({
+    image: new ort.Tensor(input.type, input.data, input.dims),
+    target_class: new ort.Tensor("int64", BigInt64Array.from([-1n]), [1]), // -1: each image's top-1 class
+  });
+  const seconds = (performance.now() - started) / 1000;
+  const top = topK(outputs.logits.data, meta.labels, 5);
+  const explained = Number(outputs.class_index.data[0]);
+  const heatmap = outputs.heatmap.data;
+  show(bitmap, heatmap, top, meta.labels[explained], seconds);
+  window.camexport.result = { file: file.name, top, explained, heatmap: Array.from(heatmap), backend: state.backend };
+  status(`${file.name}: ${bitmap.width}×${bitmap.height}, explained in ${seconds.toFixed(2)} s (${state.backend}).`);
+}
+
+// The photo, with the heatmap (jet, alpha 0.5) over the part of it the network saw (the centre crop).
+function show(bitmap, heatmap, top, explainedLabel, seconds) {
+  const meta = state.meta;
+  const [h, w] = meta.size;
+  const scale = Math.min(1, 640 / Math.max(bitmap.width, bitmap.height));
+  const canvas = $("overlay");
+  canvas.width = Math.round(bitmap.width * scale);
+  canvas.height = Math.round(bitmap.height * scale);
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  const colours = new OffscreenCanvas(w, h);
+  colours.getContext("2d").putImageData(new ImageData(colourise(heatmap), w, h), 0, 0);
+  const { size, box } = geometry(bitmap.width, bitmap.height, meta);
+  const sx = (bitmap.width / size[0]) * scale;
+  const sy = (bitmap.height / size[1]) * scale;
+  context.save();
+  context.beginPath();
+  context.rect(0, 0, canvas.width, canvas.height);
+  context.clip();
+  context.globalAlpha = 0.5;
+  context.drawImage(colours, box[0] * sx, box[1] * sy, w * sx, h * sy);
+  context.restore();
+  $("explained").textContent = explainedLabel;
+  $("timing").textContent = `graph run ${(seconds * 1000).toFixed(0)} ms on ${state.backend}`;
+  $("top5").replaceChildren(
+    ...top.map(({ label, probability }) => {
+      const item = document.createElement("li");
+      item.textContent = `${label} — ${(probability * 100).toFixed(1)} %`;
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = `${Math.max(2, probability * 120)}px`;
+      item.append(bar);
+      return item;
+    }),
+  );
+  $("result").classList.add("shown");
+}
+
+async function guarded(action) {
+  try {
+    await action();
+  } catch (error) {
+    fail(String(error.message ?? error).split("\n")[0]);
+  }
+}
+
+function onFile(input, drop, handle) {
+  input.addEventListener("change", () => input.files[0] && guarded(() => handle(input.files[0])));
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    const file = event.dataTransfer.files[0];
+    if (file) guarded(() => handle(file));
+  });
+}
+
+async function graphFile(file) {
+  await loadGraph(new Uint8Array(await file.arrayBuffer()), file.name);
+}
+
+async function start() {
+  onFile($("graph-file"), $("graph-drop"), graphFile);
+  onFile($("photo-file"), $("photo-drop"), explain);
+  const url = new URLSearchParams(location.search).get("graph");
+  if (url) {
+    status(`Fetching ${url}…`);
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}; check the ?graph= address`);
+    await loadGraph(new Uint8Array(await response.arrayBuffer()), url.split("/").pop());
+  } else {
+    status("Pick a camexport graph (.onnx).");
+  }
+}
+
+guarded(start).finally(() => {
+  window.camexport.ready = true;
+});
