@@ -41,6 +41,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_GRAPH = ROOT / "models" / "efficientnet_lite0-gradcampp.onnx"
+DISCONNECT_ROUNDS = 4
 PRESIZED = (384, 256)  # the photo as a client that downscales to the graph's resize size would send it
 
 
@@ -422,13 +423,13 @@ def _soak(server: ServerProcess, settings: Settings, good: Payload, bad: list[Pa
 
 
 def _disconnects(server: ServerProcess, settings: Settings, good: Payload, bad: list[Payload]) -> dict:
-    """Two rounds of clients that leave; a leak grows in both, a high-water mark only in the first."""
+    """Rounds of clients that leave; a leak grows in every round, a high-water mark only in the first ones."""
     run_phase(server, "warm", 32, schedules(32, 64, good, bad))
     time.sleep(0.5)
     samples = [{"rss_mb": round(server.rss_mb(), 1), "open_files": server.open_files()}]
     answered = True
-    for _ in range(2):
-        asyncio.run(disconnects(server.port, good.raw, settings.disconnects // 2))
+    for _ in range(DISCONNECT_ROUNDS):
+        asyncio.run(disconnects(server.port, good.raw, settings.disconnects // DISCONNECT_ROUNDS))
         after, _ = run_phase(server, "after disconnects", 32, schedules(32, 64, good, bad))
         answered = answered and after.statuses == {"200": 64}
         time.sleep(1.0)  # the server notices the last closed sockets
@@ -497,7 +498,8 @@ def report(result: dict, machine: str) -> str:
         f"{soak['requests'] // len(soak['rss_mb'])} requests: {', '.join(f'{v:.0f}' for v in soak['rss_mb'])} MB "
         f"(growth after warm-up {soak['growth_after_warmup_mb']} MB); {soak['server_or_client_errors']} errors.",
         "",
-        f"**Disconnects**: {gone['clients_gone']} clients (two rounds of half) left mid-upload or before their "
+        f"**Disconnects**: {gone['clients_gone']} clients (in {len(gone['samples']) - 1} rounds) left mid-upload or "
+        "before their "
         f"answer; RSS {' → '.join(format(s['rss_mb'], '.0f') for s in gone['samples'])} MB (growth per round "
         f"{gone['rss_growth_mb']} MB), open file descriptors "
         f"{' → '.join(str(s['open_files']) for s in gone['samples'])}; the requests after each round were all "

@@ -27,6 +27,7 @@ def test_the_run_side_imports_nothing_of_the_build_side() -> None:
         import sys
         import camexport.cli, camexport.contract
         import camexport.runtime.explain, camexport.runtime.metrics, camexport.runtime.samples
+        import camexport.runtime.serve, camexport.runtime.render, camexport.runtime.distributed
         loaded = [m for m in sys.modules if m.split(".")[0] in {BUILD_SIDE!r} or m.startswith("camexport.builder")]
         assert not loaded, loaded
         """
@@ -101,3 +102,6 @@ def test_an_install_without_extras_explains_photos(efficientnet_graph: Path, tmp
     assert "espresso" in (out / "predictions.jsonl").read_text()
     refused = subprocess.run([camexport, "build", "resnet18"], capture_output=True, text=True)
     assert refused.returncode == 2 and "camexport[build]" in refused.stderr
+    unserved = subprocess.run([camexport, "serve", efficientnet_graph], capture_output=True, text=True, timeout=120)
+    assert unserved.returncode == 2 and unserved.stderr.count("\n") == 1
+    assert "camexport serve needs fastapi; pip install 'camexport[serve]'" in unserved.stderr

@@ -447,7 +447,18 @@ def machine() -> dict:
         total = [line.split()[1] for line in meminfo.read_text().splitlines() if line.startswith("MemTotal:")]
         memory = round(int(total[0]) / 1024**2, 1) if total else None
     versions = {}
-    for package in ("camexport", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "grad-cam", "torchcam"):
+    packages = (
+        "camexport",
+        "torch",
+        "torchvision",
+        "onnx",
+        "onnxruntime",
+        "onnxscript",
+        "openvino",
+        "grad-cam",
+        "torchcam",
+    )
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -20,13 +20,14 @@ connections, finish the requests in flight, then exit.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -197,7 +198,7 @@ class Server:
             photo, pixels = await anyio.to_thread.run_sync(self.prepare, data, limiter=self.workers)
         finally:
             self.arriving -= 1
-        row = await self.batcher.submit(pixels, query.target)
+        row = await _unless_gone(request, self.batcher.submit(pixels, query.target))
         result = self.session.explanation(row.outputs, row.index, photo.size, query.top_k)
         if query.heatmap != "overlay":  # a few hundred numbers: not worth a trip to a thread
             return self.answer(photo, result, query)
@@ -231,6 +232,30 @@ class Server:
         info = asdict(self.session.info)
         settings = ("max_batch", "max_wait_ms", "max_upload_mb")
         return {**info, "server": {name: getattr(self.options, name) for name in settings}}
+
+
+async def _unless_gone(request: Request, work: Awaitable[Row]) -> Row:
+    """``work``'s result, or a 499 as soon as the client goes away; its work is then cancelled, so that an image
+    still queued leaves before its batch runs (nothing computed, nothing held, for nobody)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        raise RequestError("the client disconnected before its answer", status=499)
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body has been read, so nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class Metrics:

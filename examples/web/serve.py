@@ -13,6 +13,7 @@ import argparse
 import functools
 import http.server
 from pathlib import Path
+from typing import ClassVar
 
 HERE = Path(__file__).resolve().parent
 
@@ -20,8 +21,12 @@ HERE = Path(__file__).resolve().parent
 class Handler(http.server.SimpleHTTPRequestHandler):
     """This folder at /, the graphs folder at /graphs/, cross-origin isolated, quiet."""
 
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
-                      ".wasm": "application/wasm", ".onnx": "application/octet-stream"}  # fmt: skip
+    extensions_map: ClassVar[dict[str, str]] = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".mjs": "text/javascript",
+        ".wasm": "application/wasm",
+        ".onnx": "application/octet-stream",
+    }
 
     def __init__(self, *args, graphs: Path, **kwargs) -> None:
         self.graphs = graphs
