@@ -214,7 +214,8 @@ def test_library_messages_name_parameters_and_the_cli_names_flags() -> None:
     )
     assert for_the_command_line("unrelated=1 and `name`") == "unrelated=1 and `name`"
     assert for_the_command_line("image_size=(16, 24): too small") == "--image-size 16 24: too small"
-    flags = {f for sub in ("build", "explain", "evaluate", "bench") for f in _subcommand_flags(_parser(), sub)}
+    subcommands = ("build", "explain", "evaluate", "bench", "render", "serve")
+    flags = {f for sub in subcommands for f in _subcommand_flags(_parser(), sub)}
     for name in PARAMETERS:
         shown = for_the_command_line(f"`{name}`")
         assert shown in flags, (name, shown)
