@@ -83,6 +83,23 @@ def test_negative_gradients_give_zero_gradcampp_weights() -> None:
     assert torch.equal(gradcampp_weights(torch.tensor(A), torch.tensor(g)), torch.zeros(2, 4, dtype=torch.float64))
 
 
+def test_the_cheap_form_keeps_tiny_gradients_that_the_papers_form_loses_in_float32() -> None:
+    """g = 1e-24: g² and g³ underflow to 0 in float32, so eq. 19 term by term divides 0 by 0 and gives α = 0;
+    the true α is 1/(2 + S·g) ≈ 1/2 (numpy_cam in float64 agrees), and the graph's form ReLU(g)/(2 + S·g)
+    keeps it in float32."""
+    A = np.full((1, 2, 2, 2), 1.5)
+    g = np.full((1, 2, 2, 2), 1e-24)
+    g[0, 1] = 0.3  # an ordinary channel beside it: the same either way
+    truth = numpy_cam.gradcampp_weights(A, g)  # float64: no underflow
+    ours = gradcampp_weights(torch.tensor(A, dtype=torch.float32), torch.tensor(g, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(ours, truth, rtol=1e-6)
+    assert ours[0, 0] == pytest.approx(4 * 1e-24 / 2, rel=1e-6)
+    g32, A32 = torch.tensor(g, dtype=torch.float32), torch.tensor(A, dtype=torch.float32)
+    g2 = g32 * g32
+    papers = torch.where(2 * g2 + A32.sum(dim=(2, 3), keepdim=True) * g2 * g32 != 0, 1.0, 0.0)
+    assert papers[0, 0].sum() == 0  # term by term in float32, the paper's denominator is 0 there
+
+
 def test_paper_formula_differs_from_the_minimal_example_variant() -> None:
     """The widely copied Σ(A·g³) denominator is not the paper's (ΣA)·g³: on this input they disagree."""
     A = np.array([[[[1.0, 3.0], [0.5, 2.0]]]])
