@@ -29,7 +29,7 @@ def factory(num_classes=3):
 ROW_KEYS = {"contender", "batch", "median_ms", "iqr_ms", "images_per_s", "peak_mb", "runs", "skipped"}
 TOP_KEYS = {
     "model", "layer", "method", "image_size", "threads", "provider", "runs", "warmup", "batch_sizes", "graph",
-    "graph_mb", "build_s", "machine", "timings", "targets",
+    "graph_mb", "build_s", "machine", "timings", "flops", "targets",
 }  # fmt: skip
 
 
@@ -47,7 +47,7 @@ def test_harness_writes_the_documented_schema(tiny: str, tmp_path: Path) -> None
     stored = json.loads(json_path.read_text())
     assert stored == json.loads(json.dumps(result)) and set(stored) == TOP_KEYS
     assert stored["layer"] == "2" and stored["threads"] == 1 and stored["batch_sizes"] == [1, 2]
-    rows = stored["timings"]
+    rows, ideal = stored["timings"], stored["flops"]["ratio"]
     assert [(r["contender"], r["batch"]) for r in rows] == [(c, b) for b in (1, 2) for c in CONTENDERS]
     for row in rows:
         assert set(row) == ROW_KEYS and row["skipped"] == "" and row["runs"] == 3
@@ -58,8 +58,12 @@ def test_harness_writes_the_documented_schema(tiny: str, tmp_path: Path) -> None
         "(c) ÷ (f) ≥ 6",
         "(b) ÷ (f) ≥ 2",
         "(h) ÷ (g) ≤ 1.05",
+        f"(f) ÷ (e) ≤ {round(1.05 * ideal, 3):g} (1.05 × FLOP-ideal {ideal:.3f})",  # layer "2": an inner layer
     }
     assert all(isinstance(t["met"], bool) and t["ratio"] > 0 for t in stored["targets"])
+    assert (
+        stored["flops"]["forward_macs"] > stored["flops"]["gradient_macs"] > 0 and "FLOP-ideal" in md_path.read_text()
+    )
     table = md_path.read_text()
     assert "| OpenVINO, camexport graph (heatmap) | 2 |" in table and "| target | batch | measured | met |" in table
 

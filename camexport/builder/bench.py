@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camexport._util import quiet
+from camexport.builder.flops import FlopIdeal, flop_ideal
 from camexport.builder.methods import CAMS, normalised_heatmap
 from camexport.errors import UserError
 from camexport.runtime.session import resolve_providers
@@ -81,10 +82,12 @@ class Target:
     denominator: str
     limit: float
     at_most: bool  # the ratio must stay ≤ limit (an overhead), else reach ≥ limit (a speed-up)
+    why: str = ""  # where the limit comes from, when it is not a plain number
 
     @property
     def label(self) -> str:
-        return f"({self.numerator[0]}) ÷ ({self.denominator[0]}) {'≤' if self.at_most else '≥'} {self.limit:g}"
+        bound = f"{'≤' if self.at_most else '≥'} {self.limit:g}"
+        return f"({self.numerator[0]}) ÷ ({self.denominator[0]}) {bound}" + (f" ({self.why})" if self.why else "")
 
     def met(self, ratio: float) -> bool:
         return ratio <= self.limit if self.at_most else ratio >= self.limit
@@ -420,11 +423,18 @@ def measure(
     return timings
 
 
-def ratios(timings: list[Timing]) -> list[dict]:
-    """The issue's targets per batch size: the measured ratio of medians and whether it is met."""
+def ideal_target(ideal: FlopIdeal, slack: float) -> Target:
+    """(f) ÷ (e) within ``slack`` of the FLOP-ideal ratio (issue 14: 1.03 at a model's default layer, 1.05 at
+    an inner one)."""
+    why = f"{slack:g} × FLOP-ideal {ideal.ratio:.3f}"
+    return Target("f_ort_camexport", "e_ort_plain", round(slack * ideal.ratio, 3), at_most=True, why=why)
+
+
+def ratios(timings: list[Timing], targets: tuple[Target, ...] = TARGETS) -> list[dict]:
+    """The targets per batch size: the measured ratio of medians and whether it is met."""
     by = {(t.contender, t.batch): t for t in timings if t.times_s}
     checks = []
-    for target in TARGETS:
+    for target in targets:
         for batch in sorted({t.batch for t in timings}):
             if (target.numerator, batch) not in by or (target.denominator, batch) not in by:
                 continue
@@ -493,6 +503,7 @@ def report_markdown(result: dict) -> str:
         f"after {result['warmup']} warm-up runs; median and interquartile range (IQR) per batch. Machine: "
         f"{machine_line(result['machine'])}. {MEMORY_NOTE}",
         "",
+        *_flops_line(result),
         "| contender | batch | median ms | IQR ms | images/s | added peak RSS MB |",
         "|---|---|---|---|---|---|",
     ]
@@ -510,6 +521,18 @@ def report_markdown(result: dict) -> str:
             f"| {check['target']} | {check['batch']} | {check['ratio']:.3f} | {'yes' if check['met'] else 'no'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _flops_line(result: dict) -> list[str]:
+    if "flops" not in result:  # results written before the FLOP-ideal existed
+        return []
+    flops = result["flops"]
+    return [
+        f"FLOP-ideal (camexport.builder.flops): forward {flops['forward_macs'] / 1e9:.3f} GMACs per image, input "
+        f"gradient down to the layer {flops['gradient_macs'] / 1e9:.3f} GMACs: (f) ÷ (e) ≥ {flops['ratio']:.3f} "
+        "for any graph that computes them.",
+        "",
+    ]
 
 
 def report_terminal(result: dict) -> str:
@@ -544,11 +567,13 @@ def run_bench(
     config: BenchConfig,
     log: Callable[[str], None] = print,
     weights: str | None = None,
+    slack: float = 1.03,
 ) -> dict:
     """Exports the plain model, measures every contender, and returns the JSON-ready result.
 
     With ``weights`` (how :func:`camexport.builder.registry.load_model` gets the same model again), each
-    contender's peak memory is measured in a fresh process; without, it is left out.
+    contender's peak memory is measured in a fresh process; without, it is left out. ``slack``: how far over
+    the FLOP-ideal ratio (:mod:`camexport.builder.flops`) the (f) ÷ (e) target allows.
     """
     config.check()
     threads = config.threads or os.cpu_count() or 1
@@ -569,6 +594,7 @@ def run_bench(
                 "provider": config.provider,
             }
         timings = measure(contenders, size, config, log, memory)
+    ideal = flop_ideal(loaded_model, layer, size)
     return {
         "model": model_name,
         "layer": layer,
@@ -584,7 +610,8 @@ def run_bench(
         "build_s": round(sum(build_report.get("timings_s", {}).values()), 1),
         "machine": machine(),
         "timings": [t.as_dict() for t in timings],
-        "targets": ratios(timings),
+        "flops": ideal.as_dict(),
+        "targets": ratios(timings, (*TARGETS, ideal_target(ideal, slack))),
     }
 
 
@@ -617,8 +644,9 @@ def bench_model(
         )
         loaded = load_model(model, weights)
         size = tuple(built.summary["image_size"])
+        slack = 1.03 if layer is None else 1.05  # issue 14: the default layer, or an inner one
         result = run_bench(
-            loaded.module, model, built.layer, methods, built.graph, built.summary, size, config, log, weights
+            loaded.module, model, built.layer, methods, built.graph, built.summary, size, config, log, weights, slack
         )
     name = f"{model_slug(model)}-{built.layer.replace('.', '_')}-{'+'.join(methods)}-{config.provider}"
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"

@@ -60,9 +60,10 @@ def gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> tor
     """
     channel_sums = activations.sum(dim=(2, 3), keepdim=True)
     denominator = 2.0 + channel_sums * gradients
-    # One Where: a zero denominator's inf or NaN stays in the branch that Where does not take (no second
-    # Where to make the denominator safe first; no gradient flows through these formulas).
-    return torch.where(denominator != 0, F.relu(gradients) / denominator, 0.0).sum(dim=(2, 3))
+    # Masks as products, not Where (onnxruntime's Where with a scalar branch is ~8x slower than Mul): where
+    # the denominator is 0 it becomes 1, and the share is multiplied by 0.
+    zero = (denominator == 0).to(denominator.dtype)
+    return (F.relu(gradients) / (denominator + zero) * (1.0 - zero)).sum(dim=(2, 3))
 
 
 def xgradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
