@@ -144,7 +144,11 @@ def test_conv_output_padding_restores_the_input_size(size, kernel, stride, paddi
         (6, 4, 1, 1, 0, 1, 1),
         (4, 4, 3, 1, 0, 1, 1),  # no padding
         (8, 16, 3, 2, 1, 1, 1),  # strided: ConvTranspose with output_padding
-        (8, 8, 3, 2, 1, 1, 8),
+        (8, 8, 3, 2, 1, 1, 8),  # strided depthwise: a stride-1 Conv over the zero-spread gradient
+        (8, 8, 5, 2, 2, 1, 8),
+        (6, 12, 3, 3, 1, 1, 3),  # stride 3, grouped, two outputs per group
+        (4, 4, 3, 2, 2, 2, 4),  # dilated
+        (4, 4, 3, 2, 3, 1, 4),  # padding beyond the kernel: ConvTranspose instead
     ],
 )
 def test_convolution_input_gradient_matches_autograd(cin, cout, kernel, stride, padding, dilation, groups) -> None:
