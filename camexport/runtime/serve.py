@@ -56,6 +56,7 @@ from camexport.runtime.visualize import check_style, overlay_on_photo
 HeatmapKind = Literal["overlay", "cam", "none"]
 HEATMAP_KINDS: tuple[HeatmapKind, ...] = ("overlay", "cam", "none")
 IMAGE_TYPES = ("image/", "application/octet-stream", "multipart/form-data")
+ENDPOINTS = ("/explain", "/metadata", "/healthz", "/metrics")  # counted by name in /metrics; the rest as "other"
 
 
 @dataclass(frozen=True)
@@ -410,9 +411,6 @@ class _Counted:
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
-
-
-ENDPOINTS = ("/explain", "/metadata", "/healthz", "/metrics")
 
 
 def bind(host: str, port: int) -> socket.socket:
