@@ -96,7 +96,7 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         "--input",
         choices=INPUT_KINDS,
         default=INPUT_KINDS[0],
-        help="image input: float32 [N,3,H,W] normalised (default) or uint8 [N,H,W,3] RGB pixels, normalised inside",
+        help="image input: float32 [N,C,H,W] normalised (default) or uint8 [N,H,W,C] pixels, normalised inside",
     )
     build.add_argument(
         "--dynamic-size",
@@ -105,8 +105,10 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--output", type=Path, help="graph file (default: models/<model>-<method>[+<method>...].onnx)")
     build.add_argument("--labels", type=Path, help="class names: a JSON list or one name per line")
-    build.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean")
-    build.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std")
+    build.add_argument(
+        "--mean", type=float, nargs="+", metavar="M", help="normalisation mean, one per channel (3 for RGB, 1 for gray)"
+    )
+    build.add_argument("--std", type=float, nargs="+", metavar="S", help="normalisation std, one per channel")
     build.add_argument("--num-classes", type=int, help="number of logits, passed to the model's constructor")
 
 
@@ -303,12 +305,13 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _layers(args: argparse.Namespace) -> int:
-    from camexport.builder.layers import describe_layers
+    from camexport.builder.layers import describe_layers, input_channels
     from camexport.builder.registry import load_model
 
     loaded = load_model(args.model, "random")
     size = args.image_size or loaded.preprocessing.image_size
-    print("\n".join(describe_layers(loaded.module, size, args.model, everything=args.all)))
+    channels = input_channels(loaded.module) or loaded.preprocessing.channels
+    print("\n".join(describe_layers(loaded.module, size, args.model, everything=args.all, channels=channels)))
     return 0
 
 

@@ -47,9 +47,15 @@ TARGET_DIM = "target_batch"
 # The CAM methods a graph may hold (the build side implements each; the first is the default).
 METHODS = ("gradcampp", "gradcam", "xgradcam", "layercam", "hirescam")
 
-# The image input: normalised float32 [N, 3, H, W], or uint8 RGB pixels [N, H, W, 3] normalised inside.
+# The image input: normalised float32 [N, C, H, W], or uint8 pixels [N, H, W, C] normalised inside; C is the
+# number of values in the metadata's mean and std (3 for RGB classifiers).
 InputKind = Literal["float32", "uint8"]
 INPUT_KINDS: tuple[InputKind, ...] = ("float32", "uint8")
+
+# The Pillow mode an image file is converted to for a graph of C channels: grayscale for 1, RGB for 3, and for
+# 4 a four-band image (RGBA PNG or TIFF: the fourth band is data, not transparency). Other channel counts
+# have no image file format; such graphs take arrays [H, W, C].
+IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 PREFIX = "camexport."
 
@@ -94,18 +100,28 @@ class Preprocessing:
     """How an image is turned into the graph's ``image`` input (torchvision's and timm's eval transforms).
 
     Attributes:
-        mean: per-channel mean subtracted after scaling pixels to [0, 1].
+        mean: per-channel mean subtracted after scaling pixels to [0, 1]; its length is the channel count.
         std: per-channel standard deviation divided by after subtracting the mean.
         image_size: (H, W) of the network input, i.e. of the centre crop.
         resize_size: length of the shorter image side after resizing, before the centre crop.
         interpolation: resampling filter for the resize: ``bilinear``, ``bicubic``, ``nearest`` or ``lanczos``.
     """
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     image_size: tuple[int, int]
     resize_size: int
     interpolation: str
+
+    @property
+    def channels(self) -> int:
+        """The number of image channels the network takes (1 for grayscale, 3 for RGB)."""
+        return len(self.mean)
+
+    @property
+    def image_mode(self) -> str | None:
+        """The Pillow mode image files are converted to (:data:`IMAGE_MODES`); None: arrays only."""
+        return IMAGE_MODES.get(self.channels)
 
     def with_image_size(self, size: tuple[int, int]) -> Preprocessing:
         """Returns a copy for another input size, keeping the resize-to-crop ratio."""
@@ -147,7 +163,7 @@ class GraphInfo:
         weights: where the weights came from, for humans.
         random_weights: the weights are a seeded random initialisation: the labels name no real class.
         dynamic_size: the graph takes any image height and width.
-        input: ``float32`` (normalised [N, 3, H, W]) or ``uint8`` (RGB pixels [N, H, W, 3]).
+        input: ``float32`` (normalised [N, C, H, W]) or ``uint8`` (pixels [N, H, W, C]).
         contract: the contract version (:data:`CONTRACT_VERSION`).
     """
 
@@ -165,7 +181,7 @@ class GraphInfo:
 
     @property
     def takes_pixels(self) -> bool:
-        """True for a ``uint8`` graph: ``image`` is uint8 [N, H, W, 3] RGB, normalised inside."""
+        """True for a ``uint8`` graph: ``image`` is uint8 [N, H, W, C] pixels, normalised inside."""
         return self.input == "uint8"
 
     @property
@@ -232,14 +248,17 @@ def _read(cls: type[GraphInfo], props: Mapping[str, str], contract: int) -> Grap
     kind = props.get(f"{PREFIX}input", "float32")
     if kind not in INPUT_KINDS:
         raise ValueError(f"input kind {kind!r}")
+    mean, std = json.loads(props[f"{PREFIX}mean"]), json.loads(props[f"{PREFIX}std"])
+    if not mean or len(mean) != len(std):
+        raise ValueError(f"{len(mean)} mean and {len(std)} std values")
     return cls(
         model=props[f"{PREFIX}model"],
         layer=props[f"{PREFIX}layer"],
         methods=check_methods(props[f"{PREFIX}method"].split(",")),
         labels=tuple(str(label) for label in json.loads(props[f"{PREFIX}labels"])),
         preprocessing=Preprocessing(
-            mean=tuple(float(v) for v in json.loads(props[f"{PREFIX}mean"])),
-            std=tuple(float(v) for v in json.loads(props[f"{PREFIX}std"])),
+            mean=tuple(float(v) for v in mean),
+            std=tuple(float(v) for v in std),
             image_size=(int(size[0]), int(size[1])),
             resize_size=int(json.loads(props.get(f"{PREFIX}resize_size", str(max(size))))),
             interpolation=props.get(f"{PREFIX}interpolation", "bilinear"),

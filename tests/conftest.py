@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -70,6 +73,33 @@ def built_graph(
         result = build(replace(options, output=folder / name), log=lambda _line: None)
         _BUILT[key] = result.graph
     return _BUILT[key]
+
+
+NODE_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
+
+
+@pytest.fixture(scope="session")
+def node_example() -> Path:
+    """The Node.js example with its npm dependencies installed (``npm ci``, from the lock file)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js and npm are not installed on this machine")
+    if not (NODE_EXAMPLE / "node_modules" / "onnxruntime-node").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_EXAMPLE, check=True, timeout=600)
+    return NODE_EXAMPLE
+
+
+def run_node(example: Path, graph: Path, photo: Path, prefix: Path) -> dict:
+    """``node explain.mjs GRAPH PHOTO PREFIX``: must succeed silently; returns its JSON."""
+    result = subprocess.run(
+        ["node", "explain.mjs", str(graph), str(photo), str(prefix)],
+        cwd=example,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return json.loads(prefix.with_suffix(".json").read_text())
 
 
 @pytest.fixture(scope="session")

@@ -2,46 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import built_graph
+from conftest import built_graph, run_node
 from PIL import Image
 
 from camexport.builder.pipeline import BuildOptions, build
 from camexport.runtime.preprocess import normalise, to_pixels
 from camexport.runtime.samples import sample_photo
 from camexport.runtime.session import CamSession
-
-NODE_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
-
-
-@pytest.fixture(scope="module")
-def node_example() -> Path:
-    """The example with its npm dependencies installed (``npm ci``, from the lock file)."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js and npm are not installed on this machine")
-    if not (NODE_EXAMPLE / "node_modules" / "onnxruntime-node").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_EXAMPLE, check=True, timeout=600)
-    return NODE_EXAMPLE
-
-
-def _run_node(example: Path, graph: Path, photo: Path, prefix: Path) -> dict:
-    result = subprocess.run(
-        ["node", "explain.mjs", str(graph), str(photo), str(prefix)],
-        cwd=example,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    return json.loads(prefix.with_suffix(".json").read_text())
 
 
 @pytest.mark.slow
@@ -58,7 +31,7 @@ def test_node_heatmap_equals_python(
     session = CamSession(graph)
     sample_photo("coffee").save(tmp_path / "coffee.png")  # 600 x 400: resized and cropped in JavaScript as by Pillow
     pixels = to_pixels(sample_photo("coffee"), session.info.preprocessing)
-    result = _run_node(node_example, graph, tmp_path / "coffee.png", tmp_path / "node" / "coffee")
+    result = run_node(node_example, graph, tmp_path / "coffee.png", tmp_path / "node" / "coffee")
     feed = pixels[None] if session.info.takes_pixels else normalise(pixels[None], session.info.preprocessing)
     python = session.run(feed)
     heatmap = np.load(tmp_path / "node" / "coffee.npy")
@@ -75,9 +48,7 @@ def test_node_resizes_a_full_photo_and_refuses_bad_files(
     node_example: Path, efficientnet_graph: Path, tmp_path: Path
 ) -> None:
     sample_photo("coffee").save(tmp_path / "coffee.png")  # 600 x 400: resized and cropped in JavaScript
-    assert (
-        _run_node(node_example, efficientnet_graph, tmp_path / "coffee.png", tmp_path / "full")["label"] == "espresso"
-    )
+    assert run_node(node_example, efficientnet_graph, tmp_path / "coffee.png", tmp_path / "full")["label"] == "espresso"
     (tmp_path / "bad.png").write_text("not a png")
     result = subprocess.run(
         ["node", "explain.mjs", str(efficientnet_graph), str(tmp_path / "bad.png"), str(tmp_path / "x")],

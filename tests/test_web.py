@@ -120,28 +120,37 @@ def test_a_bad_photo_or_graph_shows_an_error_on_the_page(
     assert shown["error"] == "graphs/missing.onnx: HTTP 404; check the ?graph= address" and shown["result"] is None
 
 
-PILLOW_CASES = [("coffee", "bicubic", None), ("astronaut", "bilinear", None), ("chelsea", "lanczos", None),
-                ("coffee", "bicubic", (123, 77)), ("rocket", "bilinear", (33, 300))]  # fmt: skip
+PILLOW_CASES = [("coffee", "bicubic", None, 3), ("astronaut", "bilinear", None, 3), ("chelsea", "lanczos", None, 3),
+                ("coffee", "bicubic", (123, 77), 3), ("rocket", "bilinear", (33, 300), 3),
+                ("astronaut", "bicubic", None, 1), ("chelsea", "bilinear", (123, 77), 4)]  # fmt: skip
 
 
-@pytest.mark.parametrize(("name", "interpolation", "size"), PILLOW_CASES)
+@pytest.mark.parametrize(("name", "interpolation", "size", "channels"), PILLOW_CASES)
 def test_the_javascript_resize_and_crop_equal_pillows(
-    web_example: Path, tmp_path: Path, name: str, interpolation: str, size: tuple[int, int] | None
+    web_example: Path, tmp_path: Path, name: str, interpolation: str, size: tuple[int, int] | None, channels: int
 ) -> None:
     """camexport.mjs's toPixels against camexport.runtime.preprocess.to_pixels: every byte, for down- and
-    upscaling, a crop wider than the photo, and each filter (Pillow's fixed-point arithmetic ported)."""
+    upscaling, a crop wider than the photo, each filter (Pillow's fixed-point arithmetic ported), a colour photo
+    turned to luma for a 1-channel graph, and a four-band image whose fourth band varies."""
     photo = sample_photo(name).convert("RGB")
     photo = photo.resize(size) if size else photo
+    if channels == 4:
+        fourth = np.add.outer(np.arange(photo.height), np.arange(photo.width)) % 256
+        photo = Image.fromarray(np.dstack([np.asarray(photo), fourth.astype(np.uint8)]), "RGBA")
     prep = Preprocessing(
-        mean=(0.5,) * 3, std=(0.5,) * 3, image_size=(224, 224), resize_size=256, interpolation=interpolation
+        mean=(0.5,) * channels,
+        std=(0.5,) * channels,
+        image_size=(224, 224),
+        resize_size=256,
+        interpolation=interpolation,
     )
     np.asarray(photo.convert("RGBA")).tofile(tmp_path / "photo.rgba")
     script = (
         "import fs from 'node:fs'; import { toPixels } from './camexport.mjs';"
         f"const rgba = new Uint8Array(fs.readFileSync('{tmp_path / 'photo.rgba'}'));"
-        f"const meta = {{ size: [224, 224], resize: 256, interpolation: '{interpolation}' }};"
+        f"const meta = {{ size: [224, 224], resize: 256, interpolation: '{interpolation}', mean: {list(prep.mean)} }};"
         f"fs.writeFileSync('{tmp_path / 'pixels.bin'}', toPixels(rgba, {photo.width}, {photo.height}, meta));"
     )
     subprocess.run(["node", "--input-type=module", "-e", script], cwd=web_example, check=True, timeout=120)
-    ours = np.fromfile(tmp_path / "pixels.bin", dtype=np.uint8).reshape(224, 224, 3)
+    ours = np.fromfile(tmp_path / "pixels.bin", dtype=np.uint8).reshape(224, 224, channels)
     assert np.array_equal(ours, to_pixels(photo, prep))

@@ -60,7 +60,7 @@ def to_onnx(
     """
     check_opset(opset)
     module = ExplainerModule(traced)
-    image = example_image(image_size, pixels)
+    image = example_image(image_size, pixels, channels=traced.channels)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
     batch = torch.export.Dim(BATCH_DIM, min=1)
     image_dims: dict[int, object] = {0: batch}

@@ -80,8 +80,16 @@ def token_grid(shape: tuple[int, ...], image_size: tuple[int, int]) -> tuple[int
     return None
 
 
-def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str = "the model") -> list[LayerInfo]:
-    """Runs one forward pass on zeros and records every named module's output shape.
+def input_channels(model: nn.Module) -> int | None:
+    """The channel count the network takes: its first 2-D convolution's ``in_channels`` (None without one)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if first is None else int(first.in_channels)
+
+
+def probe_layers(
+    model: nn.Module, image_size: tuple[int, int], model_name: str = "the model", channels: int = 3
+) -> list[LayerInfo]:
+    """Runs one forward pass on zeros [1, channels, H, W] and records every named module's output shape.
 
     Raises:
         ImageSizeError: the model cannot run at ``image_size``.
@@ -104,7 +112,7 @@ def probe_layers(model: nn.Module, image_size: tuple[int, int], model_name: str 
             handles.append(module.register_forward_hook(make_hook(name)))
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, *image_size))
+            model(torch.zeros(1, channels, *image_size))
     except (RuntimeError, AssertionError, ValueError) as exc:  # models check their input size in any of these
         reason = first_line(exc)[:160]
         raise ImageSizeError(
@@ -167,14 +175,16 @@ def _window_layout(model: nn.Module, name: str, shape: tuple[int, ...]) -> Windo
     return None
 
 
-def count_logits(model: nn.Module, image_size: tuple[int, int], model_name: str = "the model") -> int:
-    """Number of logits: the model must map [N, 3, H, W] to a tensor [N, K].
+def count_logits(
+    model: nn.Module, image_size: tuple[int, int], model_name: str = "the model", channels: int = 3
+) -> int:
+    """Number of logits: the model must map [N, C, H, W] to a tensor [N, K].
 
     Raises:
         UserError: the output is not a 2-D tensor of logits.
     """
     with torch.no_grad():
-        output = model(torch.zeros(2, 3, *image_size))
+        output = model(torch.zeros(2, channels, *image_size))
     if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != 2:
         shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise UserError(
@@ -267,10 +277,14 @@ def resolve_layer(model: nn.Module, layers: list[LayerInfo], name: str | None) -
 
 
 def describe_layers(
-    model: nn.Module, image_size: tuple[int, int], model_name: str = "the model", everything: bool = False
+    model: nn.Module,
+    image_size: tuple[int, int],
+    model_name: str = "the model",
+    everything: bool = False,
+    channels: int = 3,
 ) -> list[str]:
     """Lines for ``camexport layers``: each module's output shape in execution order, the default marked."""
-    layers = probe_layers(model, image_size, model_name)
+    layers = probe_layers(model, image_size, model_name, channels)
     chosen = default_layer(model, layers).name
     rows = [info for info in layers if everything or info.is_feature_map]
     shapes = ["-" if info.shape is None else "[N, " + ", ".join(map(str, info.shape[1:])) + "]" for info in rows]

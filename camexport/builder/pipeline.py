@@ -24,7 +24,14 @@ from torch import nn
 from camexport import __version__
 from camexport._util import first_line, removing_new_folders, sha256_of, write_atomically
 from camexport.builder.export import EXTERNAL_DATA_BYTES, check_opset, data_path, finalise, save_graph, to_onnx
-from camexport.builder.layers import LayerInfo, count_logits, default_layer, probe_layers, resolve_layer
+from camexport.builder.layers import (
+    LayerInfo,
+    count_logits,
+    default_layer,
+    input_channels,
+    probe_layers,
+    resolve_layer,
+)
 from camexport.builder.layouts import CHANNELS_FIRST
 from camexport.builder.registry import EFFICIENTNET_LITE0, LoadedModel, ModelOverrides, load_model
 from camexport.builder.tracing import trace_explainer
@@ -125,7 +132,7 @@ class BuildResult:
     summary: dict = field(default_factory=dict)
 
 
-def _check_dynamic_size(module: nn.Module, layer: LayerInfo, size: tuple[int, int], model: str) -> None:
+def _check_dynamic_size(module: nn.Module, layer: LayerInfo, size: tuple[int, int], model: str, channels: int) -> None:
     """--dynamic-size needs a map that follows the image: a CNN layer, and a model that runs at other sizes."""
     if layer.layout != CHANNELS_FIRST:
         raise DynamicSizeError(
@@ -134,7 +141,7 @@ def _check_dynamic_size(module: nn.Module, layer: LayerInfo, size: tuple[int, in
         )
     for other in other_sizes(size):
         try:
-            probe_layers(module, other, model)
+            probe_layers(module, other, model, channels)
         except ImageSizeError as exc:
             raise DynamicSizeError(f"`dynamic_size`: {exc}; build without `dynamic_size`") from None
 
@@ -275,8 +282,9 @@ def _load(job: _Build) -> None:
     if options.image_size is not None:
         loaded.preprocessing = loaded.preprocessing.with_image_size(tuple(options.image_size))
     job.size = loaded.preprocessing.image_size
-    job.layers = probe_layers(loaded.module, job.size, options.model)  # one line if the model cannot run there
-    classes = count_logits(loaded.module, job.size, options.model)
+    channels = _check_channels(loaded, options.model)
+    job.layers = probe_layers(loaded.module, job.size, options.model, channels)  # one line if it cannot run there
+    classes = count_logits(loaded.module, job.size, options.model, channels)
     if not loaded.labels:
         loaded.labels = [f"class_{i}" for i in range(classes)]
     if len(loaded.labels) != classes:
@@ -287,15 +295,26 @@ def _load(job: _Build) -> None:
     job.loaded = loaded
 
 
+def _check_channels(loaded: LoadedModel, model: str) -> int:
+    """The input's channel count: the normalisation's, which must match the network's first convolution."""
+    channels, takes = loaded.preprocessing.channels, input_channels(loaded.module)
+    if takes is not None and takes != channels:
+        raise UserError(
+            f"{model} takes {takes}-channel images but its normalisation has {channels} value(s); pass `mean` and "
+            f"`std` with {takes} value(s) each, those the network was trained with"
+        )
+    return channels
+
+
 def _choose_layer(job: _Build) -> None:
     """The target layer: the given one, or the default at the model's own size; checked to localise."""
     options, module, size = job.options, job.loaded.module, job.size
-    default_size = job.default_size
+    default_size, channels = job.default_size, job.loaded.preprocessing.channels
     layers = job.layers
     wanted = options.layer
     if wanted is None and size != default_size:  # the default layer is the one for the model's own size
         try:
-            wanted = default_layer(module, probe_layers(module, default_size, options.model)).name
+            wanted = default_layer(module, probe_layers(module, default_size, options.model, channels)).name
         except ImageSizeError:  # a user's model that only runs at the given size: its default there
             wanted = None
     layer = resolve_layer(module, layers, wanted)
@@ -305,7 +324,7 @@ def _choose_layer(job: _Build) -> None:
             f"use a larger `image_size` (the default is {default_size[0]}) or an earlier `layer`"
         )
     if options.dynamic_size:
-        _check_dynamic_size(module, layer, size, options.model)
+        _check_dynamic_size(module, layer, size, options.model, channels)
     job.layer = layer
 
 
@@ -341,6 +360,7 @@ def _trace_and_export(job: _Build) -> None:
             layout=layer.layout,
             dynamic_size=options.dynamic_size,
             pixels=(prep.mean, prep.std) if job.pixels else None,
+            channels=prep.channels,
         )
     job.info = GraphInfo(
         model=options.model,
@@ -377,7 +397,8 @@ def _cases(job: _Build) -> list[Case]:
     options = job.options
     sizes = other_sizes(job.size) if options.dynamic_size else []
     prep = job.loaded.preprocessing if job.pixels else None
-    cases = random_cases(job.size, len(job.loaded.labels), seed=options.seed + 1234, sizes=sizes, pixels=prep)
+    channels = job.loaded.preprocessing.channels
+    cases = random_cases(job.size, len(job.loaded.labels), options.seed + 1234, sizes, prep, channels)
     if options.model == EFFICIENTNET_LITE0 and options.weights == "default":
         cases.append(sample_photo_case(job.loaded, job.pixels))
     return cases

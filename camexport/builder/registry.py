@@ -72,14 +72,14 @@ class ModelOverrides:
 
     Attributes:
         labels: class names, one per logit (``--labels``).
-        mean: per-channel normalisation mean (``--mean``).
-        std: per-channel normalisation std (``--std``).
+        mean: per-channel normalisation mean (``--mean``), one value per input channel.
+        std: per-channel normalisation std (``--std``), as many values as ``mean``, all positive.
         num_classes: number of logits, passed to the constructor as ``num_classes`` (``--num-classes``).
     """
 
     labels: list[str] | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     num_classes: int | None = None
 
 
@@ -241,6 +241,13 @@ def _apply_overrides(loaded: LoadedModel, overrides: ModelOverrides) -> LoadedMo
         prep = replace(prep, mean=tuple(overrides.mean))
     if overrides.std is not None:
         prep = replace(prep, std=tuple(overrides.std))
+    if len(prep.mean) != len(prep.std) or not prep.mean:
+        raise UserError(
+            f"mean has {len(prep.mean)} value(s) and std {len(prep.std)}: give `mean` and `std` with one value per "
+            "input channel each"
+        )
+    if min(prep.std) <= 0:
+        raise UserError(f"std={list(prep.std)}: every std must be positive")
     loaded.preprocessing = prep
     if overrides.labels is not None:
         loaded.labels = list(overrides.labels)

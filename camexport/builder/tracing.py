@@ -47,16 +47,16 @@ def make_explain_function(
     Every method's map comes from the same forward and backward pass. ``state`` holds the model's
     parameters and buffers in ``state_names`` order. A negative ``target_class`` entry means "explain the
     top-1 class". ``layout`` says how the layer's output becomes A [N, C, h, w]. With
-    ``pixels = (mean, std)`` the image is uint8 [N, H, W, 3] RGB, scaled to [0, 1] and normalised inside the
-    graph.
+    ``pixels = (mean, std)`` the image is uint8 [N, H, W, C] (C = len(mean)), scaled to [0, 1] and normalised
+    inside the graph.
     """
     methods = check_methods(methods)
     target_module = model.get_submodule(layer)
 
     def explain(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
         captured: list[torch.Tensor] = []
-        if pixels is not None:  # uint8 [N, H, W, 3] -> normalised float [N, 3, H, W]
-            mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, 3, 1, 1) for v in pixels)
+        if pixels is not None:  # uint8 [N, H, W, C] -> normalised float [N, C, H, W]
+            mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in pixels)
             image = (image.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - mean) / std
 
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
@@ -109,12 +109,14 @@ class TracedExplainer:
         graph: flat ATen graph ``(state, image, target_class) -> outputs``.
         state: the model's parameters and buffers, in the order the graph takes them.
         state_names: their dotted names in the model.
+        channels: the image's channel count.
     """
 
     graph: torch.fx.GraphModule
     state: list[torch.Tensor]
     state_names: list[str]
     output_names: tuple[str, ...] = OUTPUT_NAMES
+    channels: int = 3
 
 
 def model_state(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
@@ -133,6 +135,7 @@ def trace_explainer(
     layout: Layout = CHANNELS_FIRST,
     dynamic_size: bool = False,
     pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    channels: int = 3,
 ) -> TracedExplainer:
     """Traces forward, backward and CAM into one graph with a symbolic batch dimension.
 
@@ -144,12 +147,13 @@ def trace_explainer(
         seed: seed of the example input (its values do not enter the graph).
         layout: how the layer's output becomes [N, C, h, w] (:mod:`camexport.builder.layouts`).
         dynamic_size: the height and width are symbolic too (one graph for any H x W).
-        pixels: ``(mean, std)`` for a graph that takes uint8 [N, H, W, 3] pixels (see
-            :func:`make_explain_function`); None for normalised float32 [N, 3, H, W].
+        pixels: ``(mean, std)`` for a graph that takes uint8 [N, H, W, C] pixels (see
+            :func:`make_explain_function`); None for normalised float32 [N, C, H, W].
+        channels: C, the image's channel count (1 for grayscale, 3 for RGB).
     """
     names, state = model_state(model)
     explain = make_explain_function(model, layer, methods, names, layout, pixels)
-    image = example_image(image_size, pixels is not None, seed)
+    image = example_image(image_size, pixels is not None, seed, channels)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
     # Only the batch dimension is symbolic: a fully symbolic trace carries every spatial size as a
     # sympy expression through the whole network (minutes for a Swin Transformer, seconds this way).
@@ -165,15 +169,15 @@ def trace_explainer(
     graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(
         fake_state, fake_image, fake_target
     )
-    return TracedExplainer(graph=graph, state=state, state_names=names, output_names=output_names(methods))
+    return TracedExplainer(graph, state, names, output_names(methods), channels)
 
 
-def example_image(image_size: tuple[int, int], pixels: bool, seed: int = 0) -> torch.Tensor:
-    """A seeded example input of :data:`TRACE_BATCH` images: float32 [N, 3, H, W] or uint8 [N, H, W, 3]."""
+def example_image(image_size: tuple[int, int], pixels: bool, seed: int = 0, channels: int = 3) -> torch.Tensor:
+    """A seeded example input of :data:`TRACE_BATCH` images: float32 [N, C, H, W] or uint8 [N, H, W, C]."""
     generator = torch.Generator().manual_seed(seed)
     if pixels:
-        return torch.randint(0, 256, (TRACE_BATCH, *image_size, 3), generator=generator, dtype=torch.uint8)
-    return torch.randn(TRACE_BATCH, 3, *image_size, generator=generator)
+        return torch.randint(0, 256, (TRACE_BATCH, *image_size, channels), generator=generator, dtype=torch.uint8)
+    return torch.randn(TRACE_BATCH, channels, *image_size, generator=generator)
 
 
 def _buffer_name(name: str, taken: set[str]) -> str:

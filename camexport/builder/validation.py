@@ -246,19 +246,21 @@ def random_cases(
     seed: int = 1234,
     sizes: list[tuple[int, int]] = (),
     pixels: Preprocessing | None = None,
+    channels: int = 3,
 ) -> list[Case]:
     """Fresh random inputs at batch sizes 3 and 1 (tracing used 2), with ``target_class`` [-1] (top-1) and given
     classes; then a batch of 2 at each of ``sizes`` (for a graph with a dynamic image size).
 
-    With ``pixels`` (a ``--input uint8`` graph), the inputs are random uint8 [N, H, W, 3] pixels and the
-    reference gets them normalised with ``pixels``' mean and std (:func:`camexport.runtime.preprocess.normalise`).
+    The images have ``channels`` channels. With ``pixels`` (a ``--input uint8`` graph), the inputs are random
+    uint8 [N, H, W, C] pixels and the reference gets them normalised with ``pixels``' mean and std
+    (:func:`camexport.runtime.preprocess.normalise`).
     """
     rng = np.random.default_rng(seed)
 
     def draw(batch: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
         if pixels is None:
-            return rng.standard_normal((batch, 3, h, w)).astype(np.float32), None
-        image = rng.integers(0, 256, size=(batch, h, w, 3), dtype=np.uint8)
+            return rng.standard_normal((batch, channels, h, w)).astype(np.float32), None
+        image = rng.integers(0, 256, size=(batch, h, w, channels), dtype=np.uint8)
         return image, normalise(image, pixels)
 
     batch3 = draw(3, *image_size)

@@ -72,7 +72,7 @@ class Faithfulness:
 
 
 def _feed(session: CamSession, pixels: np.ndarray) -> np.ndarray:
-    """uint8-range pixels [N, H, W, 3] (float or uint8) → what the graph's ``image`` input takes."""
+    """uint8-range pixels [N, H, W, C] (float or uint8) → what the graph's ``image`` input takes."""
     clipped = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
     return clipped if session.info.takes_pixels else normalise(clipped, session.info.preprocessing)
 
@@ -80,7 +80,7 @@ def _feed(session: CamSession, pixels: np.ndarray) -> np.ndarray:
 def class_probabilities(
     session: CamSession, pixels: np.ndarray, classes: np.ndarray, batch_size: int = 16
 ) -> np.ndarray:
-    """Softmax probability of ``classes[i]`` for each image ``pixels[i]`` (uint8-range [N, H, W, 3])."""
+    """Softmax probability of ``classes[i]`` for each image ``pixels[i]`` (uint8-range [N, H, W, C])."""
     out = np.empty(len(pixels))
     for start in range(0, len(pixels), batch_size):
         chunk = slice(start, start + batch_size)
@@ -101,14 +101,14 @@ def drop_and_increase(
 
 def _curve(session: CamSession, start: np.ndarray, end: np.ndarray, order: np.ndarray, cls: int, steps: int) -> float:
     """AUC of the class probability while pixels of ``start`` turn into ``end`` in ``order``, ``steps`` chunks."""
-    h, w, _ = start.shape
-    current = start.reshape(h * w, 3).astype(np.float64).copy()
-    target = end.reshape(h * w, 3).astype(np.float64)
+    h, w, c = start.shape
+    current = start.reshape(h * w, c).astype(np.float64).copy()
+    target = end.reshape(h * w, c).astype(np.float64)
     bounds = np.linspace(0, h * w, steps + 1).round().astype(int)
-    frames, probs = [current.reshape(h, w, 3).copy()], []
+    frames, probs = [current.reshape(h, w, c).copy()], []
     for lo, hi in itertools.pairwise(bounds):
         current[order[lo:hi]] = target[order[lo:hi]]
-        frames.append(current.reshape(h, w, 3).copy())
+        frames.append(current.reshape(h, w, c).copy())
         if len(frames) == FRAMES_AT_ONCE:  # memory stays flat for any number of steps
             probs.append(class_probabilities(session, np.stack(frames), np.full(len(frames), cls)))
             frames = []
@@ -122,12 +122,19 @@ def _curve(session: CamSession, start: np.ndarray, end: np.ndarray, order: np.nd
 def deletion_insertion(
     session: CamSession, pixels: np.ndarray, heatmap: np.ndarray, cls: int, steps: int = 20, blur: float = 10.0
 ) -> tuple[float, float]:
-    """Deletion and insertion AUC for one image (``pixels`` uint8 [H, W, 3], ``heatmap`` [H, W])."""
+    """Deletion and insertion AUC for one image (``pixels`` uint8 [H, W, C], ``heatmap`` [H, W])."""
     order = np.argsort(-heatmap.reshape(-1), kind="stable")
-    blurred = np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(blur)))
+    blurred = blurred_pixels(pixels, blur)
     deletion = _curve(session, pixels, np.zeros_like(pixels), order, cls, steps)
     insertion = _curve(session, blurred, pixels, order, cls, steps)
     return deletion, insertion
+
+
+def blurred_pixels(pixels: np.ndarray, radius: float) -> np.ndarray:
+    """Gaussian blur (Pillow's) of uint8 [H, W, C], channel by channel (any C; no alpha premultiplied)."""
+    blur = ImageFilter.GaussianBlur(radius)
+    bands = [Image.fromarray(np.ascontiguousarray(pixels[..., i])).filter(blur) for i in range(pixels.shape[-1])]
+    return np.stack([np.asarray(band) for band in bands], axis=-1)
 
 
 def evaluate_maps(
@@ -149,7 +156,7 @@ def evaluate_maps(
     parse_metrics(",".join(metrics))
     blurred = None
     if "insertion" in metrics:
-        blurred = [np.asarray(Image.fromarray(p).filter(ImageFilter.GaussianBlur(blur))) for p in pixels]
+        blurred = [blurred_pixels(p, blur) for p in pixels]
     results = []
     for method, maps in heatmaps.items():
         if maps.shape != pixels.shape[:3]:
@@ -280,7 +287,8 @@ def evaluate_images(
 ) -> list[Faithfulness]:
     """Runs the graph on photos (anything :meth:`CamSession.prepare` takes) and scores each of its methods."""
     # The crops only: prepare() would also normalise each one, and the masks are applied to pixels.
-    pixels = np.stack([to_pixels(as_photo(image, str(image)), session.info.preprocessing) for image in images])
+    prep = session.info.preprocessing
+    pixels = np.stack([to_pixels(as_photo(image, str(image), prep.image_mode or "RGB"), prep) for image in images])
     outputs = session.run(_feed(session, pixels), np.array([session.class_index(target)]))
     methods = session.info.methods
     names = {m: f"heatmap_{m}" if len(methods) > 1 else "heatmap" for m in methods}

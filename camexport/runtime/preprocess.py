@@ -1,7 +1,8 @@
 """Preprocessing with Pillow: a photo becomes the graph's ``image`` input, and a heatmap goes back onto it.
 
-The steps follow torchvision's and timm's evaluation transforms: convert to RGB, resize the shorter side to
-``resize_size``, centre-crop ``image_size``, scale to [0, 1], subtract ``mean``, divide by ``std``.
+The steps follow torchvision's and timm's evaluation transforms: convert to the graph's image mode (RGB for
+3 channels, grayscale for 1, four bands for 4: :data:`camexport.contract.IMAGE_MODES`), resize the shorter
+side to ``resize_size``, centre-crop ``image_size``, scale to [0, 1], subtract ``mean``, divide by ``std``.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ _FILTERS = {
 }
 
 
-def open_image(source: str | Path | bytes | Image.Image, name: str | None = None) -> Image.Image:
-    """Opens a file or an image file's bytes (or takes a PIL image) and converts it to 8-bit RGB.
+def open_image(source: str | Path | bytes | Image.Image, name: str | None = None, mode: str = "RGB") -> Image.Image:
+    """Opens a file or an image file's bytes (or takes a PIL image) and converts it to 8-bit ``mode``.
 
-    Grayscale, palette, 16-bit and CMYK images are converted; an alpha channel is dropped.
+    ``mode`` is ``RGB`` (grayscale, palette, 16-bit and CMYK images are converted; an alpha channel is
+    dropped), ``L`` (colour images become grayscale by ITU-R 601-2 luma, as Pillow converts them) or ``RGBA``
+    (a four-band image, taken as it is).
 
     Raises:
-        UserError: the file is missing or not a readable image (messages call it ``name``, or its path).
+        UserError: the file is missing or not a readable image (messages call it ``name``, or its path), or a
+            four-band graph gets an image with fewer bands.
     """
     if isinstance(source, Image.Image):
         image = source
@@ -48,7 +52,14 @@ def open_image(source: str | Path | bytes | Image.Image, name: str | None = None
         array = np.asarray(image, dtype=np.float64)
         top = array.max() if array.size and array.max() > 0 else 1.0
         image = Image.fromarray((array / top * 255.0).round().astype(np.uint8), mode="L")
-    return image if image.mode == "RGB" else image.convert("RGB")  # an RGB image is used as it is, not copied
+    if mode == "RGBA" and image.mode not in ("RGBA", "CMYK"):
+        raise UserError(
+            f"{name or 'image'}: the image has {len(image.getbands())} band(s) ({image.mode}), the graph takes 4 "
+            "channels; pass a four-band image (RGBA PNG or TIFF) or an [H, W, 4] array"
+        )
+    if image.mode == "CMYK" and mode == "RGBA":
+        return Image.merge("RGBA", image.split())  # four bands of data, not a colour space to convert
+    return image if image.mode == mode else image.convert(mode)  # an image already in mode is used as it is
 
 
 _OPENING = threading.Lock()  # warnings filters are process-wide: one opener changes them at a time
@@ -85,16 +96,30 @@ def open_unread(path: Path | bytes, name: str | None = None) -> Image.Image:
 
 
 def to_pixels(image: Image.Image, prep: Preprocessing) -> np.ndarray:
-    """Resize and centre-crop one image: uint8 [H, W, 3] RGB, what a ``--input uint8`` graph takes."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    """Resize and centre-crop one image: uint8 [H, W, C], what a ``--input uint8`` graph takes.
+
+    A four-band image is resized band by band: Pillow resizes RGBA with premultiplied alpha, which would
+    scale the first three channels by the fourth.
+    """
+    mode = prep.image_mode
+    if mode is None:
+        raise UserError(
+            f"the graph takes {prep.channels}-channel images, which no image file holds; pass prepared "
+            f"[N, {prep.channels}, H, W] arrays to CamSession.run"
+        )
+    if image.mode != mode:
+        image = open_image(image, mode=mode)
     size, box = prep.geometry(*image.size)
-    resized = image.resize(size, _FILTERS.get(prep.interpolation, Image.Resampling.BILINEAR))
-    return np.ascontiguousarray(np.asarray(resized.crop(box), dtype=np.uint8))
+    resample = _FILTERS.get(prep.interpolation, Image.Resampling.BILINEAR)
+    if mode == "RGBA":
+        bands = [band.resize(size, resample).crop(box) for band in image.split()]
+        return np.ascontiguousarray(np.stack([np.asarray(b, dtype=np.uint8) for b in bands], axis=-1))
+    pixels = np.asarray(image.resize(size, resample).crop(box), dtype=np.uint8)
+    return np.ascontiguousarray(pixels[..., None] if pixels.ndim == 2 else pixels)
 
 
 def normalise(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """uint8 [..., H, W, 3] pixels → float32 [..., 3, H, W]: scaled to [0, 1], minus mean, over std.
+    """uint8 [..., H, W, C] pixels → float32 [..., C, H, W]: scaled to [0, 1], minus mean, over std.
 
     Computed as one multiply-add per value, ``x·(1/(255·std)) − mean/std`` (within float32 rounding of the
     three-step form, at a third of its time).
@@ -108,7 +133,7 @@ def normalise(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 
 def to_input(image: Image.Image, prep: Preprocessing) -> np.ndarray:
-    """Resize, centre-crop and normalise one RGB image into a float32 [3, H, W] array."""
+    """Resize, centre-crop and normalise one image into a float32 [C, H, W] array."""
     return normalise(to_pixels(image, prep), prep)
 
 

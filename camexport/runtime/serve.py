@@ -180,9 +180,9 @@ class Server:
         return [Row(outputs, i) for i in range(len(pixels))]
 
     def prepare(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
-        """Upload bytes → (RGB photo, graph input); RequestError (400) for a file that is not a readable image."""
+        """Upload bytes → (photo, graph input); RequestError (400) for a file that is not a readable image."""
         try:
-            photo = open_image(data, name="the uploaded file")
+            photo = open_image(data, name="the uploaded file", mode=self.session.info.preprocessing.image_mode or "RGB")
         except UserError as exc:
             raise RequestError(f"{exc}; send a JPEG, PNG, WebP, BMP or TIFF photo") from None
         pixels = to_pixels(photo, self.session.info.preprocessing)

@@ -99,8 +99,8 @@ class CamSession:
         """Runs the graph on a prepared batch.
 
         Args:
-            image: float32 [N, 3, H, W], normalised as the graph's metadata says; for a ``--input uint8``
-                graph, uint8 [N, H, W, 3] RGB pixels. H x W is the graph's image size, or any size for a
+            image: float32 [N, C, H, W], normalised as the graph's metadata says; for a ``--input uint8``
+                graph, uint8 [N, H, W, C] pixels. H x W is the graph's image size, or any size for a
                 graph built with ``--dynamic-size``.
             target_class: None (top-1 class for every image: [-1] is fed), an int for all images, or [N]
                 indices with −1 meaning top-1.
@@ -146,15 +146,16 @@ class CamSession:
 
     def _check_batch(self, image: np.ndarray) -> np.ndarray:
         height, width = self.info.preprocessing.image_size
+        c = self.info.preprocessing.channels
         if self.info.takes_pixels:
-            want = "[N, H, W, 3] uint8" if self.info.dynamic_size else f"[N, {height}, {width}, 3] uint8"
-            fits = image.ndim == 4 and image.shape[3] == 3
+            want = f"[N, H, W, {c}] uint8" if self.info.dynamic_size else f"[N, {height}, {width}, {c}] uint8"
+            fits = image.ndim == 4 and image.shape[3] == c
             fits = fits and (self.info.dynamic_size or image.shape[1:3] == (height, width))
             if not fits or image.dtype != np.uint8:
-                raise UserError(f"image batch is {list(image.shape)} {image.dtype}; the graph takes {want} RGB pixels")
+                raise UserError(f"image batch is {list(image.shape)} {image.dtype}; the graph takes {want} pixels")
         else:
-            want = "[N, 3, H, W]" if self.info.dynamic_size else f"[N, 3, {height}, {width}]"
-            fits = image.ndim == 4 and image.shape[1] == 3
+            want = f"[N, {c}, H, W]" if self.info.dynamic_size else f"[N, {c}, {height}, {width}]"
+            fits = image.ndim == 4 and image.shape[1] == c
             if not fits or not (self.info.dynamic_size or image.shape[2:] == (height, width)):
                 raise UserError(f"image batch has shape {list(image.shape)}; the graph takes {want}")
             image = np.ascontiguousarray(image, dtype=np.float32)
@@ -187,12 +188,15 @@ class CamSession:
         return matches[0]
 
     def prepare(self, image: ImageLike, name: str = "image") -> tuple[Image.Image, np.ndarray]:
-        """One image (PIL image, file path, or uint8/float array [H, W], [H, W, 3|4]) → (RGB photo, graph input).
+        """One image (PIL image, file path, or uint8/float array [H, W], [H, W, 1|3|4]) → (photo, graph input).
+
+        The photo is in the graph's image mode (RGB for 3 channels, L for 1, four bands for 4); the input is
+        [C, H, W] normalised, or [H, W, C] uint8 for a ``--input uint8`` graph.
 
         Raises:
             UserError: unreadable file, or an array of the wrong shape or with NaN/Inf values.
         """
-        photo = as_photo(image, name)
+        photo = as_photo(image, name, self.info.preprocessing.image_mode or "RGB")
         pixels = to_pixels(photo, self.info.preprocessing)
         return photo, pixels if self.info.takes_pixels else normalise(pixels, self.info.preprocessing)
 
@@ -317,23 +321,24 @@ def _name(item: ImageLike, position: int) -> str:
     return str(item) if isinstance(item, (str, Path)) else f"image {position}"
 
 
-def as_photo(image: ImageLike, name: str = "image") -> Image.Image:
-    """A PIL image, a file path or an array → an 8-bit RGB PIL image.
+def as_photo(image: ImageLike, name: str = "image", mode: str = "RGB") -> Image.Image:
+    """A PIL image, a file path or an array → an 8-bit PIL image in ``mode`` (see
+    :func:`camexport.runtime.preprocess.open_image`).
 
-    Arrays: [H, W] (grayscale), [H, W, 3] (RGB) or [H, W, 4] (RGBA, alpha dropped); uint8, or float in
-    [0, 1].
+    Arrays: [H, W] or [H, W, 1] (grayscale), [H, W, 3] (RGB) or [H, W, 4] (four bands: RGBA, whose alpha an
+    RGB graph drops); uint8, or float in [0, 1].
 
     Raises:
         UserError: unreadable file; wrong array shape or dtype; NaN or Inf; float values outside [0, 1].
     """
     if isinstance(image, (str, Path, Image.Image)):
-        return open_image(image)
+        return open_image(image, mode=mode)
     if not isinstance(image, np.ndarray):
         raise UserError(
             f"{name}: {type(image).__name__} is not an image; pass a PIL image, a file path or an array of pixels"
         )
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)) or 0 in image.shape:
-        raise UserError(f"{name}: array of shape {list(image.shape)}; pass [H, W], [H, W, 3] or [H, W, 4] pixels")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) or 0 in image.shape:
+        raise UserError(f"{name}: array of shape {list(image.shape)}; pass [H, W], [H, W, 1|3|4] pixels")
     if image.dtype.kind == "f":
         if not np.isfinite(image).all():
             raise UserError(f"{name}: the array holds NaN or Inf; pass finite pixel values")
@@ -342,4 +347,6 @@ def as_photo(image: ImageLike, name: str = "image") -> Image.Image:
         image = np.round(image * 255.0).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise UserError(f"{name}: array of {image.dtype}; pass uint8 (0..255) or float (0..1) pixels")
-    return open_image(Image.fromarray(np.ascontiguousarray(image)))
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    return open_image(Image.fromarray(np.ascontiguousarray(image)), name, mode)

@@ -65,7 +65,11 @@ def overlay_on_photo(
     max_side: int | None = None,
 ) -> Image.Image:
     """The graph's ``input_heatmap`` placed back on ``photo`` (downscaled first so that its longer side is at most
-    ``max_side``, if given) and blended over the part the network saw; the rest of the photo is left as it is."""
+    ``max_side``, if given) and blended over the part the network saw; the rest of the photo is left as it is.
+
+    The result is RGB: a grayscale photo is shown in gray, a four-band one by its first three bands."""
+    if photo.mode != "RGB":
+        photo = photo.convert("RGB")
     if max_side and max(photo.size) > max_side:
         scale = max_side / max(photo.size)
         size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))

@@ -12,7 +12,7 @@ import fs from "node:fs";
 import path from "node:path";
 import ort from "onnxruntime-node";
 import pngjs from "pngjs";
-import { imageInput, readMetadata, toPixels, topK } from "../web/camexport.mjs";
+import { channelsOf, imageInput, readMetadata, toPixels, topK } from "../web/camexport.mjs";
 
 const { PNG } = pngjs;
 
@@ -37,6 +37,9 @@ function photoPixels(file, meta) {
     png = PNG.sync.read(fs.readFileSync(file));
   } catch (error) {
     fail(`${file}: not a readable PNG (${error.message})`);
+  }
+  if (channelsOf(meta) === 4 && !png.alpha) {
+    fail(`${file}: the PNG has no fourth band, the graph takes 4 channels; pass a four-band (RGBA) PNG`);
   }
   return toPixels(new Uint8Array(png.data.buffer, png.data.byteOffset, png.data.length), png.width, png.height, meta);
 }

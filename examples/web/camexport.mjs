@@ -180,37 +180,60 @@ export function geometry(width, height, meta) {
   return { size, box: [left, top, left + cropW, top + cropH] };
 }
 
-/** RGBA pixels of a photo → the graph's uint8 RGB [H, W, 3] crop, as camexport.runtime.preprocess.to_pixels. */
+/** The graph's channel count: 3 for RGB, 1 for grayscale, 4 for four-band images (the mean's length). */
+export function channelsOf(meta) {
+  return meta.mean.length;
+}
+
+// RGBA bytes → the graph's channels, as Pillow converts: RGB drops alpha, L is ITU-R 601-2 luma in Pillow's
+// fixed point ((19595 R + 38470 G + 7471 B + 2^15) >> 16), four bands are taken as they are.
+function bands(rgba, count, channels) {
+  if (channels === 4) return rgba;
+  const out = new Uint8Array(count * channels);
+  for (let i = 0; i < count; i++) {
+    const [r, g, b] = rgba.subarray(i * 4, i * 4 + 3);
+    if (channels === 1) out[i] = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16;
+    else out.set([r, g, b], i * 3);
+  }
+  return out;
+}
+
+/** RGBA pixels of a photo → the graph's uint8 [H, W, C] crop, as camexport.runtime.preprocess.to_pixels. */
 export function toPixels(rgba, width, height, meta) {
   const filter = FILTERS[meta.interpolation];
   if (!filter) throw new Error(`interpolation '${meta.interpolation}' is not supported here; use a bilinear, bicubic or lanczos graph`);
-  let rgb = new Uint8Array(width * height * 3);
-  for (let i = 0; i < width * height; i++) rgb.set(rgba.subarray(i * 4, i * 4 + 3), i * 3);
+  const channels = channelsOf(meta);
+  if (![1, 3, 4].includes(channels)) throw new Error(`the graph takes ${channels}-channel images, which no image file holds`);
+  let image = bands(rgba, width * height, channels);
   const { size, box } = geometry(width, height, meta);
-  if (size[0] !== width) rgb = pass(rgb, width, height, 3, size[0], filter, true);
-  if (size[1] !== height) rgb = pass(rgb, size[0], height, 3, size[1], filter, false);
+  if (size[0] !== width) image = pass(image, width, height, channels, size[0], filter, true);
+  if (size[1] !== height) image = pass(image, size[0], height, channels, size[1], filter, false);
   const [cropH, cropW] = meta.size;
-  const out = new Uint8Array(cropW * cropH * 3); // outside the resized photo: black, as Pillow's crop
+  const out = new Uint8Array(cropW * cropH * channels); // outside the resized photo: zeros, as Pillow's crop
   for (let y = 0; y < cropH; y++) {
     const sy = y + box[1];
     if (sy < 0 || sy >= size[1]) continue;
     for (let x = 0; x < cropW; x++) {
       const sx = x + box[0];
-      if (sx >= 0 && sx < size[0]) out.set(rgb.subarray((sy * size[0] + sx) * 3, (sy * size[0] + sx) * 3 + 3), (y * cropW + x) * 3);
+      const from = (sy * size[0] + sx) * channels;
+      if (sx >= 0 && sx < size[0]) out.set(image.subarray(from, from + channels), (y * cropW + x) * channels);
     }
   }
   return out;
 }
 
-/** The graph's image input: uint8 [1, H, W, 3] as it is, or float32 [1, 3, H, W] normalised by the metadata. */
+/** The graph's image input: uint8 [1, H, W, C] as it is, or float32 [1, C, H, W] normalised by the metadata. */
 export function imageInput(pixels, meta) {
   const [height, width] = meta.size;
-  if (meta.input === "uint8") return { type: "uint8", data: pixels, dims: [1, height, width, 3] };
-  const data = new Float32Array(3 * height * width);
+  const channels = channelsOf(meta);
+  if (meta.input === "uint8") return { type: "uint8", data: pixels, dims: [1, height, width, channels] };
+  const data = new Float32Array(channels * height * width);
   for (let i = 0; i < height * width; i++) {
-    for (let c = 0; c < 3; c++) data[c * height * width + i] = (pixels[i * 3 + c] / 255 - meta.mean[c]) / meta.std[c];
+    for (let c = 0; c < channels; c++) {
+      data[c * height * width + i] = (pixels[i * channels + c] / 255 - meta.mean[c]) / meta.std[c];
+    }
   }
-  return { type: "float32", data, dims: [1, 3, height, width] };
+  return { type: "float32", data, dims: [1, channels, height, width] };
 }
 
 /** The k most probable classes: [{index, label, probability}], from logits (softmax in float64). */
