@@ -23,16 +23,26 @@ from camexport.errors import ContractError, UserError
 # [-1]; every onnxruntime warned on loading such a graph (an initializer that is also an input), and OpenVINO
 # folded the default into a constant, so only the top-1 class could be explained there. A required input
 # with one sentinel is as simple for C++, Java and JS callers (always pass [-1]) and every runtime honours it.
+# Contract 3: a segmentation graph (``camexport.task`` = ``segmentation``): logits [N, K, H, W], a ``region``
+# input and a ``segmentation`` output. Classifier graphs stay contract 2, so readers of contract 2 still read
+# every classifier graph and refuse a segmentation graph with one line instead of misreading its logits.
 CONTRACT_VERSION = 2
-READABLE_CONTRACTS = (1, 2)  # contract 1 graphs still run: an explicit target_class overrides their default
+SEGMENTATION_CONTRACT = 3
+READABLE_CONTRACTS = (1, 2, 3)  # contract 1 graphs still run: an explicit target_class overrides their default
 
 # Inputs.
 IMAGE = "image"
 TARGET_CLASS = "target_class"
 INPUT_NAMES = (IMAGE, TARGET_CLASS)
+# A segmentation graph's third input: float32 [N, H, W], the weight of each pixel's logit in the explained score
+# (a 0/1 mask, or soft weights); a negative value means "this pixel counts if the graph predicts the class
+# there", so a region of −1 everywhere (what CamSession feeds by default) explains the predicted pixels.
+REGION = "region"
 
-# Outputs, in graph order; a graph of several methods adds ``heatmap_<m>`` and ``cam_<m>`` per method.
+# Outputs, in graph order; a graph of several methods adds ``heatmap_<m>`` and ``cam_<m>`` per method, and a
+# segmentation graph then ``segmentation`` (int64 [N, H, W], each pixel's predicted class).
 OUTPUT_NAMES = ("logits", "class_index", "heatmap", "cam", "activations", "gradients")
+SEGMENTATION = "segmentation"
 PER_METHOD_OUTPUTS = ("heatmap", "cam")
 # ``heatmap`` is ``cam`` resized bilinearly (half-pixel centres) to the input size, then min-max scaled to
 # [0, 1] per image; a map whose span is at most FLAT_MAP of its maximum (interpolation rounding) gives zeros.
@@ -43,6 +53,10 @@ BATCH_DIM = "batch"
 HEIGHT_DIM = "height"
 WIDTH_DIM = "width"
 TARGET_DIM = "target_batch"
+
+# What the network does: classify an image (logits [N, K]) or each of its pixels (logits [N, K, H, W]).
+Task = Literal["classification", "segmentation"]
+TASKS: tuple[Task, ...] = ("classification", "segmentation")
 
 # The CAM methods a graph may hold (the build side implements each; the first is the default).
 METHODS = ("gradcampp", "gradcam", "xgradcam", "layercam", "hirescam")
@@ -60,12 +74,19 @@ IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 PREFIX = "camexport."
 
 
-def output_names(methods: Sequence[str]) -> tuple[str, ...]:
+def output_names(methods: Sequence[str], task: Task = "classification") -> tuple[str, ...]:
     """The graph's outputs: :data:`OUTPUT_NAMES` (``heatmap``/``cam`` of the first method), then, for a graph of
-    several methods, ``heatmap_<method>`` and ``cam_<method>`` for each."""
-    if len(methods) < 2:
-        return OUTPUT_NAMES
-    return OUTPUT_NAMES + tuple(f"{kind}_{method}" for method in methods for kind in PER_METHOD_OUTPUTS)
+    several methods, ``heatmap_<method>`` and ``cam_<method>`` for each, then ``segmentation`` for a
+    segmentation graph."""
+    names = OUTPUT_NAMES
+    if len(methods) > 1:
+        names += tuple(f"{kind}_{method}" for method in methods for kind in PER_METHOD_OUTPUTS)
+    return names + ((SEGMENTATION,) if task == "segmentation" else ())
+
+
+def input_names(task: Task = "classification") -> tuple[str, ...]:
+    """The graph's inputs: ``image``, ``target_class``, and ``region`` for a segmentation graph."""
+    return INPUT_NAMES + ((REGION,) if task == "segmentation" else ())
 
 
 def parse_methods(spec: str) -> tuple[str, ...]:
@@ -164,7 +185,10 @@ class GraphInfo:
         random_weights: the weights are a seeded random initialisation: the labels name no real class.
         dynamic_size: the graph takes any image height and width.
         input: ``float32`` (normalised [N, C, H, W]) or ``uint8`` (pixels [N, H, W, C]).
-        contract: the contract version (:data:`CONTRACT_VERSION`).
+        task: ``classification`` or ``segmentation`` (:data:`TASKS`).
+        background: a segmentation graph's background class, explained by default only where no other class
+            is predicted (None: every class counts alike).
+        contract: the contract version (:data:`CONTRACT_VERSION`, :data:`SEGMENTATION_CONTRACT`).
     """
 
     model: str
@@ -177,7 +201,18 @@ class GraphInfo:
     random_weights: bool = False
     dynamic_size: bool = False
     input: InputKind = "float32"
+    task: Task = "classification"
+    background: int | None = None
     contract: int = CONTRACT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.task == "segmentation" and self.contract < SEGMENTATION_CONTRACT:
+            object.__setattr__(self, "contract", SEGMENTATION_CONTRACT)
+
+    @property
+    def segments(self) -> bool:
+        """True for a segmentation graph (logits [N, K, H, W], a ``region`` input)."""
+        return self.task == "segmentation"
 
     @property
     def takes_pixels(self) -> bool:
@@ -187,7 +222,7 @@ class GraphInfo:
     @property
     def output_names(self) -> tuple[str, ...]:
         """The graph's outputs (see :func:`output_names`)."""
-        return output_names(self.methods)
+        return output_names(self.methods, self.task)
 
     def to_props(self) -> dict[str, str]:
         """The metadata props, the one writer of the contract: strings, lists and numbers as JSON."""
@@ -208,6 +243,8 @@ class GraphInfo:
             f"{PREFIX}version": self.version,
             f"{PREFIX}dynamic_size": json.dumps(self.dynamic_size),
             f"{PREFIX}input": self.input,
+            f"{PREFIX}task": self.task,
+            f"{PREFIX}background": json.dumps(self.background),
         }
 
     @classmethod
@@ -233,7 +270,8 @@ class GraphInfo:
 def _contract_version(props: Mapping[str, str], source: object) -> int:
     text = props.get(f"{PREFIX}contract", "1")
     if text.strip() not in {str(v) for v in READABLE_CONTRACTS}:
-        readable = " and ".join(map(str, READABLE_CONTRACTS))
+        *first, last = map(str, READABLE_CONTRACTS)
+        readable = f"{', '.join(first)} and {last}" if first else last
         raise ContractError(
             f"{source}: the graph follows camexport graph contract {text!r}, this camexport "
             f"reads contracts {readable}; install the camexport that built it, or rebuild the graph"
@@ -248,6 +286,10 @@ def _read(cls: type[GraphInfo], props: Mapping[str, str], contract: int) -> Grap
     kind = props.get(f"{PREFIX}input", "float32")
     if kind not in INPUT_KINDS:
         raise ValueError(f"input kind {kind!r}")
+    task = props.get(f"{PREFIX}task", "classification")
+    if task not in TASKS:
+        raise ValueError(f"task {task!r}")
+    background = json.loads(props.get(f"{PREFIX}background", "null"))
     mean, std = json.loads(props[f"{PREFIX}mean"]), json.loads(props[f"{PREFIX}std"])
     if not mean or len(mean) != len(std):
         raise ValueError(f"{len(mean)} mean and {len(std)} std values")
@@ -268,5 +310,7 @@ def _read(cls: type[GraphInfo], props: Mapping[str, str], contract: int) -> Grap
         random_weights=bool(json.loads(props.get(f"{PREFIX}random_weights", random_default))),
         dynamic_size=bool(json.loads(props.get(f"{PREFIX}dynamic_size", "false"))),
         input=kind,
+        task=task,
+        background=None if background is None else int(background),
         contract=contract,
     )

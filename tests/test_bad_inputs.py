@@ -42,7 +42,7 @@ def raises():
 
 
 def fixed():
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())  # a feature map, no logits
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU())  # a half-size feature map, no logits
 """
 
 
@@ -111,7 +111,7 @@ BUILD = [
     ("factory-no-callable", "build {root}/tiny.py:missing", 2, "has no callable 'missing'"),
     ("factory-not-a-module", "build {root}/tiny.py:plain", 2, "returned list, not a torch.nn.Module"),
     ("factory-raises", "build {root}/tiny.py:raises", 2, "the factory raised RuntimeError: the factory broke"),
-    ("factory-no-logits", "build {root}/tiny.py:fixed --image-size 16", 2, "camexport explains classifiers"),
+    ("factory-no-logits", "build {root}/tiny.py:fixed --image-size 16", 2, "camexport explains models whose forward returns logits"),
     ("layer-missing", "build resnet18 --weights random --layer layer9", 2, "--layer layer9: no such module"),
     ("layer-not-a-map", "build resnet18 --weights random --layer fc", 2, "--layer fc: its output is shape"),
     ("method-unknown", "build resnet18 --method scorecam", 2, "--method scorecam: unknown method"),

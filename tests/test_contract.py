@@ -37,12 +37,12 @@ def test_props_round_trip() -> None:
 
 
 def test_graph_of_an_unknown_contract_version_is_refused_in_one_line() -> None:
-    props = INFO.to_props() | {"camexport.contract": "3"}
+    props = INFO.to_props() | {"camexport.contract": "4"}
     with pytest.raises(ContractError) as caught:
         GraphInfo.from_props(props, "g.onnx")
     message = str(caught.value)
-    assert "\n" not in message and "g.onnx" in message and "contract '3'" in message and "rebuild" in message
-    assert "reads contracts 1 and 2" in message
+    assert "\n" not in message and "g.onnx" in message and "contract '4'" in message and "rebuild" in message
+    assert "reads contracts 1, 2 and 3" in message
     assert caught.value.exit_code == 2
 
 

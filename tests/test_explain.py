@@ -157,7 +157,7 @@ def test_a_graph_of_a_newer_contract_is_refused(graph_dir: Path, tmp_path: Path,
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     assert main(["explain", str(tmp_path / "newer.onnx"), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "follows camexport graph contract '7', this camexport reads contracts 1 and 2" in err
+    assert "follows camexport graph contract '7', this camexport reads contracts 1, 2 and 3" in err
     assert err.count("\n") == 1
     assert not (tmp_path / "o").exists()
 

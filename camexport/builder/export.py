@@ -16,17 +16,26 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from camexport._util import first_line, quiet
-from camexport.builder.tracing import TRACE_BATCH, ExplainerModule, TracedExplainer, example_image
+from camexport.builder.tracing import (
+    TRACE_BATCH,
+    ExplainerModule,
+    SegmentationExplainerModule,
+    TracedExplainer,
+    example_image,
+    example_region,
+)
 from camexport.contract import (
     BATCH_DIM,
     HEIGHT_DIM,
     IMAGE,
-    INPUT_NAMES,
     PER_METHOD_OUTPUTS,
+    REGION,
+    SEGMENTATION,
     TARGET_CLASS,
     TARGET_DIM,
     WIDTH_DIM,
     GraphInfo,
+    input_names,
 )
 from camexport.errors import UnsupportedModelError, UserError
 
@@ -59,24 +68,28 @@ def to_onnx(
         UnsupportedModelError: the exporter cannot lower an op of the graph.
     """
     check_opset(opset)
-    module = ExplainerModule(traced)
-    image = example_image(image_size, pixels, channels=traced.channels)
-    target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
+    segments = traced.task == "segmentation"
+    module = (SegmentationExplainerModule if segments else ExplainerModule)(traced)
+    inputs = [example_image(image_size, pixels, channels=traced.channels), torch.full((TRACE_BATCH,), -1)]
     batch = torch.export.Dim(BATCH_DIM, min=1)
     image_dims: dict[int, object] = {0: batch}
+    region_dims: dict[int, object] = {0: batch}
     if dynamic_size:
         h, w = (1, 2) if pixels else (2, 3)
         image_dims |= {h: torch.export.Dim.DYNAMIC, w: torch.export.Dim.DYNAMIC}
+        region_dims |= {1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
+    shapes = {IMAGE: image_dims, TARGET_CLASS: {0: batch}}
+    if segments:
+        inputs.append(example_region(image_size))
+        shapes[REGION] = region_dims
     try:
         with quiet():
-            program = torch.export.export(
-                module, (image, target), dynamic_shapes={"image": image_dims, "target_class": {0: batch}}
-            )
+            program = torch.export.export(module, tuple(inputs), dynamic_shapes=shapes)
             onnx_program = torch.onnx.export(
                 program,
                 dynamo=True,
                 opset_version=opset,
-                input_names=list(INPUT_NAMES),
+                input_names=list(input_names(traced.task)),
                 output_names=list(traced.output_names),
                 optimize=True,
                 verbose=False,
@@ -227,7 +240,7 @@ def finalise(model: onnx.ModelProto, info: GraphInfo) -> onnx.ModelProto:
 def _check_io(graph: onnx.GraphProto, info: GraphInfo) -> None:
     inputs = {vi.name: vi for vi in graph.input}
     outputs = [vi.name for vi in graph.output]
-    if set(inputs) != set(INPUT_NAMES) or tuple(outputs) != info.output_names:
+    if set(inputs) != set(input_names(info.task)) or tuple(outputs) != info.output_names:
         raise UnsupportedModelError(
             f"exported graph has inputs {sorted(inputs)} and outputs {outputs}; this is a camexport bug"
         )
@@ -254,10 +267,15 @@ def _name_dims(graph: onnx.GraphProto, info: GraphInfo) -> None:
     inputs = {vi.name: vi for vi in graph.input}
     _set_dims(inputs[IMAGE], {0: BATCH_DIM, **(spatial if info.dynamic_size else {})})
     _set_dims(inputs[TARGET_CLASS], {0: TARGET_DIM})
+    per_pixel = {1: HEIGHT_DIM, 2: WIDTH_DIM} if info.dynamic_size else {}
+    if REGION in inputs:
+        _set_dims(inputs[REGION], {0: BATCH_DIM, **per_pixel})
     for output in graph.output:
         _set_dims(output, {0: BATCH_DIM})
-        if info.dynamic_size and output.name.startswith(PER_METHOD_OUTPUTS[0]):
-            _set_dims(output, {1: HEIGHT_DIM, 2: WIDTH_DIM})
+        if output.name.startswith(PER_METHOD_OUTPUTS[0]) or output.name == SEGMENTATION:
+            _set_dims(output, per_pixel)
+        if output.name == "logits" and info.segments:
+            _set_dims(output, {2: HEIGHT_DIM, 3: WIDTH_DIM} if info.dynamic_size else {})
 
 
 def _check_operators(model: onnx.ModelProto) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from camexport._util import first_line
 from camexport.builder.layouts import CHANNELS_FIRST, ChannelsLast, Layout, Tokens, Windows
+from camexport.contract import Task
 from camexport.errors import ImageSizeError, UnknownLayerError, UserError
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -175,22 +176,34 @@ def _window_layout(model: nn.Module, name: str, shape: tuple[int, ...]) -> Windo
     return None
 
 
+@dataclass(frozen=True)
+class Logits:
+    """What a model's forward returns: K classes for the image ([N, K]) or for each pixel ([N, K, H, W])."""
+
+    classes: int
+    task: Task
+
+
 def count_logits(
     model: nn.Module, image_size: tuple[int, int], model_name: str = "the model", channels: int = 3
-) -> int:
-    """Number of logits: the model must map [N, C, H, W] to a tensor [N, K].
+) -> Logits:
+    """The model's logits: [N, K] (a classifier) or [N, K, H, W] at the input's size (semantic segmentation).
 
     Raises:
-        UserError: the output is not a 2-D tensor of logits.
+        UserError: the output is neither.
     """
     with torch.no_grad():
         output = model(torch.zeros(2, channels, *image_size))
-    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != 2:
-        shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise UserError(
-            f"{model_name} returns {shape}; camexport explains classifiers whose forward returns logits [N, K]"
-        )
-    return int(output.shape[1])
+    shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+    if isinstance(output, torch.Tensor) and output.shape[0] == 2:
+        if output.ndim == 2:
+            return Logits(int(output.shape[1]), "classification")
+        if output.ndim == 4 and tuple(output.shape[2:]) == tuple(image_size):
+            return Logits(int(output.shape[1]), "segmentation")
+    raise UserError(
+        f"{model_name} returns {shape}; camexport explains models whose forward returns logits [N, K] (classifiers) "
+        "or [N, K, H, W] at the input's size (semantic segmentation)"
+    )
 
 
 def _channels_last_norm(module: nn.Module, shape: tuple[int, ...] | None) -> bool:
@@ -203,12 +216,14 @@ def _channels_last_norm(module: nn.Module, shape: tuple[int, ...] | None) -> boo
     )
 
 
-def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
+def default_layer(model: nn.Module, layers: list[LayerInfo], task: Task = "classification") -> LayerInfo:
     """The last module, in execution order, whose output is a 4-D feature map (global pools excluded).
 
     Maps of more than one position are preferred; a 1x1 map is chosen only when there is nothing else.
 
-    For resnet18 this is ``layer4``; for timm's EfficientNet, ``bn2``.
+    For resnet18 this is ``layer4``; for timm's EfficientNet, ``bn2``. For a segmentation model with a
+    ``backbone`` (torchvision's), the backbone's last map, before the segmentation head, as Seg-Grad-CAM
+    (Vinogradova et al. 2020) explains the bottleneck: ``backbone.layer4``, or ``backbone.16`` for MobileNetV3.
     """
     modules = dict(model.named_modules())
     maps = [
@@ -216,6 +231,9 @@ def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
         for info in layers
         if info.is_feature_map and info.calls == 1 and not isinstance(modules[info.name], _GLOBAL_POOLS)
     ]
+    in_backbone = [info for info in maps if info.name.startswith("backbone.") and info.name.count(".") == 1]
+    if task == "segmentation" and in_backbone:
+        return in_backbone[-1]
     window_norms = [
         info
         for info in maps
@@ -244,7 +262,9 @@ def default_layer(model: nn.Module, layers: list[LayerInfo]) -> LayerInfo:
     return maps[-1]
 
 
-def resolve_layer(model: nn.Module, layers: list[LayerInfo], name: str | None) -> LayerInfo:
+def resolve_layer(
+    model: nn.Module, layers: list[LayerInfo], name: str | None, task: Task = "classification"
+) -> LayerInfo:
     """Checks a user-given layer name, or picks the default when ``name`` is None.
 
     Raises:
@@ -252,7 +272,7 @@ def resolve_layer(model: nn.Module, layers: list[LayerInfo], name: str | None) -
             runs more than once per forward pass (so its activations are ambiguous).
     """
     if name is None:
-        return default_layer(model, layers)
+        return default_layer(model, layers, task)
     by_name = {info.name: info for info in layers}
     info = by_name.get(name)
     if info is None:
@@ -285,7 +305,7 @@ def describe_layers(
 ) -> list[str]:
     """Lines for ``camexport layers``: each module's output shape in execution order, the default marked."""
     layers = probe_layers(model, image_size, model_name, channels)
-    chosen = default_layer(model, layers).name
+    chosen = default_layer(model, layers, count_logits(model, image_size, model_name, channels).task).name
     rows = [info for info in layers if everything or info.is_feature_map]
     shapes = ["-" if info.shape is None else "[N, " + ", ".join(map(str, info.shape[1:])) + "]" for info in rows]
     width = max((len(info.name) for info in rows), default=5)

@@ -124,6 +124,43 @@ CAMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
+# ReciproCAM's spatial mask (Byun & Lee, arXiv 2209.14074; CVPRW 2024): a 3x3 Gaussian, as in the authors'
+# implementation (openvinotoolkit/training_extensions, misc/pytorch_toolkit/recipro_cam).
+RECIPRO_KERNEL = ((1 / 16, 1 / 8, 1 / 16), (1 / 8, 1 / 4, 1 / 8), (1 / 16, 1 / 8, 1 / 16))
+
+
+def reciprocal_stamps(h: int, w: int) -> torch.Tensor:
+    """[h·w, h, w]: for position p = (i, j), the Gaussian :data:`RECIPRO_KERNEL` centred at (i, j), cut at the
+    map's border (a constant of the graph, built from Python numbers)."""
+    stamps = [[[0.0] * (w + 2) for _ in range(h + 2)] for _ in range(h * w)]
+    for p in range(h * w):
+        i, j = divmod(p, w)
+        for di in range(3):
+            for dj in range(3):
+                stamps[p][i + di][j + dj] = RECIPRO_KERNEL[di][dj]
+    return torch.tensor(stamps, dtype=torch.float32)[:, 1:-1, 1:-1]
+
+
+def reciprocal_mosaics(activations: torch.Tensor) -> torch.Tensor:
+    """ReciproCAM's spatially masked feature maps (Byun & Lee 2022, sec. 3.1): [N, K, h, w] → [N·h·w, K, h, w].
+
+    Map ``p = (i, j)`` of image ``n`` keeps only the feature vector ``A[n, :, i, j]``, spread over its 3x3
+    neighbourhood with the Gaussian weights: ``M[n·hw + p, k, y, x] = A[n, k, i, j] · G_p[y, x]``.
+    """
+    n, k, h, w = activations.shape
+    stamps = reciprocal_stamps(h, w).to(activations.dtype)
+    vectors = activations.reshape(n, k, h * w).transpose(1, 2)  # [N, hw, K]
+    return (vectors[:, :, :, None, None] * stamps[None, :, None]).reshape(n * h * w, k, h, w)
+
+
+def reciprocal_cam(masked_logits: torch.Tensor, class_index: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """ReciproCAM's map (sec. 3.2): at each position, the softmax probability of the class that the network
+    gives the mosaic masked there: ``cam[n, i, j] = softmax(f(M[n·hw + p]))_c``, [N, h, w]."""
+    probs = torch.softmax(masked_logits, dim=1).reshape(-1, h * w, masked_logits.shape[1])
+    picked = probs.gather(2, class_index[:, None, None].expand(-1, h * w, 1))
+    return picked.reshape(-1, h, w)
+
+
 def interpolation_matrix(out_size: int, in_size: int) -> torch.Tensor:
     """[out, in] weights of 1-D linear interpolation with half-pixel centres (PyTorch's
     ``align_corners=False``): output ``i`` samples ``(i + 0.5)·in/out − 0.5``, clamped at 0, between its two

@@ -41,10 +41,11 @@ from camexport.builder.validation import (
     CaseResult,
     other_sizes,
     random_cases,
+    region_cases,
     results_as_dict,
     validate,
 )
-from camexport.contract import INPUT_KINDS, GraphInfo, InputKind, check_methods
+from camexport.contract import INPUT_KINDS, GraphInfo, InputKind, Task, check_methods
 from camexport.errors import (
     CamExportError,
     DynamicSizeError,
@@ -60,6 +61,10 @@ from camexport.runtime.session import CamSession
 DEFAULT_OUTPUT_DIR = Path("models")
 # Relative L2 change of the reference heatmap under a 1e-5 input perturbation above which a warning is printed.
 ILL_CONDITIONED = 0.1
+# One onnxruntime thread while validating: runs are then repeatable. With two threads, onnxruntime's results for
+# the same input differed from run to run in float32 rounding (measured on fcn_resnet50: one run in four), which
+# at random weights flipped a ReLU kink of the segmentation head and moved 13% of the gradient's elements.
+VALIDATION_THREADS = 1
 
 
 @dataclass
@@ -234,6 +239,7 @@ class _Build:
     layer: LayerInfo | None = None
     size: tuple[int, int] = (0, 0)
     default_size: tuple[int, int] = (0, 0)
+    task: Task = "classification"
     info: GraphInfo | None = None
     proto: onnx.ModelProto | None = None
     results: list[CaseResult] = field(default_factory=list)
@@ -284,7 +290,10 @@ def _load(job: _Build) -> None:
     job.size = loaded.preprocessing.image_size
     channels = _check_channels(loaded, options.model)
     job.layers = probe_layers(loaded.module, job.size, options.model, channels)  # one line if it cannot run there
-    classes = count_logits(loaded.module, job.size, options.model, channels)
+    logits = count_logits(loaded.module, job.size, options.model, channels)
+    classes, job.task = logits.classes, logits.task
+    if options.dynamic_size and job.task == "segmentation":
+        raise DynamicSizeError("`dynamic_size`: segmentation graphs have one image size; build without `dynamic_size`")
     if not loaded.labels:
         loaded.labels = [f"class_{i}" for i in range(classes)]
     if len(loaded.labels) != classes:
@@ -314,10 +323,11 @@ def _choose_layer(job: _Build) -> None:
     wanted = options.layer
     if wanted is None and size != default_size:  # the default layer is the one for the model's own size
         try:
-            wanted = default_layer(module, probe_layers(module, default_size, options.model, channels)).name
+            probed = probe_layers(module, default_size, options.model, channels)
+            wanted = default_layer(module, probed, job.task).name
         except ImageSizeError:  # a user's model that only runs at the given size: its default there
             wanted = None
-    layer = resolve_layer(module, layers, wanted)
+    layer = resolve_layer(module, layers, wanted, job.task)
     if layer.map_shape[1] * layer.map_shape[2] < 2:
         raise ImageSizeError(
             f"image_size={size}: the output of {layer.name} is 1x1 there, so a heatmap cannot localise anything; "
@@ -361,6 +371,8 @@ def _trace_and_export(job: _Build) -> None:
             dynamic_size=options.dynamic_size,
             pixels=(prep.mean, prep.std) if job.pixels else None,
             channels=prep.channels,
+            task=job.task,
+            background=loaded.background,
         )
     job.info = GraphInfo(
         model=options.model,
@@ -373,6 +385,8 @@ def _trace_and_export(job: _Build) -> None:
         random_weights=loaded.random_weights,
         dynamic_size=options.dynamic_size,
         input=options.input,
+        task=job.task,
+        background=loaded.background,
     )
     with _step("export", "export to ONNX", job.timings, job.log), _within_protobuf_limit():
         proto = to_onnx(traced, job.size, options.opset, options.dynamic_size, job.pixels)
@@ -387,7 +401,12 @@ def _write_validated(job: _Build, temporary: Path) -> None:
         job.log(f"  weights over {EXTERNAL_DATA_BYTES / 1e9:.1f} GB: stored as ONNX external data in {files[1].name}")
     with _step("validate", "validate in onnxruntime against the eager reference", job.timings, job.log):
         job.results = validate(
-            CamSession(temporary), job.loaded.module, job.layer.name, job.options.methods, _cases(job), job.layer.layout
+            CamSession(temporary, threads=VALIDATION_THREADS),
+            job.loaded.module,
+            job.layer.name,
+            job.options.methods,
+            _cases(job),
+            job.layer.layout,
         )
     _log_results(job)
     job.summary.update(_summary(job, files))
@@ -399,6 +418,8 @@ def _cases(job: _Build) -> list[Case]:
     prep = job.loaded.preprocessing if job.pixels else None
     channels = job.loaded.preprocessing.channels
     cases = random_cases(job.size, len(job.loaded.labels), options.seed + 1234, sizes, prep, channels)
+    if job.task == "segmentation":
+        cases += region_cases(cases[0], job.size, len(job.loaded.labels), options.seed + 4321)
     if options.model == EFFICIENTNET_LITE0 and options.weights == "default":
         cases.append(sample_photo_case(job.loaded, job.pixels))
     return cases

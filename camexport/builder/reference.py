@@ -9,6 +9,9 @@ the pre-softmax logit ``y_c``; the formulas then run in float64, written out fro
 * XGrad-CAM (Fu et al. 2020): ``w_k = Σ_ij A_kij g_kij / Σ_ab A_kab`` (0 where the sum is 0).
 * ``cam = ReLU(Σ_k w_k A_k)`` for those three; LayerCAM (Jiang et al. 2021):
   ``cam = ReLU(Σ_k ReLU(g_kij) A_kij)``; HiResCAM (Draelos & Carin 2020): ``cam = ReLU(Σ_k g_kij A_kij)``.
+* Seg-Grad-CAM (Vinogradova et al. 2020): for logits [N, K, H, W], ``y_c = Σ_(i,j)∈M logits[c, i, j]``, M
+  the pixels predicted as ``c`` (or the given region's weights); the default class is the one predicted on the
+  most pixels, the background class only when nothing else is predicted.
 * ``heatmap`` = bilinear (half-pixel) upsampling to the input size, then per-image min-max to [0, 1] (zeros
   for a map that is constant up to 1e-5 of its maximum).
 
@@ -81,6 +84,87 @@ def _min_max(maps: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _region_scores(
+    logits: torch.Tensor, wanted: torch.Tensor, region: np.ndarray | None, background: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: the class (given, or the most predicted one) and its logits summed over the region."""
+    classes, scores = [], []
+    for i, image_logits in enumerate(logits):
+        predicted = image_logits.detach().argmax(0)
+        c = int(wanted[i])
+        if c < 0:
+            counts = torch.bincount(predicted.flatten(), minlength=image_logits.shape[0])
+            others = counts.clone()
+            if background is not None:
+                others[background] = 0
+            c = int(others.argmax()) if others.sum() > 0 else int(counts.argmax())
+        mask = (predicted == c).double()
+        if region is not None:
+            given = torch.as_tensor(np.asarray(region[i], dtype=np.float64))
+            mask = torch.where(given < 0, mask, given)
+        classes.append(c)
+        scores.append((image_logits[c].double() * mask).sum())
+    return torch.tensor(classes), torch.stack(scores)
+
+
+GAUSSIAN_3X3 = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float64) / 16.0
+
+
+def _with_layer_output(model: nn.Module, module: nn.Module, x: torch.Tensor, replacement: torch.Tensor | None = None):
+    """Runs ``model`` without gradients; returns (logits, the module's output); ``replacement`` replaces it."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor | None:
+        seen.append(out.detach().clone())
+        return replacement
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        handle.remove()
+    return logits, seen[-1]
+
+
+def _reciprocal_mosaics(feature: np.ndarray) -> np.ndarray:
+    """[C, h, w] → [h·w, C, h, w]: position (i, j) keeps ``feature[:, i, j]`` times the 3x3 Gaussian around it."""
+    c, h, w = feature.shape
+    mosaics = np.zeros((h * w, c, h, w))
+    for i in range(h):
+        for j in range(w):
+            padded = np.zeros((c, h + 2, w + 2))
+            padded[:, i : i + 3, j : j + 3] = feature[:, i, j, None, None] * GAUSSIAN_3X3
+            mosaics[i * w + j] = padded[:, 1:-1, 1:-1]
+    return mosaics
+
+
+def reference_reciprocam(
+    model: nn.Module, layer: str, image: np.ndarray, classes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """ReciproCAM (Byun & Lee 2022) as its authors' code does it, image by image: for each position (i, j) a
+    zero feature map holding ``A[:, i, j]`` times the 3x3 Gaussian around (i, j) (cut at the border), the rest of
+    the network run on those maps (the layer's output replaced by them), and the softmax probability of the
+    class at each position.
+
+    Returns:
+        ``cam`` [N, h, w] (float64) and ``heatmap`` [N, H, W] (upsampled and min-maxed as for every method).
+    """
+    module = dict(model.named_modules())[layer]
+    cams = []
+    for one, cls in zip(np.asarray(image, dtype=np.float32), classes, strict=True):
+        x = torch.as_tensor(one[None])
+        _, feature = _with_layer_output(model, module, x)
+        mosaics = torch.as_tensor(_reciprocal_mosaics(feature[0].double().numpy()), dtype=torch.float32)
+        logits, _ = _with_layer_output(model, module, x.expand(len(mosaics), *x.shape[1:]), mosaics)
+        h, w = feature.shape[-2:]
+        cams.append(torch.softmax(logits.double(), dim=1)[:, int(cls)].reshape(h, w))
+    cam = torch.stack(cams)
+    size = tuple(np.asarray(image).shape[-2:])
+    heatmap = _min_max(F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0])
+    return cam.numpy(), heatmap.numpy()
+
+
 def reference_explain(
     model: nn.Module,
     layer: str,
@@ -88,6 +172,8 @@ def reference_explain(
     image: torch.Tensor | np.ndarray,
     target_class: torch.Tensor | np.ndarray | list[int] | None = None,
     layout: Layout = CHANNELS_FIRST,
+    region: np.ndarray | None = None,
+    background: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Eager Grad-CAM/Grad-CAM++ for a batch.
 
@@ -102,6 +188,9 @@ def reference_explain(
             gradient is taken with respect to the raw output, the prefix tokens are dropped and the rest laid
             out as [N, C, h, w]; MaxViT's windows [N, gh*gw, p*p, C] (token axes swapped when ``swap``)
             departitioned to [N, C, gh*p, gw*p].
+        region: for segmentation logits, [N, H, W] pixel weights (negative: the pixel counts where it is
+            predicted as the class); None: the predicted pixels.
+        background: for segmentation logits, the class chosen by default only when nothing else is predicted.
 
     Returns:
         ``logits``, ``class_index``, ``heatmap``, ``cam``, ``activations``, ``gradients`` as numpy arrays
@@ -122,19 +211,21 @@ def reference_explain(
     finally:
         handle.remove()
     A = seen[-1]
-    if target_class is None:
-        chosen = logits.argmax(1)
+    wanted = torch.full((image.shape[0],), -1) if target_class is None else torch.as_tensor(np.asarray(target_class))
+    wanted = wanted.to(torch.int64).expand(image.shape[0])
+    if logits.ndim == 4:
+        chosen, y_c = _region_scores(logits, wanted, region, background)
     else:
-        wanted = torch.as_tensor(np.asarray(target_class, dtype=np.int64)).expand(image.shape[0])
         chosen = torch.where(wanted < 0, logits.argmax(1), wanted)
-    y_c = logits[torch.arange(image.shape[0]), chosen]
+        y_c = logits[torch.arange(image.shape[0]), chosen]
     (g,) = torch.autograd.grad(y_c.sum(), A)
 
     A64, g64 = _as_map(A.detach().double(), layout), _as_map(g.double(), layout)
     cam = _paper_cam(method, A64, g64)
     upsampled = F.interpolate(cam[:, None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
     heatmap = _min_max(upsampled[:, 0])
-    return {
+    extra = {"segmentation": logits.detach().argmax(1).numpy()} if logits.ndim == 4 else {}
+    return extra | {
         "logits": logits.detach().numpy(),
         "class_index": chosen.numpy(),
         "heatmap": heatmap.numpy(),

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from camexport._util import first_line, quiet, sha256_of
@@ -51,6 +52,7 @@ class LoadedModel:
         preprocessing: what the weights expect of an input image.
         weights: a human-readable description of where the weights came from.
         random_weights: the weights are a seeded random initialisation.
+        background: a segmentation model's background class (``__background__`` in its labels), if any.
     """
 
     name: str
@@ -59,6 +61,7 @@ class LoadedModel:
     preprocessing: Preprocessing
     weights: str
     random_weights: bool = False
+    background: int | None = None
 
     @classmethod
     def of(cls, name: str, weighted: Weighted, labels: list[str], preprocessing: Preprocessing) -> LoadedModel:
@@ -99,8 +102,55 @@ def _torchvision_names() -> list[str]:
 
 
 def available_models() -> list[str]:
-    """Names accepted by :func:`load_model`, sorted."""
+    """The classifiers accepted by :func:`load_model`, sorted (see also :func:`segmentation_models`)."""
     return sorted([*_torchvision_names(), EFFICIENTNET_LITE0])
+
+
+def segmentation_models() -> list[str]:
+    """torchvision's semantic segmentation models (logits [N, K, H, W]), sorted."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models.segmentation))
+
+
+class SegmentationLogits(nn.Module):
+    """A torchvision segmentation model whose forward returns the ``out`` logits [N, K, H, W] instead of a dict.
+
+    The model's children are this module's children under the same names (``backbone.layer4``, ``classifier``),
+    and its own forward runs on them; an auxiliary head is dropped (it serves training only).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if getattr(model, "aux_classifier", None) is not None:
+            model.aux_classifier = None
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "inner", model)  # not a submodule: its children are already this one's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)["out"]
+
+
+def _load_segmentation(name: str, weights: str, seed: int, num_classes: int | None) -> LoadedModel:
+    """torchvision's segmentation weights resize the shorter side to 520; camexport's input is then the centre
+    520 x 520 crop (``image_size`` changes both). Labels from the weights; ``__background__`` is the background."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name).DEFAULT
+    transforms = enum.transforms()
+    side = int(transforms.resize_size[0])
+    preprocessing = Preprocessing(
+        mean=tuple(float(v) for v in transforms.mean),
+        std=tuple(float(v) for v in transforms.std),
+        image_size=(side, side),
+        resize_size=side,
+        interpolation=str(transforms.interpolation.value),
+    )
+    loaded = _load_torchvision(name, weights, seed, num_classes, preprocessing)
+    loaded.module = SegmentationLogits(loaded.module).eval()
+    loaded.background = loaded.labels.index("__background__") if "__background__" in loaded.labels else None
+    return loaded
 
 
 def _torchvision_preprocessing(enum: object) -> Preprocessing:
@@ -120,6 +170,8 @@ def _torchvision_kwargs(name: str, weights: str, crop: int, num_classes: int | N
     if name in ("googlenet", "inception_v3"):
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = True
+    if name in segmentation_models():
+        kwargs["weights_backbone"] = None  # a random model's backbone is random too (the full weights carry theirs)
     if name.startswith("vit_") and weights != "default":
         kwargs["image_size"] = crop  # the DEFAULT weights' crop (518 for vit_h_14) sizes the position embedding
     if num_classes is not None:
@@ -132,11 +184,13 @@ def _torchvision_kwargs(name: str, weights: str, crop: int, num_classes: int | N
     return kwargs
 
 
-def _load_torchvision(name: str, weights: str, seed: int, num_classes: int | None) -> LoadedModel:
+def _load_torchvision(
+    name: str, weights: str, seed: int, num_classes: int | None, preprocessing: Preprocessing | None = None
+) -> LoadedModel:
     import torchvision
 
     enum = torchvision.models.get_model_weights(name).DEFAULT
-    preprocessing = _torchvision_preprocessing(enum)
+    preprocessing = preprocessing or _torchvision_preprocessing(enum)
     labels = list(enum.meta["categories"])
     kwargs = _torchvision_kwargs(name, weights, preprocessing.image_size[0], num_classes, len(labels))
     if num_classes not in (None, len(labels)):
@@ -260,7 +314,7 @@ def load_model(
     """Creates a model with its weights.
 
     Args:
-        name: a torchvision classifier name, ``efficientnet_lite0``, ``timm:ARCH``, or a user factory
+        name: a torchvision classifier or segmentation model, ``efficientnet_lite0``, ``timm:ARCH``, or a user factory
             ``package.module:factory`` / ``path/to/file.py:factory`` (this imports and runs the user's code).
         weights: ``"default"`` (pretrained; for a factory, what it returns), ``"random"`` (seeded) or a
             path to a state_dict.
@@ -288,10 +342,13 @@ def load_model(
                 "use timm:tf_efficientnet_lite0"
             )
         loaded = _load_efficientnet_lite0(weights, seed)
+    elif name in segmentation_models():
+        loaded = _load_segmentation(name, weights, seed, overrides.num_classes)
     else:
         names = _torchvision_names()
         if name not in names:
-            close = difflib.get_close_matches(name, [*names, EFFICIENTNET_LITE0], n=4, cutoff=0.5)
+            known = [*names, *segmentation_models(), EFFICIENTNET_LITE0]
+            close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}?" if close else "run 'camexport models' for the list"
             raise UnknownModelError(f"unknown model '{name}': {hint}")
         loaded = _load_torchvision(name, weights, seed, overrides.num_classes)

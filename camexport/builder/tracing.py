@@ -28,7 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from camexport.builder.decompositions import ForwardRewrites, backward_decompositions
 from camexport.builder.layouts import CHANNELS_FIRST, Layout
 from camexport.builder.methods import CAMS, normalised_heatmap
-from camexport.contract import OUTPUT_NAMES, check_methods, output_names
+from camexport.contract import OUTPUT_NAMES, Task, check_methods, output_names
 
 # Symbolic tracing specialises sizes 0 and 1; an example batch of 2 keeps the batch dimension symbolic.
 TRACE_BATCH = 2
@@ -41,19 +41,24 @@ def make_explain_function(
     state_names: list[str],
     layout: Layout = CHANNELS_FIRST,
     pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    task: Task = "classification",
+    background: int | None = None,
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """Builds ``fn(state, image, target_class) -> outputs`` (see :func:`camexport.contract.output_names`).
+    """Builds ``fn(state, image, target_class[, region]) -> outputs`` (see :func:`camexport.contract.output_names`).
 
     Every method's map comes from the same forward and backward pass. ``state`` holds the model's
     parameters and buffers in ``state_names`` order. A negative ``target_class`` entry means "explain the
     top-1 class". ``layout`` says how the layer's output becomes A [N, C, h, w]. With
     ``pixels = (mean, std)`` the image is uint8 [N, H, W, C] (C = len(mean)), scaled to [0, 1] and normalised
-    inside the graph.
+    inside the graph. For ``task="segmentation"`` (logits [N, K, H, W]) the function takes ``region`` too and
+    explains the class's logits summed over it (:func:`segmentation_score`; ``background`` as there).
     """
     methods = check_methods(methods)
     target_module = model.get_submodule(layer)
 
-    def explain(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
+    def explain(
+        state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor, region: torch.Tensor | None
+    ):
         captured: list[torch.Tensor] = []
         if pixels is not None:  # uint8 [N, H, W, C] -> normalised float [N, C, H, W]
             mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in pixels)
@@ -71,16 +76,49 @@ def make_explain_function(
             # The math attention kernel: fused attention kernels have backward ops with no ONNX lowering.
             with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), ForwardRewrites():
                 logits = functional_call(model, dict(zip(state_names, state, strict=True)), (image,))
-                top1 = logits.argmax(dim=1)
-                class_index = torch.where(target_class < 0, top1, target_class)
-                score = logits.gather(1, class_index[:, None]).sum()
+                if region is None:
+                    class_index = torch.where(target_class < 0, logits.argmax(dim=1), target_class)
+                    score = logits.gather(1, class_index[:, None]).sum()
+                else:
+                    class_index, score = segmentation_score(logits, target_class, region, background)
                 (activations,) = captured
                 (gradients,) = torch.autograd.grad(score, activations)
         finally:
             handle.remove()
-        return _cam_outputs(methods, image, logits, class_index, activations.detach(), gradients)
+        outputs = _cam_outputs(methods, image, logits, class_index, activations.detach(), gradients)
+        return outputs if region is None else (*outputs, logits.detach().argmax(dim=1))
 
-    return explain
+    def classify(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
+        return explain(state, image, target_class, None)
+
+    return explain if task == "segmentation" else classify  # make_fx traces the signature's arguments
+
+
+def segmentation_score(
+    logits: torch.Tensor, target_class: torch.Tensor, region: torch.Tensor, background: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seg-Grad-CAM's explained score (Vinogradova et al., AAAI 2020, eq. 1): ``y_c = Σ_(i,j)∈M logits[c, i, j]``.
+
+    ``M`` is weighted per pixel by ``region`` [N, H, W]: a pixel with a negative weight counts 1 where the
+    predicted class (argmax over K) is ``c`` and 0 elsewhere, so a region of −1 everywhere is the paper's
+    default, the pixels predicted as ``c``. An empty region gives a zero score, a zero gradient and a zero
+    heatmap. A negative ``target_class`` picks the class predicted on the most pixels; the ``background``
+    class (if any) is counted at 1e-9 per pixel, so it is chosen only when nothing else is predicted.
+
+    Returns:
+        ``class_index`` [N] and the summed score (a scalar: the images' scores are independent).
+    """
+    classes = logits.shape[1]
+    predicted = logits.argmax(dim=1)
+    ids = torch.arange(classes, device=logits.device)
+    counts = (predicted[:, None] == ids[None, :, None, None]).to(logits.dtype).sum(dim=(2, 3))
+    if background is not None:
+        counts = counts * torch.where(ids == background, 1e-9, 1.0).to(logits.dtype)
+    class_index = torch.where(target_class < 0, counts.argmax(dim=1), target_class)
+    chosen = (predicted == class_index[:, None, None]).to(logits.dtype)
+    weights = torch.where(region < 0, chosen, region)
+    per_pixel = logits.gather(1, class_index[:, None, None, None].expand(-1, 1, *logits.shape[2:]))[:, 0]
+    return class_index, (per_pixel * weights).sum()
 
 
 def _cam_outputs(
@@ -110,6 +148,7 @@ class TracedExplainer:
         state: the model's parameters and buffers, in the order the graph takes them.
         state_names: their dotted names in the model.
         channels: the image's channel count.
+        task: ``classification``, or ``segmentation`` (a ``region`` input, a ``segmentation`` output).
     """
 
     graph: torch.fx.GraphModule
@@ -117,6 +156,7 @@ class TracedExplainer:
     state_names: list[str]
     output_names: tuple[str, ...] = OUTPUT_NAMES
     channels: int = 3
+    task: Task = "classification"
 
 
 def model_state(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
@@ -136,6 +176,8 @@ def trace_explainer(
     dynamic_size: bool = False,
     pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     channels: int = 3,
+    task: Task = "classification",
+    background: int | None = None,
 ) -> TracedExplainer:
     """Traces forward, backward and CAM into one graph with a symbolic batch dimension.
 
@@ -150,9 +192,11 @@ def trace_explainer(
         pixels: ``(mean, std)`` for a graph that takes uint8 [N, H, W, C] pixels (see
             :func:`make_explain_function`); None for normalised float32 [N, C, H, W].
         channels: C, the image's channel count (1 for grayscale, 3 for RGB).
+        task: ``segmentation`` for logits [N, K, H, W]: the graph takes ``region`` [N, H, W] too.
+        background: a segmentation model's background class (see :func:`segmentation_score`).
     """
     names, state = model_state(model)
-    explain = make_explain_function(model, layer, methods, names, layout, pixels)
+    explain = make_explain_function(model, layer, methods, names, layout, pixels, task, background)
     image = example_image(image_size, pixels is not None, seed, channels)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
     # Only the batch dimension is symbolic: a fully symbolic trace carries every spatial size as a
@@ -166,10 +210,18 @@ def trace_explainer(
         target, symbolic_context=StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC])
     )
     fake_state = [mode.from_tensor(t, static_shapes=True) for t in state]
-    graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(
-        fake_state, fake_image, fake_target
-    )
-    return TracedExplainer(graph, state, names, output_names(methods), channels)
+    inputs = [fake_state, fake_image, fake_target]
+    if task == "segmentation":
+        region = example_region(image_size)
+        region_dims = [DimDynamic.DYNAMIC, spatial, spatial]
+        inputs.append(mode.from_tensor(region, symbolic_context=StatelessSymbolicContext(dynamic_sizes=region_dims)))
+    graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(*inputs)
+    return TracedExplainer(graph, state, names, output_names(methods, task), channels, task)
+
+
+def example_region(image_size: tuple[int, int]) -> torch.Tensor:
+    """A ``region`` for tracing: −1 (the predicted pixels) for :data:`TRACE_BATCH` images."""
+    return torch.full((TRACE_BATCH, *image_size), -1.0)
 
 
 def example_image(image_size: tuple[int, int], pixels: bool, seed: int = 0, channels: int = 3) -> torch.Tensor:
@@ -205,5 +257,17 @@ class ExplainerModule(nn.Module):
             self._names.append(buffer)
 
     def forward(self, image: torch.Tensor, target_class: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        state = [getattr(self, name) for name in self._names]
-        return tuple(self.graph(state, image, target_class))
+        return tuple(self.graph(self.state(), image, target_class))
+
+    def state(self) -> list[torch.Tensor]:
+        """The weights, in the order the traced graph takes them."""
+        return [getattr(self, name) for name in self._names]
+
+
+class SegmentationExplainerModule(ExplainerModule):
+    """:class:`ExplainerModule` for a segmentation model: the ``region`` input besides the image and class."""
+
+    def forward(
+        self, image: torch.Tensor, target_class: torch.Tensor, region: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        return tuple(self.graph(self.state(), image, target_class, region))

@@ -446,7 +446,7 @@ def write_files(
     overlay_path = heatmap_path = None
     if style.overlay_format:
         overlay_path = out / f"{stem}_cam{OVERLAY_FORMATS[style.overlay_format][1]}"
-        write_overlay(overlay_path, photo, result.input_heatmap, result.preprocessing, style)
+        write_overlay(overlay_path, photo, result.input_heatmap, result.preprocessing, style, result.region)
     if style.save_heatmap:
         heatmap_path = out / f"{stem}_heatmap.npy"
         write_atomically(heatmap_path, lambda p: np.save(p, result.heatmap))
@@ -454,13 +454,19 @@ def write_files(
 
 
 def write_overlay(
-    path: Path, photo: Image.Image, input_heatmap: np.ndarray, preprocessing: Preprocessing, style: ExplainStyle
+    path: Path,
+    photo: Image.Image,
+    input_heatmap: np.ndarray,
+    preprocessing: Preprocessing,
+    style: ExplainStyle,
+    region: np.ndarray | None = None,
 ) -> None:
     """Writes ``photo`` with the graph's ``input_heatmap`` placed back on it (downscaled to the style's
-    ``overlay_max_side`` if asked) in the style's format, atomically."""
+    ``overlay_max_side`` if asked) in the style's format, atomically; a segmentation's explained ``region`` is
+    outlined."""
     pillow_format, _, options = OVERLAY_FORMATS[style.overlay_format or DEFAULT_FORMAT]
     coloured = overlay_on_photo(
-        photo, input_heatmap, preprocessing, style.alpha, style.colormap, style.overlay_max_side
+        photo, input_heatmap, preprocessing, style.alpha, style.colormap, style.overlay_max_side, region
     )
     write_atomically(path, lambda p: coloured.save(p, format=pillow_format, **options))
 

@@ -1,7 +1,10 @@
 """Faithfulness metrics of a heatmap, computed by running the graph itself on masked inputs.
 
-All masking happens on the network's input crop in pixel space (uint8 RGB [H, W, 3], before normalisation),
-and every probability is the softmax of the graph's ``logits`` for the explained class ``c``.
+All masking happens on the network's input crop in pixel space (uint8 [H, W, C], before normalisation),
+and every probability is the softmax of the graph's ``logits`` for the explained class ``c``. For a
+segmentation graph it is the mean, over the explained region (the pixels predicted as ``c`` on the unmasked
+image; all pixels if there are none), of each pixel's softmax probability of ``c``: the score Seg-Grad-CAM
+explains, made a probability.
 
 * **Average Drop %** (Chattopadhyay et al., WACV 2018, sec. 6.1): ``100 · mean_i max(0, Y_i − O_i) / Y_i``,
   with ``Y_i`` the probability of ``c`` on the image and ``O_i`` on the explanation map
@@ -78,29 +81,53 @@ def _feed(session: CamSession, pixels: np.ndarray) -> np.ndarray:
 
 
 def class_probabilities(
-    session: CamSession, pixels: np.ndarray, classes: np.ndarray, batch_size: int = 16
+    session: CamSession,
+    pixels: np.ndarray,
+    classes: np.ndarray,
+    batch_size: int = 16,
+    regions: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Softmax probability of ``classes[i]`` for each image ``pixels[i]`` (uint8-range [N, H, W, C])."""
+    """Softmax probability of ``classes[i]`` for each image ``pixels[i]`` (uint8-range [N, H, W, C]); for a
+    segmentation graph, its mean over ``regions[i]`` (bool [N, H, W]; see the module docstring)."""
     out = np.empty(len(pixels))
     for start in range(0, len(pixels), batch_size):
         chunk = slice(start, start + batch_size)
         probs = softmax(session.run(_feed(session, pixels[chunk]))["logits"])
-        out[chunk] = probs[np.arange(len(probs)), classes[chunk]]
+        picked = probs[np.arange(len(probs)), classes[chunk]]
+        if picked.ndim == 3:  # segmentation: [n, H, W] per-pixel probabilities, averaged over each region
+            where = regions[chunk] if regions is not None else np.ones(picked.shape, bool)
+            where = np.where(where.reshape(len(picked), -1).any(1)[:, None, None], where, True)
+            picked = (picked * where).sum(axis=(1, 2)) / where.sum(axis=(1, 2))
+        out[chunk] = picked
     return out
 
 
 def drop_and_increase(
-    session: CamSession, pixels: np.ndarray, heatmaps: np.ndarray, classes: np.ndarray
+    session: CamSession,
+    pixels: np.ndarray,
+    heatmaps: np.ndarray,
+    classes: np.ndarray,
+    regions: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per image: the relative drop ``max(0, Y − O)/Y`` and whether confidence increased (``Y < O``)."""
-    full = class_probabilities(session, pixels, classes)
-    masked = class_probabilities(session, pixels.astype(np.float64) * heatmaps[..., None], classes)
+    full = class_probabilities(session, pixels, classes, regions=regions)
+    explained = pixels.astype(np.float64) * heatmaps[..., None]
+    masked = class_probabilities(session, explained, classes, regions=regions)
     drops = np.maximum(full - masked, 0.0) / np.maximum(full, 1e-12)
     return drops, full < masked
 
 
-def _curve(session: CamSession, start: np.ndarray, end: np.ndarray, order: np.ndarray, cls: int, steps: int) -> float:
-    """AUC of the class probability while pixels of ``start`` turn into ``end`` in ``order``, ``steps`` chunks."""
+def _curve(
+    session: CamSession,
+    start: np.ndarray,
+    end: np.ndarray,
+    order: np.ndarray,
+    cls: int,
+    steps: int,
+    region: np.ndarray | None = None,
+) -> float:
+    """AUC of the class probability while pixels of ``start`` turn into ``end`` in ``order``, ``steps`` chunks
+    (``region``: a segmentation's explained pixels, fixed from the unmasked image)."""
     h, w, c = start.shape
     current = start.reshape(h * w, c).astype(np.float64).copy()
     target = end.reshape(h * w, c).astype(np.float64)
@@ -110,13 +137,20 @@ def _curve(session: CamSession, start: np.ndarray, end: np.ndarray, order: np.nd
         current[order[lo:hi]] = target[order[lo:hi]]
         frames.append(current.reshape(h, w, c).copy())
         if len(frames) == FRAMES_AT_ONCE:  # memory stays flat for any number of steps
-            probs.append(class_probabilities(session, np.stack(frames), np.full(len(frames), cls)))
+            probs.append(_frame_probabilities(session, frames, cls, region))
             frames = []
     if frames:
-        probs.append(class_probabilities(session, np.stack(frames), np.full(len(frames), cls)))
+        probs.append(_frame_probabilities(session, frames, cls, region))
     probs = np.concatenate(probs)
     trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it
     return float(trapezoid(probs, dx=1.0 / steps))
+
+
+def _frame_probabilities(
+    session: CamSession, frames: list[np.ndarray], cls: int, region: np.ndarray | None
+) -> np.ndarray:
+    regions = None if region is None else np.broadcast_to(region, (len(frames), *region.shape))
+    return class_probabilities(session, np.stack(frames), np.full(len(frames), cls), regions=regions)
 
 
 def deletion_insertion(
@@ -145,6 +179,7 @@ def evaluate_maps(
     steps: int = 20,
     metrics: Sequence[str] = METRICS,
     blur: float = 10.0,
+    regions: np.ndarray | None = None,
 ) -> list[Faithfulness]:
     """The ``metrics`` for every method's heatmaps ([N, H, W] at the input size); Win % across the methods.
 
@@ -161,7 +196,7 @@ def evaluate_maps(
     for method, maps in heatmaps.items():
         if maps.shape != pixels.shape[:3]:
             raise UserError(f"{method}: heatmaps {list(maps.shape)} do not match images {list(pixels.shape[:3])}")
-        results.append(_score(session, method, pixels, maps, classes, steps, metrics, blurred))
+        results.append(_score(session, method, pixels, maps, classes, steps, metrics, blurred, regions))
     if "win" in metrics and len(results) > 1:
         _share_wins(results, list(heatmaps.values()), len(pixels))
     return results
@@ -176,11 +211,13 @@ def _score(
     steps: int,
     metrics: Sequence[str],
     blurred: list[np.ndarray] | None,
+    regions: np.ndarray | None = None,
 ) -> Faithfulness:
     """One method's scores (see :func:`evaluate_maps`)."""
     result = Faithfulness(method=method)
+    each = list(regions) if regions is not None else [None] * len(pixels)
     if {"average_drop", "increase_in_confidence", "win"} & set(metrics):
-        drops, increased = drop_and_increase(session, pixels, maps, classes)
+        drops, increased = drop_and_increase(session, pixels, maps, classes, regions)
         result.drops = [float(d) for d in drops]
         if "average_drop" in metrics:
             result.average_drop = float(100.0 * drops.mean())
@@ -191,14 +228,14 @@ def _score(
     )
     if "deletion" in metrics:
         result.deletions = [
-            _curve(session, p, np.zeros_like(p), order, int(c), steps)
-            for p, order, c in zip(pixels, orders, classes, strict=True)
+            _curve(session, p, np.zeros_like(p), order, int(c), steps, r)
+            for p, order, c, r in zip(pixels, orders, classes, each, strict=True)
         ]
         result.deletion_auc = float(np.mean(result.deletions))
     if "insertion" in metrics:
         result.insertions = [
-            _curve(session, b, p, order, int(c), steps)
-            for p, b, order, c in zip(pixels, blurred, orders, classes, strict=True)
+            _curve(session, b, p, order, int(c), steps, r)
+            for p, b, order, c, r in zip(pixels, blurred, orders, classes, each, strict=True)
         ]
         result.insertion_auc = float(np.mean(result.insertions))
     return result
@@ -293,7 +330,9 @@ def evaluate_images(
     methods = session.info.methods
     names = {m: f"heatmap_{m}" if len(methods) > 1 else "heatmap" for m in methods}
     maps = {m: outputs[name] for m, name in names.items()}
-    return evaluate_maps(session, pixels, maps, outputs["class_index"].astype(np.int64), steps, metrics)
+    classes = outputs["class_index"].astype(np.int64)
+    regions = outputs["segmentation"] == classes[:, None, None] if session.info.segments else None
+    return evaluate_maps(session, pixels, maps, classes, steps, metrics, regions=regions)
 
 
 def summary_table(results: list[Faithfulness], images: int, steps: int) -> str:

@@ -217,7 +217,13 @@ class Server:
             body["cam"] = {"shape": list(result.cam.shape), "values": result.cam.astype(float).round(6).tolist()}
         elif query.heatmap == "overlay":
             picture = overlay_on_photo(
-                photo, result.input_heatmap, result.preprocessing, query.alpha, query.colormap, query.max_side
+                photo,
+                result.input_heatmap,
+                result.preprocessing,
+                query.alpha,
+                query.colormap,
+                query.max_side,
+                result.region,
             )
             buffer = io.BytesIO()
             picture.save(buffer, format="PNG", compress_level=1)

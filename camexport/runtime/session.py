@@ -15,7 +15,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from camexport._util import first_line
-from camexport.contract import IMAGE, TARGET_CLASS, GraphInfo, Preprocessing
+from camexport.contract import IMAGE, REGION, TARGET_CLASS, GraphInfo, Preprocessing
 from camexport.errors import CamExportError, NonFiniteOutputError, UserError
 from camexport.runtime.preprocess import heatmap_to_original, normalise, open_image, seen_mask, to_pixels
 
@@ -83,7 +83,7 @@ class CamSession:
             raise UserError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)[:160]})") from None
         self.info = GraphInfo.from_props(self._session.get_modelmeta().custom_metadata_map, self.path)
         self.output_names = [o.name for o in self._session.get_outputs()]
-        logits = self._session.get_outputs()[0].shape[-1]
+        logits = self._session.get_outputs()[0].shape[1]  # K of [N, K] or [N, K, H, W]
         if isinstance(logits, int) and logits != len(self.info.labels):
             raise UserError(
                 f"{self.path}: damaged camexport metadata ({len(self.info.labels)} labels for {logits} logits); "
@@ -95,7 +95,12 @@ class CamSession:
         """Number of logits (and labels)."""
         return len(self.info.labels)
 
-    def run(self, image: np.ndarray, target_class: np.ndarray | list[int] | int | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        image: np.ndarray,
+        target_class: np.ndarray | list[int] | int | None = None,
+        region: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
         """Runs the graph on a prepared batch.
 
         Args:
@@ -103,18 +108,27 @@ class CamSession:
                 graph, uint8 [N, H, W, C] pixels. H x W is the graph's image size, or any size for a
                 graph built with ``--dynamic-size``.
             target_class: None (top-1 class for every image: [-1] is fed), an int for all images, or [N]
-                indices with −1 meaning top-1.
+                indices with −1 meaning top-1 (for a segmentation graph: the class predicted on the most pixels).
+            region: a segmentation graph's pixel weights, float [N, H, W] or [H, W] for all images: 1 (or any
+                weight) where the class's logits count, 0 where not, −1 where they count if the graph predicts
+                the class there; None (−1 everywhere) explains the pixels predicted as the class.
 
         Returns:
-            Every graph output by name (``logits``, ``class_index``, ``heatmap``, ``cam``, ...).
+            Every graph output by name (``logits``, ``class_index``, ``heatmap``, ``cam``, ...;
+            ``segmentation`` for a segmentation graph).
 
         Raises:
-            UserError: wrong shape or dtype, NaN/Inf values, class index out of range.
+            UserError: wrong shape or dtype, NaN/Inf values, class index out of range, a region for a
+                classifier or of the wrong shape.
             CamExportError: onnxruntime failed while running the graph.
         """
         image = np.asarray(image)
         feeds: dict[str, np.ndarray] = {IMAGE: self._check_batch(image)}
         feeds[TARGET_CLASS] = self._check_target(-1 if target_class is None else target_class, image.shape[0])
+        if self.info.segments:
+            feeds[REGION] = self._check_region(region, image.shape[0])
+        elif region is not None:
+            raise UserError(f"{self.path} explains a classifier, not a segmentation model; leave `region` out")
         try:
             outputs = self._session.run(self.output_names, feeds)
         except Exception as exc:  # onnxruntime's own exception types
@@ -131,6 +145,22 @@ class CamSession:
                 f"{largest:.3g}); pass pixels normalised as the graph's metadata says"
             )
         return named
+
+    def _check_region(self, region: np.ndarray | None, batch: int) -> np.ndarray:
+        """float32 [batch, H, W]: −1 everywhere for None, a [H, W] region repeated for every image."""
+        height, width = self.info.preprocessing.image_size
+        if region is None:
+            return np.full((batch, height, width), -1.0, dtype=np.float32)
+        region = np.asarray(region, dtype=np.float32)
+        region = np.broadcast_to(region, (batch, *region.shape)) if region.ndim == 2 else region
+        if region.shape != (batch, height, width):
+            raise UserError(
+                f"region has shape {list(region.shape)}; the graph takes [{height}, {width}] or [{batch}, {height}, "
+                f"{width}] pixel weights (1 inside, 0 outside, -1 where predicted)"
+            )
+        if not np.isfinite(region).all():
+            raise UserError("region holds NaN or Inf values; pass finite pixel weights")
+        return np.ascontiguousarray(region)
 
     def _check_target(self, target_class: np.ndarray | list[int] | int, batch: int) -> np.ndarray:
         """int64 [1] or [batch] class indices (−1: top-1), fed always: the graph's input is required (contract 2)."""
@@ -249,11 +279,20 @@ class CamSession:
     def explanation(
         self, outputs: dict[str, np.ndarray], i: int, photo_size: tuple[int, int], top_k: int = 5
     ) -> Explanation:
-        """Image ``i`` of a batch's :meth:`run` outputs as an :class:`Explanation` of a ``photo_size`` photo."""
-        probs = softmax(outputs["logits"][i : i + 1])[0]
+        """Image ``i`` of a batch's :meth:`run` outputs as an :class:`Explanation` of a ``photo_size`` photo.
+
+        For a segmentation graph the classes are ranked by their share of the predicted pixels, and the region
+        is the pixels predicted as the explained class (what the graph explains by default)."""
         labels = self.info.labels
-        order = np.argsort(-probs, kind="stable")[:top_k]
         chosen = int(outputs["class_index"][i])
+        region = None
+        if self.info.segments:
+            predicted = outputs["segmentation"][i]
+            probs = np.bincount(predicted.ravel(), minlength=len(labels)) / max(predicted.size, 1)
+            region = predicted == chosen
+        else:
+            probs = softmax(outputs["logits"][i : i + 1])[0]
+        order = np.argsort(-probs, kind="stable")[:top_k]
         return Explanation(
             top=[(int(k), labels[int(k)], float(probs[k])) for k in order],
             class_index=chosen,
@@ -263,6 +302,7 @@ class CamSession:
             input_heatmap=outputs["heatmap"][i],
             photo_size=photo_size,
             preprocessing=self.info.preprocessing,
+            region=region,
         )
 
 
@@ -274,14 +314,16 @@ class Explanation:
     """One photo's explanation.
 
     Attributes:
-        top: the top-k classes as (index, label, probability), most probable first.
+        top: the top-k classes as (index, label, probability), most probable first (segmentation: the share of
+            the pixels predicted as the class, largest first).
         class_index: the class the heatmap explains.
         label: its name.
-        probability: its softmax probability.
+        probability: its softmax probability (segmentation: its share of the predicted pixels).
         cam: the graph's raw ``cam`` [h, w] (float32, at the explained layer's resolution).
         input_heatmap: the graph's ``heatmap`` [H, W] in [0, 1], at the network input's size.
         photo_size: (width, height) of the photo.
         preprocessing: how the photo became the network input (for placing the heatmap back).
+        region: segmentation only: bool [H, W] at the network input's size, the explained pixels.
     """
 
     top: list[tuple[int, str, float]]
@@ -292,6 +334,7 @@ class Explanation:
     input_heatmap: np.ndarray
     photo_size: tuple[int, int]
     preprocessing: Preprocessing
+    region: np.ndarray | None = None
 
     @functools.cached_property
     def heatmap(self) -> np.ndarray:

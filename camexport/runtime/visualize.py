@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from camexport.contract import FLAT_MAP, Preprocessing
 from camexport.errors import UserError
@@ -63,11 +63,14 @@ def overlay_on_photo(
     alpha: float = 0.5,
     colormap: str = "jet",
     max_side: int | None = None,
+    region: np.ndarray | None = None,
 ) -> Image.Image:
     """The graph's ``input_heatmap`` placed back on ``photo`` (downscaled first so that its longer side is at most
     ``max_side``, if given) and blended over the part the network saw; the rest of the photo is left as it is.
 
-    The result is RGB: a grayscale photo is shown in gray, a four-band one by its first three bands."""
+    The result is RGB: a grayscale photo is shown in gray, a four-band one by its first three bands. A
+    ``region`` (bool [H, W] at the network input's size: the pixels a segmentation explains) is outlined in
+    white, one pixel wide on the drawn photo."""
     if photo.mode != "RGB":
         photo = photo.convert("RGB")
     if max_side and max(photo.size) > max_side:
@@ -77,7 +80,19 @@ def overlay_on_photo(
     box, heatmap = placed_heatmap(input_heatmap, preprocessing, *photo.size)
     coloured = photo.copy()
     coloured.paste(overlay(photo.crop(box), heatmap, alpha, colormap), box)
+    if region is not None:
+        _outline(coloured, region, preprocessing)
     return coloured
+
+
+def _outline(image: Image.Image, region: np.ndarray, preprocessing: Preprocessing) -> None:
+    """Paints the boundary of ``region`` (network-input pixels) white on ``image``, in place: the mask is placed
+    like the heatmap (bilinear, thresholded at 1/2), and its boundary is the mask minus its 3x3 erosion."""
+    box, placed = placed_heatmap(np.asarray(region, dtype=np.float32), preprocessing, *image.size)
+    mask = Image.fromarray(((placed >= 0.5) * 255).astype(np.uint8), mode="L")
+    inner = mask.filter(ImageFilter.MinFilter(3))
+    edge = Image.fromarray(((np.asarray(mask) > 0) & (np.asarray(inner) == 0)).astype(np.uint8) * 255, mode="L")
+    image.paste((255, 255, 255), box, edge)
 
 
 def colourise(heatmap: np.ndarray, colormap: str = "jet") -> Image.Image:
