@@ -59,7 +59,9 @@ Task = Literal["classification", "segmentation"]
 TASKS: tuple[Task, ...] = ("classification", "segmentation")
 
 # The CAM methods a graph may hold (the build side implements each; the first is the default).
-METHODS = ("gradcampp", "gradcam", "xgradcam", "layercam", "hirescam")
+METHODS = ("gradcampp", "gradcam", "xgradcam", "layercam", "hirescam", "reciprocam")
+# The gradient-free one: ReciproCAM (Byun & Lee 2022) runs the rest of the network on masked feature maps.
+RECIPROCAM = "reciprocam"
 
 # The image input: normalised float32 [N, C, H, W], or uint8 pixels [N, H, W, C] normalised inside; C is the
 # number of values in the metadata's mean and std (3 for RGB classifiers).

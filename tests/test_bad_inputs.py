@@ -111,7 +111,12 @@ BUILD = [
     ("factory-no-callable", "build {root}/tiny.py:missing", 2, "has no callable 'missing'"),
     ("factory-not-a-module", "build {root}/tiny.py:plain", 2, "returned list, not a torch.nn.Module"),
     ("factory-raises", "build {root}/tiny.py:raises", 2, "the factory raised RuntimeError: the factory broke"),
-    ("factory-no-logits", "build {root}/tiny.py:fixed --image-size 16", 2, "camexport explains models whose forward returns logits"),
+    (
+        "factory-no-logits",
+        "build {root}/tiny.py:fixed --image-size 16",
+        2,
+        "camexport explains models whose forward returns logits",
+    ),
     ("layer-missing", "build resnet18 --weights random --layer layer9", 2, "--layer layer9: no such module"),
     ("layer-not-a-map", "build resnet18 --weights random --layer fc", 2, "--layer fc: its output is shape"),
     ("method-unknown", "build resnet18 --method scorecam", 2, "--method scorecam: unknown method"),

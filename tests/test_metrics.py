@@ -231,3 +231,42 @@ def test_evaluate_out_is_checked_before_the_work(detector: CamSession, tmp_path:
     (tmp_path / "afile").write_text("x")
     argv[-1] = str(tmp_path / "afile" / "scores.json")
     assert main(argv) == 2 and "cannot write it" in capsys.readouterr().err
+
+
+def test_adcc_is_the_harmonic_mean_of_its_three_parts(detector: CamSession) -> None:
+    """ADCC (Poppi et al. 2021) recomputed here from the graph's own outputs with scipy's Pearson correlation."""
+    from scipy.stats import pearsonr
+
+    pixels, on_object, _ = _scene()
+    soft = np.clip(on_object + 0.25 * np.linspace(0, 1, 32)[None, :], 0, 1).astype(np.float32)
+    batch, maps, classes = np.stack([pixels, pixels]), np.stack([on_object, soft]), np.array([1, 1])
+    (result,) = evaluate_maps(detector, batch, {"gradcampp": maps}, classes, metrics=("adcc",))
+    drops, _ = drop_and_increase(detector, batch, maps, classes)
+    explained = (batch.astype(np.float64) * maps[..., None]).round().clip(0, 255).astype(np.uint8) / 255.0
+    again = detector.run(explained.transpose(0, 3, 1, 2).astype(np.float32), classes)["heatmap"]
+    want = []
+    for m, a, d in zip(maps, again, drops, strict=True):
+        coherency = (1 + pearsonr(m.ravel(), a.ravel())[0]) / 2
+        complexity = np.abs(m).mean()
+        want.append(3 / (1 / coherency + 1 / (1 - complexity) + 1 / (1 - d)))
+    np.testing.assert_allclose(result.adccs, want, rtol=1e-5)
+    assert result.adcc == pytest.approx(100 * np.mean(want), rel=1e-6)
+    assert result.average_drop is None  # asked for ADCC only
+
+
+def test_adcc_needs_the_graph_that_made_the_maps(detector: CamSession) -> None:
+    pixels, on_object, _ = _scene()
+    with pytest.raises(UserError, match="ADCC needs the graph that made the maps"):
+        evaluate_maps(detector, pixels[None], {"someone": on_object[None]}, np.array([1]), metrics=("adcc",))
+
+
+def test_pointing_game_hits_within_the_tolerance() -> None:
+    from camexport.runtime.metrics import pointing_game
+
+    heatmap = np.zeros((40, 60))
+    heatmap[10, 30] = 1.0
+    assert pointing_game(heatmap, [(0, 0, 20, 20)])  # 30 < 20 + 15
+    assert not pointing_game(heatmap, [(0, 0, 20, 20)], tolerance=0)
+    assert pointing_game(heatmap, [(50, 30, 60, 40), (25, 5, 35, 15)], tolerance=0)
+    with pytest.raises(UserError, match="at least one box"):
+        pointing_game(heatmap, [])

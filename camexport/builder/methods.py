@@ -116,7 +116,8 @@ def _channel_weighted(weights_of: Callable[[torch.Tensor, torch.Tensor], torch.T
     return cam
 
 
-# Every method of :data:`camexport.contract.METHODS` as ``cam(A, g) -> [N, h, w]``, in the same order.
+# Every gradient method of :data:`camexport.contract.METHODS` as ``cam(A, g) -> [N, h, w]``, in the same order
+# (ReciproCAM needs the rest of the network: :func:`reciprocal_mosaics`, :func:`reciprocal_cam`).
 CAMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     **{name: _channel_weighted(weights_of) for name, weights_of in WEIGHTS.items()},
     "layercam": layercam,

@@ -45,7 +45,7 @@ from camexport.builder.validation import (
     results_as_dict,
     validate,
 )
-from camexport.contract import INPUT_KINDS, GraphInfo, InputKind, Task, check_methods
+from camexport.contract import INPUT_KINDS, RECIPROCAM, GraphInfo, InputKind, Task, check_methods
 from camexport.errors import (
     CamExportError,
     DynamicSizeError,
@@ -315,6 +315,21 @@ def _check_channels(loaded: LoadedModel, model: str) -> int:
     return channels
 
 
+def _check_reciprocam(layer: LayerInfo, task: Task, dynamic_size: bool) -> None:
+    """ReciproCAM masks a convolutional map of a fixed size and reads a classifier's probabilities."""
+    reason = None
+    if layer.layout != CHANNELS_FIRST:
+        reason = f"{layer.name} is {layer.describe_layout()}; ViT-ReciproCAM for token layers is not built yet"
+    elif task != "classification":
+        reason = "it reads a classifier's class probabilities, and this model segments"
+    elif dynamic_size:
+        reason = "its masks are made for one map size; build without `dynamic_size`"
+    if reason:
+        raise UserError(
+            f"methods=reciprocam needs a convolutional layer of a classifier ({reason}); use gradient methods"
+        )
+
+
 def _choose_layer(job: _Build) -> None:
     """The target layer: the given one, or the default at the model's own size; checked to localise."""
     options, module, size = job.options, job.loaded.module, job.size
@@ -335,6 +350,8 @@ def _choose_layer(job: _Build) -> None:
         )
     if options.dynamic_size:
         _check_dynamic_size(module, layer, size, options.model, channels)
+    if RECIPROCAM in options.methods:
+        _check_reciprocam(layer, job.task, options.dynamic_size)
     job.layer = layer
 
 

@@ -27,8 +27,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from camexport.builder.decompositions import ForwardRewrites, backward_decompositions
 from camexport.builder.layouts import CHANNELS_FIRST, Layout
-from camexport.builder.methods import CAMS, normalised_heatmap
-from camexport.contract import OUTPUT_NAMES, Task, check_methods, output_names
+from camexport.builder.methods import CAMS, normalised_heatmap, reciprocal_cam, reciprocal_mosaics
+from camexport.contract import OUTPUT_NAMES, RECIPROCAM, Task, check_methods, output_names
+from camexport.errors import UserError
 
 # Symbolic tracing specialises sizes 0 and 1; an example batch of 2 keeps the batch dimension symbolic.
 TRACE_BATCH = 2
@@ -59,39 +60,99 @@ def make_explain_function(
     def explain(
         state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor, region: torch.Tensor | None
     ):
-        captured: list[torch.Tensor] = []
         if pixels is not None:  # uint8 [N, H, W, C] -> normalised float [N, C, H, W]
             mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in pixels)
             image = (image.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - mean) / std
-
-        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-            # Contiguous: autograd returns gradients in the strides of the input, and a strided copy
-            # (as_strided_ + copy_) for a permuted output (ConvNeXt, Swin) has no ONNX lowering.
-            leaf = layout.to_map(output).detach().contiguous().requires_grad_(True)
-            captured.append(leaf)
-            return layout.from_map(leaf, output)
-
-        handle = target_module.register_forward_hook(hook)
-        try:
-            # The math attention kernel: fused attention kernels have backward ops with no ONNX lowering.
-            with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), ForwardRewrites():
-                logits = functional_call(model, dict(zip(state_names, state, strict=True)), (image,))
-                if region is None:
-                    class_index = torch.where(target_class < 0, logits.argmax(dim=1), target_class)
-                    score = logits.gather(1, class_index[:, None]).sum()
-                else:
-                    class_index, score = segmentation_score(logits, target_class, region, background)
-                (activations,) = captured
-                (gradients,) = torch.autograd.grad(score, activations)
-        finally:
-            handle.remove()
-        outputs = _cam_outputs(methods, image, logits, class_index, activations.detach(), gradients)
-        return outputs if region is None else (*outputs, logits.detach().argmax(dim=1))
+        params = dict(zip(state_names, state, strict=True))
+        # The math attention kernel: fused attention kernels have backward ops with no ONNX lowering.
+        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), ForwardRewrites():
+            logits, class_index, activations, gradients = _gradient_pass(
+                model, target_module, layout, params, image, target_class, region, background
+            )
+            maps = {}
+            if RECIPROCAM in methods:
+                maps[RECIPROCAM] = _reciprocal_pass(model, target_module, params, image, activations, class_index)
+        outputs = _cam_outputs(methods, image, logits, class_index, activations, gradients, maps)
+        return outputs if region is None else (*outputs, logits.argmax(dim=1))
 
     def classify(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
         return explain(state, image, target_class, None)
 
     return explain if task == "segmentation" else classify  # make_fx traces the signature's arguments
+
+
+def _gradient_pass(
+    model: nn.Module,
+    target_module: nn.Module,
+    layout: Layout,
+    params: dict[str, torch.Tensor],
+    image: torch.Tensor,
+    target_class: torch.Tensor,
+    region: torch.Tensor | None,
+    background: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward pass and the backward pass to the layer: (logits, class_index, A, g), detached."""
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        # Contiguous: autograd returns gradients in the strides of the input, and a strided copy
+        # (as_strided_ + copy_) for a permuted output (ConvNeXt, Swin) has no ONNX lowering.
+        leaf = layout.to_map(output).detach().contiguous().requires_grad_(True)
+        captured.append(leaf)
+        return layout.from_map(leaf, output)
+
+    handle = target_module.register_forward_hook(hook)
+    try:
+        logits = functional_call(model, params, (image,))
+        if region is None:
+            class_index = torch.where(target_class < 0, logits.argmax(dim=1), target_class)
+            score = logits.gather(1, class_index[:, None]).sum()
+        else:
+            class_index, score = segmentation_score(logits, target_class, region, background)
+        (activations,) = captured
+        (gradients,) = torch.autograd.grad(score, activations)
+    finally:
+        handle.remove()
+    return logits.detach(), class_index, activations.detach(), gradients
+
+
+def _reciprocal_pass(
+    model: nn.Module,
+    target_module: nn.Module,
+    params: dict[str, torch.Tensor],
+    image: torch.Tensor,
+    activations: torch.Tensor,
+    class_index: torch.Tensor,
+) -> torch.Tensor:
+    """ReciproCAM's map: the network run again with the layer's output replaced by the h·w masked feature maps
+    of each image (:func:`camexport.builder.methods.reciprocal_mosaics`), one batch of N·h·w; no gradients.
+
+    The layer's output must feed the rest of the network alone (see :func:`bypassed_layer`).
+    """
+    h, w = activations.shape[2], activations.shape[3]
+    mosaics = reciprocal_mosaics(activations)
+    handle = target_module.register_forward_hook(lambda _module, _inputs, _output: mosaics)
+    try:
+        with torch.no_grad():
+            masked = functional_call(model, params, (image,))
+    finally:
+        handle.remove()
+    return reciprocal_cam(masked, class_index, h, w)
+
+
+def bypassed_layer(model: nn.Module, layer: str, image: torch.Tensor) -> bool:
+    """True when the rest of the network also reads tensors from before ``layer`` (a skip connection around it):
+    run eagerly with the layer's output doubled along the batch, it fails to broadcast."""
+    module = model.get_submodule(layer)
+    handle = module.register_forward_hook(lambda _m, _i, output: torch.cat([output, output]))
+    try:
+        with torch.no_grad():
+            model(image)
+    except RuntimeError:
+        return True
+    finally:
+        handle.remove()
+    return False
 
 
 def segmentation_score(
@@ -128,12 +189,14 @@ def _cam_outputs(
     class_index: torch.Tensor,
     activations: torch.Tensor,
     gradients: torch.Tensor,
+    maps: dict[str, torch.Tensor],
 ) -> tuple[torch.Tensor, ...]:
-    """The graph's outputs in contract order, every method's map from the same A and g."""
+    """The graph's outputs in contract order, every gradient method's map from the same A and g (the
+    gradient-free ones come in ``maps``)."""
     size = (image.shape[2], image.shape[3])  # symbolic with --dynamic-size
-    cams = [CAMS[name](activations, gradients) for name in methods]
+    cams = [maps[name] if name in maps else CAMS[name](activations, gradients) for name in methods]
     heatmaps = [normalised_heatmap(cam, size) for cam in cams]
-    outputs = (logits.detach(), class_index, heatmaps[0], cams[0], activations, gradients)
+    outputs = (logits, class_index, heatmaps[0], cams[0], activations, gradients)
     if len(methods) > 1:
         outputs += tuple(t.clone() for pair in zip(heatmaps, cams, strict=True) for t in pair)
     return outputs
@@ -196,8 +259,14 @@ def trace_explainer(
         background: a segmentation model's background class (see :func:`segmentation_score`).
     """
     names, state = model_state(model)
-    explain = make_explain_function(model, layer, methods, names, layout, pixels, task, background)
     image = example_image(image_size, pixels is not None, seed, channels)
+    if RECIPROCAM in methods and bypassed_layer(model, layer, _as_float(image, pixels)):
+        raise UserError(
+            f"methods=reciprocam at {layer}: a skip connection goes around the layer (the rest of the network also "
+            "reads tensors from before it), so its masked maps cannot replace its output alone; choose a stage's "
+            "output (layer4, bn2, features)"
+        )
+    explain = make_explain_function(model, layer, methods, names, layout, pixels, task, background)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
     # Only the batch dimension is symbolic: a fully symbolic trace carries every spatial size as a
     # sympy expression through the whole network (minutes for a Swin Transformer, seconds this way).
@@ -217,6 +286,11 @@ def trace_explainer(
         inputs.append(mode.from_tensor(region, symbolic_context=StatelessSymbolicContext(dynamic_sizes=region_dims)))
     graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(*inputs)
     return TracedExplainer(graph, state, names, output_names(methods, task), channels, task)
+
+
+def _as_float(image: torch.Tensor, pixels: tuple | None) -> torch.Tensor:
+    """The example as the network takes it: float [N, C, H, W] (a uint8 example only needs the layout)."""
+    return image.permute(0, 3, 1, 2).float() / 255.0 if pixels is not None else image
 
 
 def example_region(image_size: tuple[int, int]) -> torch.Tensor:

@@ -39,8 +39,8 @@ import numpy as np
 from torch import nn
 
 from camexport.builder.layouts import CHANNELS_FIRST, Layout
-from camexport.builder.reference import reference_explain
-from camexport.contract import PER_METHOD_OUTPUTS, Preprocessing
+from camexport.builder.reference import reference_explain, reference_reciprocam
+from camexport.contract import PER_METHOD_OUTPUTS, RECIPROCAM, Preprocessing
 from camexport.errors import NonFiniteOutputError, ValidationError
 from camexport.runtime.preprocess import normalise
 from camexport.runtime.session import CamSession
@@ -203,15 +203,18 @@ def reference_outputs(
     """The eager reference for a graph of one or several methods: the first method's outputs, plus
     ``heatmap_<m>``/``cam_<m>`` of each when there are several. ``region`` and ``background``: for a
     segmentation model (see :func:`camexport.builder.reference.reference_explain`)."""
-    reference = reference_explain(model, layer, methods[0], image, target_class, layout, region, background)
-    if len(methods) > 1:
-        for name in methods:
-            one = (
-                reference
-                if name == methods[0]
-                else reference_explain(model, layer, name, image, target_class, layout, region, background)
-            )
-            reference[f"heatmap_{name}"], reference[f"cam_{name}"] = one["heatmap"], one["cam"]
+
+    def one(method: str) -> dict[str, np.ndarray]:
+        if method != RECIPROCAM:
+            return reference_explain(model, layer, method, image, target_class, layout, region, background)
+        base = reference_explain(model, layer, "gradcam", image, target_class, layout, region, background)
+        base["cam"], base["heatmap"] = reference_reciprocam(model, layer, image, base["class_index"])
+        return base
+
+    reference = one(methods[0])
+    for name in methods if len(methods) > 1 else ():
+        other = reference if name == methods[0] else one(name)
+        reference[f"heatmap_{name}"], reference[f"cam_{name}"] = other["heatmap"], other["cam"]
     return reference
 
 

@@ -18,6 +18,18 @@ explains, made a probability.
   ``steps`` equal chunks; the area under the probability curve over the fraction of pixels changed
   (trapezoid rule on [0, 1]). Deletion: lower is better; insertion: higher is better.
 
+* **ADCC** (Poppi et al., CVPRW 2021, "Revisiting the evaluation of class activation mapping for
+  explainability", eq. 5): per image, the harmonic mean ``3 / (1/Coherency + 1/(1 − Complexity) +
+  1/(1 − AverageDrop))`` of: *Coherency* ``(1 + PCC(L(x), L(x ⊙ L(x))))/2``, the Pearson correlation of the
+  heatmap with the heatmap the graph gives the explanation map itself (0 when either is constant); *Complexity*
+  ``mean |L(x)|``, the heatmap's L1 norm per pixel; and the image's drop ``max(0, Y − O)/Y``. 0 where a term
+  is 0. Averaged over images, in %. Higher is better. It needs the graph that made the maps (one run more
+  per image and method).
+
+For boxes of the explained object, :func:`pointing_game` is Zhang et al.'s pointing game (ECCV 2016, "Top-down
+neural attention by excitation backprop", sec. 5.1): a hit when the heatmap's maximum lies in a box, 15 pixels
+of tolerance.
+
 For images with several instances of the class and known boxes, :func:`instance_spread` says how a heatmap's mass
 divides over the instances (the share inside the boxes is the energy-based pointing game of Wang et al., CVPRW
 2020, Score-CAM, sec. 5.2).
@@ -40,7 +52,7 @@ from camexport.runtime.session import CamSession, as_photo, softmax
 
 # What `camexport evaluate --metrics` selects. The first three come from the same two runs per image;
 # deletion and insertion cost ``steps + 1`` runs per image and method each.
-METRICS = ("average_drop", "increase_in_confidence", "win", "deletion", "insertion")
+METRICS = ("average_drop", "increase_in_confidence", "win", "deletion", "insertion", "adcc")
 # Deletion/insertion frames held at once (each a float64 copy of the input crop).
 FRAMES_AT_ONCE = 32
 
@@ -72,6 +84,10 @@ class Faithfulness:
     deletions: list[float] | None = None
     insertions: list[float] | None = None
     win: float | None = None
+    adcc: float | None = None
+    adccs: list[float] | None = None
+    coherency: float | None = None
+    complexity: float | None = None
 
 
 def _feed(session: CamSession, pixels: np.ndarray) -> np.ndarray:
@@ -216,8 +232,10 @@ def _score(
     """One method's scores (see :func:`evaluate_maps`)."""
     result = Faithfulness(method=method)
     each = list(regions) if regions is not None else [None] * len(pixels)
-    if {"average_drop", "increase_in_confidence", "win"} & set(metrics):
+    if {"average_drop", "increase_in_confidence", "win", "adcc"} & set(metrics):
         drops, increased = drop_and_increase(session, pixels, maps, classes, regions)
+        if "adcc" in metrics:
+            _adcc(result, session, method, pixels, maps, classes, drops, regions)
         result.drops = [float(d) for d in drops]
         if "average_drop" in metrics:
             result.average_drop = float(100.0 * drops.mean())
@@ -239,6 +257,64 @@ def _score(
         ]
         result.insertion_auc = float(np.mean(result.insertions))
     return result
+
+
+def _adcc(
+    result: Faithfulness,
+    session: CamSession,
+    method: str,
+    pixels: np.ndarray,
+    maps: np.ndarray,
+    classes: np.ndarray,
+    drops: np.ndarray,
+    regions: np.ndarray | None,
+    batch_size: int = 16,
+) -> None:
+    """ADCC and its coherency and complexity (see the module docstring), into ``result``."""
+    if method not in session.info.methods:
+        raise UserError(f"adcc: {method!r} is not a method of {session.path}; ADCC needs the graph that made the maps")
+    name = "heatmap" if len(session.info.methods) == 1 else f"heatmap_{method}"
+    again = []
+    for start in range(0, len(pixels), batch_size):
+        chunk = slice(start, start + batch_size)
+        explained = _feed(session, pixels[chunk].astype(np.float64) * maps[chunk][..., None])
+        region = None if regions is None else regions[chunk].astype(np.float32)
+        again.append(session.run(explained, classes[chunk], region)[name])
+    coherency = np.array([_pearson(a, b) for a, b in zip(maps, np.concatenate(again), strict=True)])
+    coherency = (1.0 + coherency) / 2.0
+    complexity = np.abs(maps).reshape(len(maps), -1).mean(axis=1)
+    terms = np.stack([coherency, 1.0 - complexity, 1.0 - drops])
+    scores = np.where((terms > 0).all(axis=0), 3.0 / np.sum(1.0 / np.maximum(terms, 1e-12), axis=0), 0.0)
+    result.adccs = [float(v) for v in scores]
+    result.adcc = float(100.0 * scores.mean())
+    result.coherency = float(100.0 * coherency.mean())
+    result.complexity = float(100.0 * complexity.mean())
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's correlation of two maps; −1 (coherency 0) when either is constant."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    norm = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / norm) if norm > 0 else -1.0
+
+
+def pointing_game(heatmap: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], tolerance: int = 15) -> bool:
+    """Zhang et al.'s pointing game: True when the heatmap's maximum (the first, in row-major order) lies in one of
+    ``boxes`` (left, top, right, bottom; right and bottom exclusive) grown by ``tolerance`` pixels.
+
+    Raises:
+        UserError: no boxes, or a heatmap that is not finite.
+    """
+    if not boxes:
+        raise UserError("pointing_game needs at least one box")
+    if not np.all(np.isfinite(heatmap)):
+        raise UserError("pointing_game needs a finite heatmap")
+    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return any(
+        left - tolerance <= x < right + tolerance and top - tolerance <= y < bottom + tolerance
+        for left, top, right, bottom in boxes
+    )
 
 
 def _share_wins(results: list[Faithfulness], stacks: list[np.ndarray], images: int) -> None:
@@ -341,17 +417,17 @@ def summary_table(results: list[Faithfulness], images: int, steps: int) -> str:
     def cell(value: float | None, width: int, digits: int) -> str:
         return f"{'-' if value is None else f'{value:.{digits}f}':>{width}}"
 
-    header = ["method", "Avg Drop % ↓", "Incr Conf % ↑", "Win % ↑", "Deletion ↓", "Insertion ↑"]
+    header = ["method", "Avg Drop % ↓", "Incr Conf % ↑", "Win % ↑", "Deletion ↓", "Insertion ↑", "ADCC % ↑"]
     curves = any(r.deletion_auc is not None or r.insertion_auc is not None for r in results)
     steps_note = f", {steps} deletion/insertion steps" if curves else ""
     lines = [
         f"{images} image(s){steps_note} (arrows: which way is better)",
-        f"{header[0]:12} {header[1]:>13} {header[2]:>14} {header[3]:>8} {header[4]:>11} {header[5]:>12}",
+        f"{header[0]:12} {header[1]:>13} {header[2]:>14} {header[3]:>8} {header[4]:>11} {header[5]:>12} {header[6]:>9}",
     ]
     for r in results:
         lines.append(
             f"{r.method:12} {cell(r.average_drop, 13, 2)} {cell(r.increase_in_confidence, 14, 1)} {cell(r.win, 8, 1)} "
-            f"{cell(r.deletion_auc, 11, 4)} {cell(r.insertion_auc, 12, 4)}"
+            f"{cell(r.deletion_auc, 11, 4)} {cell(r.insertion_auc, 12, 4)} {cell(r.adcc, 9, 1)}"
         )
     return "\n".join(lines)
 
