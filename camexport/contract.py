@@ -62,6 +62,7 @@ TASKS: tuple[Task, ...] = ("classification", "segmentation")
 METHODS = ("gradcampp", "gradcam", "xgradcam", "layercam", "hirescam", "reciprocam")
 # The gradient-free one: ReciproCAM (Byun & Lee 2022) runs the rest of the network on masked feature maps.
 RECIPROCAM = "reciprocam"
+GRADIENT_METHODS = tuple(m for m in METHODS if m != RECIPROCAM)
 
 # The image input: normalised float32 [N, C, H, W], or uint8 pixels [N, H, W, C] normalised inside; C is the
 # number of values in the metadata's mean and std (3 for RGB classifiers).

@@ -14,11 +14,11 @@ from camexport.builder.methods import (
     gradcampp_weights,
     normalised_heatmap,
 )
-from camexport.contract import METHODS
+from camexport.contract import GRADIENT_METHODS
 
 
 def test_every_contract_method_has_a_formula_in_contract_order() -> None:
-    assert tuple(CAMS) == METHODS
+    assert tuple(CAMS) == GRADIENT_METHODS
 
 
 def _cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -117,7 +117,7 @@ def _numpy_cam(method: str, A: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_every_method_matches_numpy(case: str, method: str) -> None:
     """XGrad-CAM, LayerCAM and HiResCAM too: the graph's torch formulas vs loops written from the papers."""
     A, g = CASES[case]
@@ -130,7 +130,7 @@ def test_methods_differ_where_they_should() -> None:
     """On a map with mixed-sign gradients the methods are not interchangeable; behind a global-average-pooled
     head (a constant gradient per channel), HiResCAM and XGrad-CAM both equal Grad-CAM."""
     A, g = CASES["random"]
-    cams = {m: CAMS[m](torch.tensor(A), torch.tensor(g)).numpy() for m in METHODS}
+    cams = {m: CAMS[m](torch.tensor(A), torch.tensor(g)).numpy() for m in GRADIENT_METHODS}
     assert not np.allclose(cams["layercam"], cams["hirescam"])
     constant = np.broadcast_to(g.mean(axis=(2, 3), keepdims=True), g.shape).copy()
     hires = CAMS["hirescam"](torch.tensor(A), torch.tensor(constant)).numpy()

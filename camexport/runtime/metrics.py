@@ -53,6 +53,8 @@ from camexport.runtime.session import CamSession, as_photo, softmax
 # What `camexport evaluate --metrics` selects. The first three come from the same two runs per image;
 # deletion and insertion cost ``steps + 1`` runs per image and method each.
 METRICS = ("average_drop", "increase_in_confidence", "win", "deletion", "insertion", "adcc")
+# What any maps can be scored by (ADCC needs the graph that made them): evaluate_maps' default.
+MAP_METRICS = METRICS[:-1]
 # Deletion/insertion frames held at once (each a float64 copy of the input crop).
 FRAMES_AT_ONCE = 32
 
@@ -193,7 +195,7 @@ def evaluate_maps(
     heatmaps: dict[str, np.ndarray],
     classes: np.ndarray,
     steps: int = 20,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] = MAP_METRICS,
     blur: float = 10.0,
     regions: np.ndarray | None = None,
 ) -> list[Faithfulness]:
