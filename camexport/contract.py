@@ -44,6 +44,9 @@ REGION = "region"
 OUTPUT_NAMES = ("logits", "class_index", "heatmap", "cam", "activations", "gradients")
 SEGMENTATION = "segmentation"
 PER_METHOD_OUTPUTS = ("heatmap", "cam")
+# A ReciproCAM graph built with every class's map: float32 [N, K, h, w], at each position the probability of each
+# class when the map is masked there (the method's raw ``cam`` of every class, from the same masked pass).
+CLASS_MAPS = "class_maps"
 # ``heatmap`` is ``cam`` resized bilinearly (half-pixel centres) to the input size, then min-max scaled to
 # [0, 1] per image; a map whose span is at most FLAT_MAP of its maximum (interpolation rounding) gives zeros.
 FLAT_MAP = 1e-5
@@ -77,13 +80,14 @@ IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 PREFIX = "camexport."
 
 
-def output_names(methods: Sequence[str], task: Task = "classification") -> tuple[str, ...]:
+def output_names(methods: Sequence[str], task: Task = "classification", class_maps: bool = False) -> tuple[str, ...]:
     """The graph's outputs: :data:`OUTPUT_NAMES` (``heatmap``/``cam`` of the first method), then, for a graph of
-    several methods, ``heatmap_<method>`` and ``cam_<method>`` for each, then ``segmentation`` for a
-    segmentation graph."""
+    several methods, ``heatmap_<method>`` and ``cam_<method>`` for each, then ``class_maps`` when asked for
+    (:data:`CLASS_MAPS`), then ``segmentation`` for a segmentation graph."""
     names = OUTPUT_NAMES
     if len(methods) > 1:
         names += tuple(f"{kind}_{method}" for method in methods for kind in PER_METHOD_OUTPUTS)
+    names += (CLASS_MAPS,) if class_maps else ()
     return names + ((SEGMENTATION,) if task == "segmentation" else ())
 
 
@@ -191,6 +195,9 @@ class GraphInfo:
         task: ``classification`` or ``segmentation`` (:data:`TASKS`).
         background: a segmentation graph's background class, explained by default only where no other class
             is predicted (None: every class counts alike).
+        masked_block: the module whose input ReciproCAM masks along with the layer's output (a transformer block
+            around its first normalisation: its skip connection), or None.
+        class_maps: the graph outputs ReciproCAM's map of every class (:data:`CLASS_MAPS`).
         contract: the contract version (:data:`CONTRACT_VERSION`, :data:`SEGMENTATION_CONTRACT`).
     """
 
@@ -206,6 +213,8 @@ class GraphInfo:
     input: InputKind = "float32"
     task: Task = "classification"
     background: int | None = None
+    masked_block: str | None = None
+    class_maps: bool = False
     contract: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -225,7 +234,7 @@ class GraphInfo:
     @property
     def output_names(self) -> tuple[str, ...]:
         """The graph's outputs (see :func:`output_names`)."""
-        return output_names(self.methods, self.task)
+        return output_names(self.methods, self.task, self.class_maps)
 
     def to_props(self) -> dict[str, str]:
         """The metadata props, the one writer of the contract: strings, lists and numbers as JSON."""
@@ -248,6 +257,8 @@ class GraphInfo:
             f"{PREFIX}input": self.input,
             f"{PREFIX}task": self.task,
             f"{PREFIX}background": json.dumps(self.background),
+            f"{PREFIX}masked_block": json.dumps(self.masked_block),
+            f"{PREFIX}class_maps": json.dumps(self.class_maps),
         }
 
     @classmethod
@@ -315,5 +326,13 @@ def _read(cls: type[GraphInfo], props: Mapping[str, str], contract: int) -> Grap
         input=kind,
         task=task,
         background=None if background is None else int(background),
+        masked_block=_optional_name(json.loads(props.get(f"{PREFIX}masked_block", "null"))),
+        class_maps=bool(json.loads(props.get(f"{PREFIX}class_maps", "false"))),
         contract=contract,
     )
+
+
+def _optional_name(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"module name {value!r}")
+    return value

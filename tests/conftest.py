@@ -20,7 +20,7 @@ from torch import nn
 
 from camexport.builder.layouts import CHANNELS_FIRST, Layout
 from camexport.builder.pipeline import BuildOptions, build
-from camexport.builder.validation import Case, check_outputs
+from camexport.builder.validation import Case, Explained, check_outputs
 from camexport.contract import parse_methods
 
 
@@ -127,7 +127,8 @@ def assert_matches_reference(
     tolerances, isolated kink flips, and the reference's own sensitivity to a 1e-5 input perturbation, so
     that the suite holds on any CPU's kernels while a wrong border, channel or sign still fails. Returns the
     graph's outputs for further checks."""
-    result = check_outputs(graph, model, layer, parse_methods(method), Case("test", image, target), layout)
+    explained = Explained(model, layer, parse_methods(method), layout)
+    result = check_outputs(graph, explained, Case("test", image, target))
     assert result.passed, result.failures()
     assert np.isfinite(graph["heatmap"]).all()
     assert graph["heatmap"].min() >= 0.0 and graph["heatmap"].max() <= 1.0

@@ -69,6 +69,19 @@ def test_output_names_per_method() -> None:
     )
 
 
+def test_reciprocam_keys_round_trip_and_add_the_class_maps_output() -> None:
+    info = GraphInfo(
+        **{**INFO.__dict__, "methods": ("gradcampp", "reciprocam"), "masked_block": "blocks.11", "class_maps": True}
+    )
+    props = info.to_props()
+    assert props["camexport.masked_block"] == '"blocks.11"' and props["camexport.class_maps"] == "true"
+    assert GraphInfo.from_props(props) == info
+    assert info.output_names[-1] == "class_maps" and "class_maps" not in INFO.output_names
+    assert GraphInfo.from_props(INFO.to_props()).masked_block is None
+    with pytest.raises(UserError, match="damaged camexport metadata"):
+        GraphInfo.from_props(props | {"camexport.masked_block": "5"}, "g.onnx")
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [("gradcam,nope", "unknown method"), ("gradcam,gradcam", "named twice"), ("", "unknown method"), ("a,", "unknown")],

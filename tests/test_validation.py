@@ -71,31 +71,31 @@ def test_shape_mismatch_fails() -> None:
 def inner_case():
     """resnet18 (random) at layer3 on 64x64 inputs: the reference, and a graph stand-in to tamper with."""
     from camexport.builder.registry import load_model
-    from camexport.builder.validation import Case, reference_outputs
+    from camexport.builder.validation import Case, Explained
 
     model = load_model("resnet18", "random").module
     image = np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)
     target = np.array([-1, 7])
-    reference = reference_outputs(model, "layer3", ("gradcam",), image, target)
+    reference = Explained(model, "layer3", ("gradcam",)).outputs(image, target)
     return model, Case("inner", image, target), {k: v.astype(np.float32) for k, v in reference.items()}
 
 
 def _judged(inner_case, tamper) -> bool:
-    from camexport.builder.validation import check_outputs
+    from camexport.builder.validation import Explained, check_outputs
 
     model, case, reference = inner_case
     graph = {k: v.copy() for k, v in reference.items()}
     tamper(graph)
-    return check_outputs(graph, model, "layer3", ("gradcam",), case).passed
+    return check_outputs(graph, Explained(model, "layer3", ("gradcam",)), case).passed
 
 
 def test_the_reference_nudged_below_rounding_passes(inner_case) -> None:
     """Outputs of the same network at an input moved by 1e-6 (kinks may flip anywhere above the layer)."""
-    from camexport.builder.validation import reference_outputs
+    from camexport.builder.validation import Explained
 
     model, case, _ = inner_case
     nudged = case.image * (1 + 1e-6 * np.random.default_rng(5).standard_normal(case.image.shape)).astype(np.float32)
-    moved = reference_outputs(model, "layer3", ("gradcam",), nudged, case.target_class)
+    moved = Explained(model, "layer3", ("gradcam",)).outputs(nudged, case.target_class)
 
     def swap(graph):
         graph.update({k: v.astype(np.float32) for k, v in moved.items()})

@@ -30,6 +30,13 @@ class Layout(ABC):
         """A tensor laid out as ``output``, made from the map ``leaf`` (a new tensor, so that in-place ops of the
         network after the layer leave the leaf alone)."""
 
+    def from_maps(self, maps: torch.Tensor, output: torch.Tensor, per_image: int) -> torch.Tensor:
+        """Like :meth:`from_map` for ``per_image`` maps of each image of ``output`` ([N·per_image, C, h, w], image
+        by image), as ReciproCAM's masked maps are: what the output holds beyond the map (a Vision
+        Transformer's class token) is kept, once per map. Layouts whose output is all map just lay them out."""
+        del per_image
+        return self.from_map(maps, output)
+
     @abstractmethod
     def describe(self) -> str:
         """How the output is read, for humans: '' when it is already [N, C, h, w]."""
@@ -97,6 +104,11 @@ class Tokens(Layout):
 
     def from_map(self, leaf: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         return torch.cat([output[:, : self.prefix].detach(), leaf.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+
+    def from_maps(self, maps: torch.Tensor, output: torch.Tensor, per_image: int) -> torch.Tensor:
+        prefix = output[:, : self.prefix].detach()
+        prefix = prefix[:, None].expand(-1, per_image, -1, -1).flatten(0, 1)
+        return torch.cat([prefix, maps.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
 
     def describe(self) -> str:
         return f"tokens: {self.prefix} prefix + {self.height}x{self.width} grid"

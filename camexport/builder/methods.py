@@ -154,12 +154,30 @@ def reciprocal_mosaics(activations: torch.Tensor) -> torch.Tensor:
     return (vectors[:, :, :, None, None] * stamps[None, :, None]).reshape(n * h * w, k, h, w)
 
 
-def reciprocal_cam(masked_logits: torch.Tensor, class_index: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """ReciproCAM's map (sec. 3.2): at each position, the softmax probability of the class that the network
-    gives the mosaic masked there: ``cam[n, i, j] = softmax(f(M[n·hw + p]))_c``, [N, h, w]."""
-    probs = torch.softmax(masked_logits, dim=1).reshape(-1, h * w, masked_logits.shape[1])
-    picked = probs.gather(2, class_index[:, None, None].expand(-1, h * w, 1))
-    return picked.reshape(-1, h, w)
+def token_mosaics(activations: torch.Tensor) -> torch.Tensor:
+    """ViT-ReciproCAM's masked token maps (Byun & Lee, arXiv 2310.02588, sec. 3): [N, K, h, w] → [N·h·w, K, h, w].
+
+    Map ``p = (i, j)`` of image ``n`` keeps every token of the 3x3 neighbourhood of (i, j), each weighted by the
+    Gaussian there, and zeroes the rest: ``M[n·hw + p, k, y, x] = A[n, k, y, x] · G_p[y, x]`` (the tokens are
+    masked in place, where :func:`reciprocal_mosaics` spreads the centre's vector). Prefix tokens (the class
+    token) are the layout's to keep (:meth:`camexport.builder.layouts.Layout.from_maps`).
+    """
+    n, k, h, w = activations.shape
+    stamps = reciprocal_stamps(h, w).to(activations.dtype)
+    return (activations[:, None] * stamps[None, :, None]).reshape(n * h * w, k, h, w)
+
+
+def reciprocal_probabilities(masked_logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Every class's ReciproCAM map (sec. 3.2): ``P[n, c, i, j] = softmax(f(M[n·hw + p]))_c`` for the mosaic
+    masked at p = (i, j), [N, K, h, w] (one pass gives every class)."""
+    probs = torch.softmax(masked_logits, dim=1)
+    return probs.reshape(-1, h, w, masked_logits.shape[1]).permute(0, 3, 1, 2)
+
+
+def reciprocal_cam(probabilities: torch.Tensor, class_index: torch.Tensor) -> torch.Tensor:
+    """ReciproCAM's map of each image's class, [N, h, w], from :func:`reciprocal_probabilities`."""
+    h, w = probabilities.shape[2], probabilities.shape[3]
+    return probabilities.gather(1, class_index[:, None, None, None].expand(-1, 1, h, w))[:, 0]
 
 
 def interpolation_matrix(out_size: int, in_size: int) -> torch.Tensor:

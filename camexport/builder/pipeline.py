@@ -32,13 +32,14 @@ from camexport.builder.layers import (
     probe_layers,
     resolve_layer,
 )
-from camexport.builder.layouts import CHANNELS_FIRST
+from camexport.builder.layouts import CHANNELS_FIRST, Windows
 from camexport.builder.registry import EFFICIENTNET_LITE0, LoadedModel, ModelOverrides, load_model
 from camexport.builder.tracing import trace_explainer
 from camexport.builder.validation import (
     TOLERANCES,
     Case,
     CaseResult,
+    Explained,
     other_sizes,
     random_cases,
     region_cases,
@@ -83,6 +84,7 @@ class BuildOptions:
         overrides: labels, mean, std, number of classes.
         dynamic_size: one graph for any image height and width.
         input: ``float32`` (normalised [N, 3, H, W]) or ``uint8`` (RGB pixels [N, H, W, 3]).
+        class_maps: with ReciproCAM, output its map of every class too (``class_maps`` [N, K, h, w]).
     """
 
     model: str
@@ -96,6 +98,7 @@ class BuildOptions:
     overrides: ModelOverrides = field(default_factory=ModelOverrides)
     dynamic_size: bool = False
     input: InputKind = "float32"
+    class_maps: bool = False
 
     def output_path(self) -> Path:
         """``output`` or ``models/<model>-<method>[+<method>...].onnx`` (the model name made file-safe)."""
@@ -104,6 +107,11 @@ class BuildOptions:
     def check(self) -> None:
         """Raises UserError for a bad option, before any work."""
         check_methods(self.methods)
+        if self.class_maps and RECIPROCAM not in self.methods:
+            raise UserError(
+                "class_maps: every class's map comes from ReciproCAM's masked pass (a gradient method needs one "
+                "backward pass per class); add reciprocam to `methods` or leave out `class_maps`"
+            )
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise UserError(f"image_size={self.image_size}: give (H, W) as positive integers")
         if self.seed < 0:
@@ -316,17 +324,17 @@ def _check_channels(loaded: LoadedModel, model: str) -> int:
 
 
 def _check_reciprocam(layer: LayerInfo, task: Task, dynamic_size: bool) -> None:
-    """ReciproCAM masks a convolutional map of a fixed size and reads a classifier's probabilities."""
+    """ReciproCAM masks a map of a fixed size, laid out as a grid, and reads a classifier's probabilities."""
     reason = None
-    if layer.layout != CHANNELS_FIRST:
-        reason = f"{layer.name} is {layer.describe_layout()}; ViT-ReciproCAM for token layers is not built yet"
+    if isinstance(layer.layout, Windows):
+        reason = f"{layer.name} is {layer.describe_layout()}, which it cannot mask; choose a block's output"
     elif task != "classification":
         reason = "it reads a classifier's class probabilities, and this model segments"
     elif dynamic_size:
         reason = "its masks are made for one map size; build without `dynamic_size`"
     if reason:
         raise UserError(
-            f"methods=reciprocam needs a convolutional layer of a classifier ({reason}); use gradient methods"
+            f"methods=reciprocam needs a grid-shaped layer of a classifier ({reason}); use gradient methods"
         )
 
 
@@ -390,6 +398,7 @@ def _trace_and_export(job: _Build) -> None:
             channels=prep.channels,
             task=job.task,
             background=loaded.background,
+            class_maps=options.class_maps,
         )
     job.info = GraphInfo(
         model=options.model,
@@ -404,7 +413,11 @@ def _trace_and_export(job: _Build) -> None:
         input=options.input,
         task=job.task,
         background=loaded.background,
+        masked_block=traced.masked_block,
+        class_maps=options.class_maps,
     )
+    if traced.masked_block:
+        job.log(f"  reciprocam: masks {traced.masked_block}'s input too (its skip connection goes around {layer.name})")
     with _step("export", "export to ONNX", job.timings, job.log), _within_protobuf_limit():
         proto = to_onnx(traced, job.size, options.opset, options.dynamic_size, job.pixels)
         job.proto = finalise(proto, job.info)
@@ -417,14 +430,17 @@ def _write_validated(job: _Build, temporary: Path) -> None:
     if len(files) > 1:
         job.log(f"  weights over {EXTERNAL_DATA_BYTES / 1e9:.1f} GB: stored as ONNX external data in {files[1].name}")
     with _step("validate", "validate in onnxruntime against the eager reference", job.timings, job.log):
-        job.results = validate(
-            CamSession(temporary, threads=VALIDATION_THREADS),
+        info = job.info
+        explained = Explained(
             job.loaded.module,
             job.layer.name,
-            job.options.methods,
-            _cases(job),
+            info.methods,
             job.layer.layout,
+            info.background,
+            info.masked_block,
+            info.class_maps,
         )
+        job.results = validate(CamSession(temporary, threads=VALIDATION_THREADS), explained, _cases(job))
     _log_results(job)
     job.summary.update(_summary(job, files))
 

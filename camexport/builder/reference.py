@@ -22,6 +22,8 @@ implementation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -110,59 +112,107 @@ def _region_scores(
 GAUSSIAN_3X3 = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float64) / 16.0
 
 
-def _with_layer_output(model: nn.Module, module: nn.Module, x: torch.Tensor, replacement: torch.Tensor | None = None):
-    """Runs ``model`` without gradients; returns (logits, the module's output); ``replacement`` replaces it."""
-    seen: list[torch.Tensor] = []
+@dataclass(frozen=True)
+class Run:
+    """One eager run without gradients: the logits, the layer's output and the masked block's input."""
 
-    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor | None:
-        seen.append(out.detach().clone())
-        return replacement
+    logits: torch.Tensor
+    output: np.ndarray
+    block_input: np.ndarray | None
 
-    handle = module.register_forward_hook(hook)
+
+def _run(model: nn.Module, module: nn.Module, x: torch.Tensor, block: nn.Module | None = None, masked=None) -> Run:
+    """Runs ``model``, keeping the layer's output and ``block``'s input (float64); ``masked`` = (the layer's
+    output, the block's input) replaces them."""
+    seen: dict[str, np.ndarray] = {}
+
+    def at_layer(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor | None:
+        seen.setdefault("output", out.detach().double().numpy().copy())
+        return None if masked is None else torch.as_tensor(masked[0], dtype=torch.float32)
+
+    def at_block(_m: nn.Module, args: tuple) -> tuple | None:
+        seen.setdefault("input", args[0].detach().double().numpy().copy())
+        return None if masked is None else (torch.as_tensor(masked[1], dtype=torch.float32), *args[1:])
+
+    handles = [module.register_forward_hook(at_layer)]
+    if block is not None:
+        handles.append(block.register_forward_pre_hook(at_block))
     try:
         with torch.no_grad():
             logits = model(x)
     finally:
-        handle.remove()
-    return logits, seen[-1]
+        for handle in handles:
+            handle.remove()
+    return Run(logits, seen["output"], seen.get("input"))
 
 
-def _reciprocal_mosaics(feature: np.ndarray) -> np.ndarray:
-    """[C, h, w] → [h·w, C, h, w]: position (i, j) keeps ``feature[:, i, j]`` times the 3x3 Gaussian around it."""
-    c, h, w = feature.shape
-    mosaics = np.zeros((h * w, c, h, w))
-    for i in range(h):
-        for j in range(w):
-            padded = np.zeros((c, h + 2, w + 2))
-            padded[:, i : i + 3, j : j + 3] = feature[:, i, j, None, None] * GAUSSIAN_3X3
-            mosaics[i * w + j] = padded[:, 1:-1, 1:-1]
-    return mosaics
+def _gaussian_at(i: int, j: int, h: int, w: int) -> np.ndarray:
+    """[h, w]: the 3x3 Gaussian centred at (i, j), cut at the border."""
+    padded = np.zeros((h + 2, w + 2))
+    padded[i : i + 3, j : j + 3] = GAUSSIAN_3X3
+    return padded[1:-1, 1:-1]
+
+
+def _masked(one: np.ndarray, layout: Layout) -> np.ndarray:
+    """One image's layer output → its h·w masked copies, laid out as the output. A convolutional map [C, h, w]
+    (ReciproCAM, as its authors' code): copy p = (i, j) holds the vector at (i, j) times the Gaussian around it.
+    Tokens [T, C] or a channels-last map [h, w, C] (ViT-ReciproCAM, as OpenVINO XAI's graph): copy p keeps the
+    prefix tokens and every cell times the Gaussian weight of p there."""
+    if isinstance(layout, Tokens):
+        prefix, grid = one[: layout.prefix], one[layout.prefix :].reshape(layout.height, layout.width, -1)
+        copies = [np.concatenate([prefix, (grid * g[:, :, None]).reshape(-1, grid.shape[-1])]) for g in _stamps(grid)]
+        return np.stack(copies)
+    if isinstance(layout, ChannelsLast):
+        return np.stack([one * g[:, :, None] for g in _stamps(one)])
+    _, h, w = one.shape
+    return np.stack([one[:, i, j, None, None] * _gaussian_at(i, j, h, w) for i in range(h) for j in range(w)])
+
+
+def _stamps(grid: np.ndarray) -> list[np.ndarray]:
+    h, w = grid.shape[:2]
+    return [_gaussian_at(i, j, h, w) for i in range(h) for j in range(w)]
+
+
+@dataclass(frozen=True)
+class ReciproCAM:
+    """ReciproCAM's reference outputs: ``cam`` [N, h, w] of each image's class, ``heatmap`` [N, H, W] and the
+    ``probabilities`` [N, K, h, w] of every class (all float64)."""
+
+    cam: np.ndarray
+    heatmap: np.ndarray
+    probabilities: np.ndarray
 
 
 def reference_reciprocam(
-    model: nn.Module, layer: str, image: np.ndarray, classes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """ReciproCAM (Byun & Lee 2022) as its authors' code does it, image by image: for each position (i, j) a
-    zero feature map holding ``A[:, i, j]`` times the 3x3 Gaussian around (i, j) (cut at the border), the rest of
-    the network run on those maps (the layer's output replaced by them), and the softmax probability of the
-    class at each position.
-
-    Returns:
-        ``cam`` [N, h, w] (float64) and ``heatmap`` [N, H, W] (upsampled and min-maxed as for every method).
+    model: nn.Module,
+    layer: str,
+    image: np.ndarray,
+    classes: np.ndarray,
+    layout: Layout = CHANNELS_FIRST,
+    masked_block: str | None = None,
+) -> ReciproCAM:
+    """ReciproCAM (Byun & Lee 2022) and ViT-ReciproCAM (Byun & Lee 2023) image by image: the layer's output is
+    replaced by its h·w masked copies (see :func:`_masked`; with ``masked_block``, that module's input too, as
+    ViT-ReciproCAM masks a block's skip connection and its first normalisation's output), the rest of the network
+    runs on them, and at each position (i, j) the softmax probability of each class is read.
     """
-    module = dict(model.named_modules())[layer]
-    cams = []
-    for one, cls in zip(np.asarray(image, dtype=np.float32), classes, strict=True):
+    modules = dict(model.named_modules())
+    module, block = modules[layer], modules.get(masked_block) if masked_block else None
+    probabilities = []
+    for one in np.asarray(image, dtype=np.float32):
         x = torch.as_tensor(one[None])
-        _, feature = _with_layer_output(model, module, x)
-        mosaics = torch.as_tensor(_reciprocal_mosaics(feature[0].double().numpy()), dtype=torch.float32)
-        logits, _ = _with_layer_output(model, module, x.expand(len(mosaics), *x.shape[1:]), mosaics)
-        h, w = feature.shape[-2:]
-        cams.append(torch.softmax(logits.double(), dim=1)[:, int(cls)].reshape(h, w))
-    cam = torch.stack(cams)
+        plain = _run(model, module, x, block)
+        output = _masked(plain.output[0], layout)
+        entry = None if block is None else _masked(plain.block_input[0], layout)
+        masked = _run(model, module, x.expand(len(output), *x.shape[1:]), block, (output, entry))
+        h, w = _as_map(torch.as_tensor(plain.output), layout).shape[-2:]
+        probs = torch.softmax(masked.logits.double(), dim=1)
+        probabilities.append(probs.T.reshape(-1, h, w))
+    every = torch.stack(probabilities)
+    cam = every[torch.arange(len(every)), torch.as_tensor(np.asarray(classes, dtype=np.int64))]
     size = tuple(np.asarray(image).shape[-2:])
     heatmap = _min_max(F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0])
-    return cam.numpy(), heatmap.numpy()
+    return ReciproCAM(cam.numpy(), heatmap.numpy(), every.numpy())
 
 
 def reference_explain(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -27,12 +28,29 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from camexport.builder.decompositions import ForwardRewrites, backward_decompositions
 from camexport.builder.layouts import CHANNELS_FIRST, Layout
-from camexport.builder.methods import CAMS, normalised_heatmap, reciprocal_cam, reciprocal_mosaics
+from camexport.builder.methods import (
+    CAMS,
+    normalised_heatmap,
+    reciprocal_cam,
+    reciprocal_mosaics,
+    reciprocal_probabilities,
+    token_mosaics,
+)
 from camexport.contract import OUTPUT_NAMES, RECIPROCAM, Task, check_methods, output_names
 from camexport.errors import UserError
 
 # Symbolic tracing specialises sizes 0 and 1; an example batch of 2 keeps the batch dimension symbolic.
 TRACE_BATCH = 2
+
+
+class _Pass(NamedTuple):
+    """The forward and backward pass: logits, the explained class, A and g (detached) and the layer's output."""
+
+    logits: torch.Tensor
+    class_index: torch.Tensor
+    activations: torch.Tensor
+    gradients: torch.Tensor
+    output: torch.Tensor
 
 
 def make_explain_function(
@@ -44,18 +62,23 @@ def make_explain_function(
     pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     task: Task = "classification",
     background: int | None = None,
+    masked_block: str | None = None,
+    class_maps: bool = False,
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
     """Builds ``fn(state, image, target_class[, region]) -> outputs`` (see :func:`camexport.contract.output_names`).
 
-    Every method's map comes from the same forward and backward pass. ``state`` holds the model's
+    Every gradient method's map comes from the same forward and backward pass. ``state`` holds the model's
     parameters and buffers in ``state_names`` order. A negative ``target_class`` entry means "explain the
     top-1 class". ``layout`` says how the layer's output becomes A [N, C, h, w]. With
     ``pixels = (mean, std)`` the image is uint8 [N, H, W, C] (C = len(mean)), scaled to [0, 1] and normalised
     inside the graph. For ``task="segmentation"`` (logits [N, K, H, W]) the function takes ``region`` too and
     explains the class's logits summed over it (:func:`segmentation_score`; ``background`` as there).
+    ReciproCAM masks ``masked_block``'s input too (:func:`reciprocal_block`); ``class_maps`` adds its map of
+    every class.
     """
     methods = check_methods(methods)
     target_module = model.get_submodule(layer)
+    block = None if masked_block is None else model.get_submodule(masked_block)
 
     def explain(
         state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor, region: torch.Tensor | None
@@ -66,14 +89,15 @@ def make_explain_function(
         params = dict(zip(state_names, state, strict=True))
         # The math attention kernel: fused attention kernels have backward ops with no ONNX lowering.
         with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), ForwardRewrites():
-            logits, class_index, activations, gradients = _gradient_pass(
-                model, target_module, layout, params, image, target_class, region, background
-            )
-            maps = {}
+            done = _gradient_pass(model, target_module, layout, params, image, target_class, region, background)
+            maps, extra = {}, ()
             if RECIPROCAM in methods:
-                maps[RECIPROCAM] = _reciprocal_pass(model, target_module, params, image, activations, class_index)
-        outputs = _cam_outputs(methods, image, logits, class_index, activations, gradients, maps)
-        return outputs if region is None else (*outputs, logits.argmax(dim=1))
+                masked = _Masking(model, target_module, block, layout)
+                probabilities = masked.probabilities(params, image, done.output)
+                maps[RECIPROCAM] = reciprocal_cam(probabilities, done.class_index)
+                extra = (probabilities,) if class_maps else ()
+        outputs = _cam_outputs(methods, image, done, maps) + extra
+        return outputs if region is None else (*outputs, done.logits.argmax(dim=1))
 
     def classify(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
         return explain(state, image, target_class, None)
@@ -90,15 +114,17 @@ def _gradient_pass(
     target_class: torch.Tensor,
     region: torch.Tensor | None,
     background: int | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The forward pass and the backward pass to the layer: (logits, class_index, A, g), detached."""
+) -> _Pass:
+    """The forward pass and the backward pass to the layer."""
     captured: list[torch.Tensor] = []
+    outputs: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
         # Contiguous: autograd returns gradients in the strides of the input, and a strided copy
         # (as_strided_ + copy_) for a permuted output (ConvNeXt, Swin) has no ONNX lowering.
         leaf = layout.to_map(output).detach().contiguous().requires_grad_(True)
         captured.append(leaf)
+        outputs.append(output.detach())
         return layout.from_map(leaf, output)
 
     handle = target_module.register_forward_hook(hook)
@@ -113,46 +139,112 @@ def _gradient_pass(
         (gradients,) = torch.autograd.grad(score, activations)
     finally:
         handle.remove()
-    return logits.detach(), class_index, activations.detach(), gradients
+    return _Pass(logits.detach(), class_index, activations.detach(), gradients, outputs[0])
 
 
-def _reciprocal_pass(
-    model: nn.Module,
-    target_module: nn.Module,
-    params: dict[str, torch.Tensor],
-    image: torch.Tensor,
-    activations: torch.Tensor,
-    class_index: torch.Tensor,
-) -> torch.Tensor:
-    """ReciproCAM's map: the network run again with the layer's output replaced by the h·w masked feature maps
-    of each image (:func:`camexport.builder.methods.reciprocal_mosaics`), one batch of N·h·w; no gradients.
+@dataclass(frozen=True)
+class _Masking:
+    """ReciproCAM's second pass: the network run again with the layer's output replaced by its h·w masked maps
+    per image, one batch of N·h·w without gradients. A convolutional map gets ReciproCAM's mosaics (Byun & Lee
+    2022), a transformer's tokens ViT-ReciproCAM's (Byun & Lee 2023; see :mod:`camexport.builder.methods`).
+    With a ``block``, the block's input is masked alike, so that its skip connection carries masked maps too."""
 
-    The layer's output must feed the rest of the network alone (see :func:`bypassed_layer`).
+    model: nn.Module
+    layer: nn.Module
+    block: nn.Module | None
+    layout: Layout
+
+    def masked(self, output: torch.Tensor) -> torch.Tensor:
+        """``output`` [N, ...] → its h·w masked copies per image, laid out as ``output`` [N·h·w, ...]."""
+        maps = self.layout.to_map(output)
+        mosaics = reciprocal_mosaics(maps) if self.layout == CHANNELS_FIRST else token_mosaics(maps)
+        return self.layout.from_maps(mosaics, output, maps.shape[2] * maps.shape[3])
+
+    def probabilities(self, params: dict[str, torch.Tensor], image: torch.Tensor, output: torch.Tensor):
+        """Every class's map [N, K, h, w] (:func:`camexport.builder.methods.reciprocal_probabilities`)."""
+        replaced = self.masked(output)
+        handles = [self.layer.register_forward_hook(lambda _m, _i, _o: replaced)]
+        if self.block is not None:
+            handles.append(self.block.register_forward_pre_hook(lambda _m, args: (self.masked(args[0]), *args[1:])))
+        try:
+            with torch.no_grad():
+                masked_logits = functional_call(self.model, params, (image,))
+        finally:
+            for handle in handles:
+                handle.remove()
+        h, w = self.layout.to_map(output).shape[2:]
+        return reciprocal_probabilities(masked_logits, h, w)
+
+
+def reciprocal_block(model: nn.Module, layer: str, image: torch.Tensor) -> str | None:
+    """Where ReciproCAM's masked maps enter the network: None when ``layer``'s output alone feeds the rest, so
+    that the maps replace it; otherwise the innermost module around the layer whose input is shaped like the
+    layer's output and whose skip connection is then the only way around the layer (a Vision Transformer's
+    block around its first normalisation, where ViT-ReciproCAM masks both): its input is masked too.
+
+    Raises:
+        UserError: a skip connection goes around the layer and no such module holds it.
     """
-    h, w = activations.shape[2], activations.shape[3]
-    mosaics = reciprocal_mosaics(activations)
-    handle = target_module.register_forward_hook(lambda _module, _inputs, _output: mosaics)
-    try:
-        with torch.no_grad():
-            masked = functional_call(model, params, (image,))
-    finally:
-        handle.remove()
-    return reciprocal_cam(masked, class_index, h, w)
+    shapes = _shapes(model, layer, image)
+    if _runs_doubled(model, layer, None, image):
+        return None
+    parts = layer.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        block = ".".join(parts[:end])
+        if shapes.get(block) == shapes[layer] and _runs_doubled(model, layer, block, image):
+            return block
+    raise UserError(
+        f"methods=reciprocam at {layer}: a skip connection goes around the layer, and no module around it takes an "
+        "input shaped like its output to mask as well; choose a stage's output (layer4, features), a residual "
+        "block's last layer or a transformer block's first normalisation"
+    )
 
 
-def bypassed_layer(model: nn.Module, layer: str, image: torch.Tensor) -> bool:
-    """True when the rest of the network also reads tensors from before ``layer`` (a skip connection around it):
-    run eagerly with the layer's output doubled along the batch, it fails to broadcast."""
-    module = model.get_submodule(layer)
-    handle = module.register_forward_hook(lambda _m, _i, output: torch.cat([output, output]))
+def _shapes(model: nn.Module, layer: str, image: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """The layer's output shape and each enclosing module's first input shape, from one eager run."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    parts = layer.split(".")
+
+    def output(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        shapes.setdefault(layer, out.shape)
+
+    handles = [model.get_submodule(layer).register_forward_hook(output)]
+    for end in range(1, len(parts)):
+        name = ".".join(parts[:end])
+
+        def record(_m: nn.Module, args: tuple, name: str = name) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                shapes.setdefault(name, args[0].shape)
+
+        handles.append(model.get_submodule(name).register_forward_pre_hook(record))
     try:
         with torch.no_grad():
             model(image)
-    except RuntimeError:
-        return True
     finally:
-        handle.remove()
-    return False
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _runs_doubled(model: nn.Module, layer: str, block: str | None, image: torch.Tensor) -> bool:
+    """True when the network runs with the layer's output (and the block's input) doubled along the batch and
+    gives doubled logits: nothing after them reads the undoubled tensors (a skip connection around them)."""
+
+    def double(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
+        return torch.cat([out[: len(image)], out[: len(image)]])
+
+    handles = [model.get_submodule(layer).register_forward_hook(double)]
+    if block is not None:
+        first = model.get_submodule(block)
+        handles.append(first.register_forward_pre_hook(lambda _m, args: (torch.cat([args[0], args[0]]), *args[1:])))
+    try:
+        with torch.no_grad():
+            return model(image).shape[0] == 2 * len(image)
+    except (RuntimeError, ValueError, AssertionError, IndexError):
+        return False
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def segmentation_score(
@@ -183,20 +275,14 @@ def segmentation_score(
 
 
 def _cam_outputs(
-    methods: tuple[str, ...],
-    image: torch.Tensor,
-    logits: torch.Tensor,
-    class_index: torch.Tensor,
-    activations: torch.Tensor,
-    gradients: torch.Tensor,
-    maps: dict[str, torch.Tensor],
+    methods: tuple[str, ...], image: torch.Tensor, done: _Pass, maps: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, ...]:
     """The graph's outputs in contract order, every gradient method's map from the same A and g (the
     gradient-free ones come in ``maps``)."""
     size = (image.shape[2], image.shape[3])  # symbolic with --dynamic-size
-    cams = [maps[name] if name in maps else CAMS[name](activations, gradients) for name in methods]
+    cams = [maps[name] if name in maps else CAMS[name](done.activations, done.gradients) for name in methods]
     heatmaps = [normalised_heatmap(cam, size) for cam in cams]
-    outputs = (logits, class_index, heatmaps[0], cams[0], activations, gradients)
+    outputs = (done.logits, done.class_index, heatmaps[0], cams[0], done.activations, done.gradients)
     if len(methods) > 1:
         outputs += tuple(t.clone() for pair in zip(heatmaps, cams, strict=True) for t in pair)
     return outputs
@@ -212,6 +298,7 @@ class TracedExplainer:
         state_names: their dotted names in the model.
         channels: the image's channel count.
         task: ``classification``, or ``segmentation`` (a ``region`` input, a ``segmentation`` output).
+        masked_block: the module whose input ReciproCAM masks too (:func:`reciprocal_block`), if any.
     """
 
     graph: torch.fx.GraphModule
@@ -220,6 +307,7 @@ class TracedExplainer:
     output_names: tuple[str, ...] = OUTPUT_NAMES
     channels: int = 3
     task: Task = "classification"
+    masked_block: str | None = None
 
 
 def model_state(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
@@ -241,6 +329,7 @@ def trace_explainer(
     channels: int = 3,
     task: Task = "classification",
     background: int | None = None,
+    class_maps: bool = False,
 ) -> TracedExplainer:
     """Traces forward, backward and CAM into one graph with a symbolic batch dimension.
 
@@ -257,16 +346,14 @@ def trace_explainer(
         channels: C, the image's channel count (1 for grayscale, 3 for RGB).
         task: ``segmentation`` for logits [N, K, H, W]: the graph takes ``region`` [N, H, W] too.
         background: a segmentation model's background class (see :func:`segmentation_score`).
+        class_maps: with ReciproCAM, output every class's map too (``class_maps`` [N, K, h, w]).
     """
     names, state = model_state(model)
     image = example_image(image_size, pixels is not None, seed, channels)
-    if RECIPROCAM in methods and bypassed_layer(model, layer, _as_float(image, pixels)):
-        raise UserError(
-            f"methods=reciprocam at {layer}: a skip connection goes around the layer (the rest of the network also "
-            "reads tensors from before it), so its masked maps cannot replace its output alone; choose a stage's "
-            "output (layer4, bn2, features)"
-        )
-    explain = make_explain_function(model, layer, methods, names, layout, pixels, task, background)
+    block = reciprocal_block(model, layer, _as_float(image, pixels)) if RECIPROCAM in methods else None
+    explain = make_explain_function(
+        model, layer, methods, names, layout, pixels, task, background, masked_block=block, class_maps=class_maps
+    )
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
     # Only the batch dimension is symbolic: a fully symbolic trace carries every spatial size as a
     # sympy expression through the whole network (minutes for a Swin Transformer, seconds this way).
@@ -285,7 +372,8 @@ def trace_explainer(
         region_dims = [DimDynamic.DYNAMIC, spatial, spatial]
         inputs.append(mode.from_tensor(region, symbolic_context=StatelessSymbolicContext(dynamic_sizes=region_dims)))
     graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(*inputs)
-    return TracedExplainer(graph, state, names, output_names(methods, task), channels, task)
+    outputs = output_names(methods, task, class_maps)
+    return TracedExplainer(graph, state, names, outputs, channels, task, block)
 
 
 def _as_float(image: torch.Tensor, pixels: tuple | None) -> torch.Tensor:

@@ -40,7 +40,7 @@ from torch import nn
 
 from camexport.builder.layouts import CHANNELS_FIRST, Layout
 from camexport.builder.reference import reference_explain, reference_reciprocam
-from camexport.contract import PER_METHOD_OUTPUTS, RECIPROCAM, Preprocessing
+from camexport.contract import CLASS_MAPS, PER_METHOD_OUTPUTS, RECIPROCAM, Preprocessing
 from camexport.errors import NonFiniteOutputError, ValidationError
 from camexport.runtime.preprocess import normalise
 from camexport.runtime.session import CamSession
@@ -52,6 +52,7 @@ TOLERANCES = {
     "gradients": 1e-3,
     "cam": 2e-3,
     "heatmap": 4e-3,
+    "class_maps": 2e-3,
 }
 # Fraction of a segmentation's pixels whose argmax may differ (near-ties of two logits).
 SEGMENTATION_FLIPS = 1e-3
@@ -155,14 +156,7 @@ def _relative_l2(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def reference_spread(
-    model: nn.Module,
-    layer: str,
-    methods: tuple[str, ...],
-    case: Case,
-    reference: dict[str, np.ndarray],
-    layout: Layout = CHANNELS_FIRST,
-    seed: int = 0,
-    background: int | None = None,
+    explained: Explained, case: Case, reference: dict[str, np.ndarray], seed: int = 0
 ) -> dict[str, float]:
     """How much the reference's gradient-derived outputs move under a 1e-5 relative input perturbation.
 
@@ -174,8 +168,7 @@ def reference_spread(
     for _ in range(PERTURBATIONS):
         noise = rng.standard_normal(case.reference_input.shape).astype(np.float32)
         nudged = case.reference_input * (1.0 + PERTURBATION * noise)
-        classes = reference["class_index"]
-        moved = reference_outputs(model, layer, methods, nudged, classes, layout, case.region, background)
+        moved = explained.outputs(nudged, reference["class_index"], case.region)
         for name in spread:
             spread[name] = max(spread[name], _relative_l2(moved[name], reference[name]))
     return spread
@@ -190,32 +183,51 @@ def _per_method(name: str) -> bool:
     return name.startswith(tuple(f"{kind}_" for kind in PER_METHOD_OUTPUTS))
 
 
-def reference_outputs(
-    model: nn.Module,
-    layer: str,
-    methods: tuple[str, ...],
-    image: np.ndarray,
-    target_class: np.ndarray | None,
-    layout: Layout = CHANNELS_FIRST,
-    region: np.ndarray | None = None,
-    background: int | None = None,
-) -> dict[str, np.ndarray]:
-    """The eager reference for a graph of one or several methods: the first method's outputs, plus
-    ``heatmap_<m>``/``cam_<m>`` of each when there are several. ``region`` and ``background``: for a
-    segmentation model (see :func:`camexport.builder.reference.reference_explain`)."""
+@dataclass(frozen=True)
+class Explained:
+    """What a graph explains, for the eager reference to explain alike.
 
-    def one(method: str) -> dict[str, np.ndarray]:
+    Attributes:
+        model: the network in eval mode.
+        layer: the explained layer's dotted name.
+        methods: the graph's methods, the first being the plain ``heatmap``/``cam``.
+        layout: how the layer's output is read as a map.
+        background: a segmentation model's background class.
+        masked_block: the module whose input ReciproCAM masks too (:attr:`GraphInfo.masked_block`).
+        class_maps: the graph outputs ReciproCAM's map of every class.
+    """
+
+    model: nn.Module
+    layer: str
+    methods: tuple[str, ...]
+    layout: Layout = CHANNELS_FIRST
+    background: int | None = None
+    masked_block: str | None = None
+    class_maps: bool = False
+
+    def outputs(
+        self, image: np.ndarray, target_class: np.ndarray | None, region: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """The eager reference's outputs: the first method's, plus ``heatmap_<m>``/``cam_<m>`` of each when there
+        are several, and ``class_maps`` when the graph has them."""
+        reference = self._one(self.methods[0], image, target_class, region)
+        for name in self.methods if len(self.methods) > 1 else ():
+            other = reference if name == self.methods[0] else self._one(name, image, target_class, region)
+            reference[f"heatmap_{name}"], reference[f"cam_{name}"] = other["heatmap"], other["cam"]
+            if CLASS_MAPS in other:
+                reference[CLASS_MAPS] = other[CLASS_MAPS]
+        if not self.class_maps:
+            reference.pop(CLASS_MAPS, None)
+        return reference
+
+    def _one(self, method: str, image: np.ndarray, target_class: np.ndarray | None, region: np.ndarray | None):
+        args = (self.model, self.layer)
         if method != RECIPROCAM:
-            return reference_explain(model, layer, method, image, target_class, layout, region, background)
-        base = reference_explain(model, layer, "gradcam", image, target_class, layout, region, background)
-        base["cam"], base["heatmap"] = reference_reciprocam(model, layer, image, base["class_index"])
-        return base
-
-    reference = one(methods[0])
-    for name in methods if len(methods) > 1 else ():
-        other = reference if name == methods[0] else one(name)
-        reference[f"heatmap_{name}"], reference[f"cam_{name}"] = other["heatmap"], other["cam"]
-    return reference
+            return reference_explain(*args, method, image, target_class, self.layout, region, self.background)
+        base = reference_explain(*args, "gradcam", image, target_class, self.layout, region, self.background)
+        classes = base["class_index"]
+        recipro = reference_reciprocam(*args, image, classes, self.layout, self.masked_block)
+        return base | {"cam": recipro.cam, "heatmap": recipro.heatmap, CLASS_MAPS: recipro.probabilities}
 
 
 def _tie_tolerant_classes(graph: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -230,35 +242,22 @@ def _tie_tolerant_classes(graph: dict[str, np.ndarray], reference: dict[str, np.
     return got if bool((gaps <= tolerance).all()) else None
 
 
-def check_outputs(
-    graph: dict[str, np.ndarray],
-    model: nn.Module,
-    layer: str,
-    methods: tuple[str, ...],
-    case: Case,
-    layout: Layout = CHANNELS_FIRST,
-    background: int | None = None,
-) -> CaseResult:
+def check_outputs(graph: dict[str, np.ndarray], explained: Explained, case: Case) -> CaseResult:
     """Judges a graph's outputs on ``case`` against the eager reference by the rules of this module's
-    docstring (tolerances, isolated kink flips, the reference's own sensitivity). ``background``: a
-    segmentation model's background class."""
+    docstring (tolerances, isolated kink flips, the reference's own sensitivity)."""
     image, region = case.reference_input, case.region
-    reference = reference_outputs(model, layer, methods, image, case.target_class, layout, region, background)
+    reference = explained.outputs(image, case.target_class, region)
     tie_break = _tie_tolerant_classes(graph, reference)
     if tie_break is not None:
-        reference = reference_outputs(model, layer, methods, image, tie_break, layout, region, background)
+        reference = explained.outputs(image, tie_break, region)
     resolved = _graph_region(graph, reference, region)
     if resolved is not None:
         case = replace(case, region=resolved)
-        classes = reference["class_index"]
-        reference |= {
-            k: v
-            for k, v in reference_outputs(model, layer, methods, image, classes, layout, resolved, background).items()
-            if k not in ("segmentation", "class_index")
-        }
+        again = explained.outputs(image, reference["class_index"], resolved)
+        reference |= {k: v for k, v in again.items() if k not in ("segmentation", "class_index")}
     checks = compare_outputs(graph, reference)
     if any(not c.passed and _derived(c.name) for c in checks) and all(c.passed for c in checks if not _derived(c.name)):
-        _judge_by_spread(graph, checks, model, layer, methods, case, reference, layout, background)
+        _judge_by_spread(graph, checks, explained, case, reference)
     return CaseResult(
         description=case.description,
         batch=int(case.image.shape[0]),
@@ -330,13 +329,9 @@ def _graph_region(
 def _judge_by_spread(
     graph: dict[str, np.ndarray],
     checks: list[OutputCheck],
-    model: nn.Module,
-    layer: str,
-    methods: tuple[str, ...],
+    explained: Explained,
     case: Case,
     reference: dict[str, np.ndarray],
-    layout: Layout,
-    background: int | None,
 ) -> None:
     """The gradient-derived checks judged by the reference's own sensitivity, in up to
     :data:`PERTURBATION_ROUNDS` rounds of draws (each round's spread is the largest so far)."""
@@ -344,7 +339,7 @@ def _judge_by_spread(
     failing = [c for c in derived if not c.passed and bool(np.isfinite(graph[c.name]).all())]
     spread = dict.fromkeys((c.name for c in derived), 0.0)
     for round_ in range(PERTURBATION_ROUNDS):
-        drawn = reference_spread(model, layer, methods, case, reference, layout, seed=round_, background=background)
+        drawn = reference_spread(explained, case, reference, seed=round_)
         spread = {name: max(value, drawn[name]) for name, value in spread.items()}
         if all(c.relative_l2 <= SPREAD_FACTOR * spread[c.name] for c in failing):
             break
@@ -370,21 +365,13 @@ def region_cases(base: Case, image_size: tuple[int, int], num_classes: int, seed
     ]
 
 
-def validate(
-    session: CamSession,
-    model: nn.Module,
-    layer: str,
-    methods: tuple[str, ...],
-    cases: list[Case],
-    layout: Layout = CHANNELS_FIRST,
-) -> list[CaseResult]:
+def validate(session: CamSession, explained: Explained, cases: list[Case]) -> list[CaseResult]:
     """Runs all cases.
 
     Raises:
         ValidationError: any output of any case is over tolerance; the message names the worst one.
     """
-    background = session.info.background
-    results = [check_outputs(_run(session, case), model, layer, methods, case, layout, background) for case in cases]
+    results = [check_outputs(_run(session, case), explained, case) for case in cases]
     failures = [(r, c) for r in results for c in r.checks if not c.passed]
     if failures:
         result, check = max(failures, key=lambda rc: rc[1].max_abs_diff / max(rc[1].tolerance, 1e-12))
