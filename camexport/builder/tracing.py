@@ -44,13 +44,15 @@ TRACE_BATCH = 2
 
 
 class _Pass(NamedTuple):
-    """The forward and backward pass: logits, the explained class, A and g (detached) and the layer's output."""
+    """The forward and backward pass: logits, the explained class, A and g (detached), the layer's output and the
+    input of the block that ReciproCAM masks too (if any)."""
 
     logits: torch.Tensor
     class_index: torch.Tensor
     activations: torch.Tensor
     gradients: torch.Tensor
     output: torch.Tensor
+    block_input: torch.Tensor | None
 
 
 def make_explain_function(
@@ -79,6 +81,7 @@ def make_explain_function(
     methods = check_methods(methods)
     target_module = model.get_submodule(layer)
     block = None if masked_block is None else model.get_submodule(masked_block)
+    modules = (target_module, block)
 
     def explain(
         state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor, region: torch.Tensor | None
@@ -89,11 +92,11 @@ def make_explain_function(
         params = dict(zip(state_names, state, strict=True))
         # The math attention kernel: fused attention kernels have backward ops with no ONNX lowering.
         with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), ForwardRewrites():
-            done = _gradient_pass(model, target_module, layout, params, image, target_class, region, background)
+            done = _gradient_pass(model, modules, layout, params, image, target_class, region, background)
             maps, extra = {}, ()
             if RECIPROCAM in methods:
                 masked = _Masking(model, target_module, block, layout)
-                probabilities = masked.probabilities(params, image, done.output)
+                probabilities = masked.probabilities(params, image, done)
                 maps[RECIPROCAM] = reciprocal_cam(probabilities, done.class_index)
                 extra = (probabilities,) if class_maps else ()
         outputs = _cam_outputs(methods, image, done, maps) + extra
@@ -107,7 +110,7 @@ def make_explain_function(
 
 def _gradient_pass(
     model: nn.Module,
-    target_module: nn.Module,
+    modules: tuple[nn.Module, nn.Module | None],
     layout: Layout,
     params: dict[str, torch.Tensor],
     image: torch.Tensor,
@@ -115,9 +118,11 @@ def _gradient_pass(
     region: torch.Tensor | None,
     background: int | None,
 ) -> _Pass:
-    """The forward pass and the backward pass to the layer."""
+    """The forward pass and the backward pass to the layer (``modules``: the layer and the block around it)."""
+    target_module, block = modules
     captured: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
+    entries: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
         # Contiguous: autograd returns gradients in the strides of the input, and a strided copy
@@ -127,7 +132,9 @@ def _gradient_pass(
         outputs.append(output.detach())
         return layout.from_map(leaf, output)
 
-    handle = target_module.register_forward_hook(hook)
+    handles = [target_module.register_forward_hook(hook)]
+    if block is not None:
+        handles.append(block.register_forward_pre_hook(lambda _m, args: entries.append(args[0].detach())))
     try:
         logits = functional_call(model, params, (image,))
         if region is None:
@@ -138,8 +145,9 @@ def _gradient_pass(
         (activations,) = captured
         (gradients,) = torch.autograd.grad(score, activations)
     finally:
-        handle.remove()
-    return _Pass(logits.detach(), class_index, activations.detach(), gradients, outputs[0])
+        for handle in handles:
+            handle.remove()
+    return _Pass(logits.detach(), class_index, activations.detach(), gradients, outputs[0], (entries or [None])[0])
 
 
 @dataclass(frozen=True)
@@ -160,19 +168,21 @@ class _Masking:
         mosaics = reciprocal_mosaics(maps) if self.layout == CHANNELS_FIRST else token_mosaics(maps)
         return self.layout.from_maps(mosaics, output, maps.shape[2] * maps.shape[3])
 
-    def probabilities(self, params: dict[str, torch.Tensor], image: torch.Tensor, output: torch.Tensor):
-        """Every class's map [N, K, h, w] (:func:`camexport.builder.methods.reciprocal_probabilities`)."""
-        replaced = self.masked(output)
+    def probabilities(self, params: dict[str, torch.Tensor], image: torch.Tensor, done: _Pass):
+        """Every class's map [N, K, h, w] (:func:`camexport.builder.methods.reciprocal_probabilities`). The masked
+        copies are made from the gradient pass's tensors, so that nothing before them runs twice."""
+        replaced = self.masked(done.output)
         handles = [self.layer.register_forward_hook(lambda _m, _i, _o: replaced)]
         if self.block is not None:
-            handles.append(self.block.register_forward_pre_hook(lambda _m, args: (self.masked(args[0]), *args[1:])))
+            entry = self.masked(done.block_input)
+            handles.append(self.block.register_forward_pre_hook(lambda _m, args: (entry, *args[1:])))
         try:
             with torch.no_grad():
                 masked_logits = functional_call(self.model, params, (image,))
         finally:
             for handle in handles:
                 handle.remove()
-        h, w = self.layout.to_map(output).shape[2:]
+        h, w = self.layout.to_map(done.output).shape[2:]
         return reciprocal_probabilities(masked_logits, h, w)
 
 
