@@ -29,6 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx.utils
+import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from camexport.builder.bench import machine, machine_line
@@ -209,6 +212,22 @@ def paired(a: list[float], b: list[float], rng: np.random.Generator, draws: int 
     return {"mean": float(diff.mean()), "low": float(low), "high": float(high), "lower_on": int((diff < 0).sum())}
 
 
+class LogitsOnly(CamSession):
+    """A session whose probability runs (``evaluate``'s curves, drops) go through only the part of the graph that
+    computes the logits: onnxruntime runs every node whatever it is asked for, and at `blocks.4` ReciproCAM's masked
+    batch (196 copies of the network after the layer) would cost tens of plain runs per scored image."""
+
+    def logits(self, image: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "_part"):
+            inputs = [i.name for i in self._session.get_inputs()]
+            part = onnx.utils.Extractor(onnx.load(str(self.path))).extract_model(inputs, ["logits"])
+            self._part = ort.InferenceSession(part.SerializeToString(), self.options, providers=self.providers)
+        image = np.asarray(image)
+        feeds = {"image": image, "target_class": np.array([-1], dtype=np.int64)}
+        (logits,) = self._part.run(["logits"], {i.name: feeds[i.name] for i in self._part.get_inputs()})
+        return logits
+
+
 def methods_at(layer: str) -> tuple[str, ...]:
     """The gradient methods, and ReciproCAM where it can be built."""
     return GRADIENT_METHODS + (() if layer in NO_RECIPROCAM else (RECIPROCAM,))
@@ -283,7 +302,7 @@ def score_layer(layer: str, folder: Path, args: argparse.Namespace, out: Path) -
         BuildOptions(model=MODEL, layer=layer, methods=methods_at(layer), input="uint8", output=graph),
         log=lambda line: print(f"  {line}", flush=True),
     )
-    session = CamSession(graph)
+    session = LogitsOnly(graph)
     rng = np.random.default_rng(args.seed)  # the same photos, crops and composites for every layer
     names, photos = photo_set(session, args.crops, rng)
     made = composites(args.layouts, session.info.preprocessing.image_size[0], rng)

@@ -56,3 +56,14 @@ def test_pole_counts_find_negative_alpha(quality) -> None:
     assert (channels, negative_sums, positive, negative, near) == (2, 1, 3, 2, 0)
     assert mass == pytest.approx(0.5 / 4 + 1.0 / 2 + 0.55 / 0.2)
     assert negative_mass == pytest.approx(1.0 / 2 + 0.55 / 0.2)
+
+
+def test_logits_only_session_scores_as_the_whole_graph(quality, efficientnet_graph: Path) -> None:
+    """The benchmark's probability runs skip the explanation branches but give the graph's own logits."""
+    from camexport.runtime.samples import sample_photo
+    from camexport.runtime.session import CamSession
+
+    whole, part = CamSession(efficientnet_graph), quality.LogitsOnly(efficientnet_graph)
+    batch = np.stack([whole.prepare(sample_photo(name))[1] for name in ("coffee", "chelsea")])
+    np.testing.assert_allclose(part.logits(batch), whole.run(batch)["logits"], rtol=1e-5, atol=1e-5)
+    assert len(part._part.get_outputs()) == 1

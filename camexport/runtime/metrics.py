@@ -110,7 +110,7 @@ def class_probabilities(
     out = np.empty(len(pixels))
     for start in range(0, len(pixels), batch_size):
         chunk = slice(start, start + batch_size)
-        probs = softmax(session.run(_feed(session, pixels[chunk]))["logits"])
+        probs = softmax(session.logits(_feed(session, pixels[chunk])))
         picked = probs[np.arange(len(probs)), classes[chunk]]
         if picked.ndim == 3:  # segmentation: [n, H, W] per-pixel probabilities, averaged over each region
             where = regions[chunk] if regions is not None else np.ones(picked.shape, bool)

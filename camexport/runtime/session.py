@@ -73,10 +73,9 @@ class CamSession:
         options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.log_severity_level = 3
+        self.options, self.providers = options, resolve_providers(provider)
         try:
-            self._session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=resolve_providers(provider)
-            )
+            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
         except UserError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
@@ -123,12 +122,7 @@ class CamSession:
             CamExportError: onnxruntime failed while running the graph.
         """
         image = np.asarray(image)
-        feeds: dict[str, np.ndarray] = {IMAGE: self._check_batch(image)}
-        feeds[TARGET_CLASS] = self._check_target(-1 if target_class is None else target_class, image.shape[0])
-        if self.info.segments:
-            feeds[REGION] = self._check_region(region, image.shape[0])
-        elif region is not None:
-            raise UserError(f"{self.path} explains a classifier, not a segmentation model; leave `region` out")
+        feeds = self._feeds(image, target_class, region)
         try:
             outputs = self._session.run(self.output_names, feeds)
         except Exception as exc:  # onnxruntime's own exception types
@@ -145,6 +139,21 @@ class CamSession:
                 f"{largest:.3g}); pass pixels normalised as the graph's metadata says"
             )
         return named
+
+    def _feeds(self, image: np.ndarray, target_class, region: np.ndarray | None) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {IMAGE: self._check_batch(image)}
+        feeds[TARGET_CLASS] = self._check_target(-1 if target_class is None else target_class, image.shape[0])
+        if self.info.segments:
+            feeds[REGION] = self._check_region(region, image.shape[0])
+        elif region is not None:
+            raise UserError(f"{self.path} explains a classifier, not a segmentation model; leave `region` out")
+        return feeds
+
+    def logits(self, image: np.ndarray) -> np.ndarray:
+        """The graph's ``logits`` for a prepared batch (as :meth:`run` takes it): what ``evaluate`` scores
+        probabilities with. onnxruntime runs every node of a graph whatever outputs are asked for; a subclass with
+        the build side at hand can run only the part that computes the logits (benchmarks/quality.py does)."""
+        return self.run(image)["logits"]
 
     def _check_region(self, region: np.ndarray | None, batch: int) -> np.ndarray:
         """float32 [batch, H, W]: −1 everywhere for None, a [H, W] region repeated for every image."""
