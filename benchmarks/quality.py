@@ -14,7 +14,7 @@ cannot go, and `blocks.4`, a block output that is not rectified), then scores ev
    heatmap's mass spreads over the instances (`camexport.runtime.metrics.instance_spread`) and the pointing
    game (Zhang et al. 2016: the map's maximum inside a copy's box).
 
-Writes quality.md, quality.json and quality-overlays-<layer>.jpg next to this file (about 25 min on 2 cores).
+Writes quality.md, quality.json and quality-overlays-<layer>.jpg next to this file (about 11 min on 2 cores).
 
 Usage: python benchmarks/quality.py [--steps 50] [--crops 5] [--layouts 4] [--seed 0] [--out DIR] [--report-only]
 """
