@@ -182,7 +182,7 @@ class _Masking:
         finally:
             for handle in handles:
                 handle.remove()
-        h, w = self.layout.to_map(done.output).shape[2:]
+        h, w = done.activations.shape[2:]
         return reciprocal_probabilities(masked_logits, h, w)
 
 
