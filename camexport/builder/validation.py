@@ -212,7 +212,7 @@ class Explained:
         are several, and ``class_maps`` when the graph has them."""
         reference = self._one(self.methods[0], image, target_class, region)
         for name in self.methods if len(self.methods) > 1 else ():
-            other = reference if name == self.methods[0] else self._one(name, image, target_class, region)
+            other = reference if name == self.methods[0] else self._one(name, image, target_class, region, reference)
             reference[f"heatmap_{name}"], reference[f"cam_{name}"] = other["heatmap"], other["cam"]
             if CLASS_MAPS in other:
                 reference[CLASS_MAPS] = other[CLASS_MAPS]
@@ -220,11 +220,21 @@ class Explained:
             reference.pop(CLASS_MAPS, None)
         return reference
 
-    def _one(self, method: str, image: np.ndarray, target_class: np.ndarray | None, region: np.ndarray | None):
+    def _one(
+        self,
+        method: str,
+        image: np.ndarray,
+        target_class: np.ndarray | None,
+        region: np.ndarray | None,
+        base: dict[str, np.ndarray] | None = None,
+    ):
+        """One method's reference outputs. ReciproCAM's logits, class, A and g are a gradient method's (``base``,
+        the first method's when it is one, so that its backward pass is not run again)."""
         args = (self.model, self.layer)
         if method != RECIPROCAM:
             return reference_explain(*args, method, image, target_class, self.layout, region, self.background)
-        base = reference_explain(*args, "gradcam", image, target_class, self.layout, region, self.background)
+        if base is None:
+            base = reference_explain(*args, "gradcam", image, target_class, self.layout, region, self.background)
         classes = base["class_index"]
         recipro = reference_reciprocam(*args, image, classes, self.layout, self.masked_block)
         return base | {"cam": recipro.cam, "heatmap": recipro.heatmap, CLASS_MAPS: recipro.probabilities}
