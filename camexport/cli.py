@@ -10,8 +10,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from camexport import __version__
-from camexport.contract import INPUT_KINDS, METHODS, parse_methods
+from camexport.contract import DEFAULT_METHOD, INPUT_KINDS, METHODS, parse_methods
 from camexport.errors import CamExportError
+from camexport.runtime.options import (
+    METRICS,
+    OVERLAY_FORMATS,
+    ExplainStyle,
+    Local,
+    Ray,
+    RunOptions,
+    Scoring,
+    ServeOptions,
+    parse_metrics,
+)
 
 EXIT_USER_ERROR = 2
 LOCAL_RAY = "local"  # --ray without an address: a Ray instance on this machine
@@ -54,7 +65,6 @@ def _parser() -> argparse.ArgumentParser:
         _add_build,
         _add_models,
         _add_layers,
-        _add_bench,
         _add_evaluate,
         _add_explain,
         _add_render,
@@ -75,8 +85,8 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--layer", help="dotted module name (layer4, layer3, layer4.1.conv2); default: last 4-D map")
     build.add_argument(
         "--method",
-        default=METHODS[0],
-        help=f"{', '.join(METHODS)} (default {METHODS[0]}), or several comma-separated (one graph, one pass, "
+        default=DEFAULT_METHOD,
+        help=f"{', '.join(METHODS)} (default {DEFAULT_METHOD}), or several comma-separated (one graph, one pass, "
         "outputs heatmap_<method> each; the first is the default heatmap)",
     )
     build.add_argument(
@@ -136,28 +146,6 @@ def _add_layers(commands: argparse._SubParsersAction) -> None:
     layers.add_argument("--all", action="store_true", help="list every module, not only 4-D feature maps")
 
 
-def _add_bench(commands: argparse._SubParsersAction) -> None:
-    bench = commands.add_parser("bench", help="time the graph against eager PyTorch, the CAM libraries, plain ORT")
-    bench.add_argument("model", help="a model name as for build")
-    bench.add_argument("--layer", help="target layer (default: the model's default)")
-    bench.add_argument("--method", default=METHODS[0], help=f"as for build (default {METHODS[0]})")
-    bench.add_argument("--weights", default="random", help="random (default), default or PATH")
-    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="default: 1 8 32")
-    bench.add_argument("--runs", type=int, default=15, help="timed rounds per batch size (default 15)")
-    bench.add_argument("--warmup", type=int, default=3, help="warm-up runs per contender (default 3)")
-    bench.add_argument("--threads", type=int, default=0, help="threads for torch and onnxruntime (default: all cores)")
-    bench.add_argument("--provider", default="cpu", help="cpu (default) or cuda (eager contenders on the GPU too)")
-    bench.add_argument(
-        "--contenders", help="comma-separated subset, e.g. e_ort_plain,f_ort_camexport (default: all eight)"
-    )
-    bench.add_argument(
-        "--no-memory", action="store_true", help="skip measuring each contender's added peak RSS in its own process"
-    )
-    bench.add_argument(
-        "--out", type=Path, default=Path("bench"), help="folder for the JSON and Markdown (default bench/)"
-    )
-
-
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="faithfulness of a graph's heatmaps: Average Drop, deletion/insertion"
@@ -166,40 +154,37 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("images", nargs="+", help="image files or folders")
     evaluate.add_argument(
         "--metrics",
-        help="comma-separated subset of average_drop, increase_in_confidence, win, deletion, insertion "
-        "(default: all; deletion and insertion cost steps+1 runs per image each)",
+        help=f"comma-separated subset of {', '.join(METRICS)} (default: all; deletion and insertion cost steps+1 "
+        "runs per image each, adcc one)",
     )
-    evaluate.add_argument("--steps", type=int, default=20, help="deletion/insertion steps (default 20)")
+    evaluate.add_argument(
+        "--steps", type=int, default=Scoring.steps, help=f"deletion/insertion steps (default {Scoring.steps})"
+    )
     evaluate.add_argument("--class", dest="target", help="class to explain, by index or label (default: top-1)")
     evaluate.add_argument("--out", type=Path, help="write the scores as JSON to this file")
 
 
 def _add_explain(commands: argparse._SubParsersAction) -> None:
+    style, run, ray = ExplainStyle(), RunOptions(), Ray()
     explain = commands.add_parser("explain", help="explain photos with a built graph (overlays + predictions)")
     explain.add_argument("graph", type=Path, help="a .onnx file written by 'camexport build'")
     explain.add_argument("images", nargs="+", help="image files or folders")
     explain.add_argument("--class", dest="target", help="class to explain, by index or label (default: top-1)")
-    explain.add_argument("--top-k", type=int, default=5, help="predictions to report per image (default 5)")
+    explain.add_argument(
+        "--top-k", type=int, default=style.top_k, help=f"predictions to report per image (default {style.top_k})"
+    )
     explain.add_argument("--provider", default="cpu", help="cpu (default) or cuda")
     explain.add_argument("--out", type=Path, default=Path("explained"), help="output folder (default: explained/)")
-    explain.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
-    explain.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
+    _add_style(explain, style)
     explain.add_argument("--save-heatmap", action="store_true", help="also save each heatmap as .npy")
-    explain.add_argument(
-        "--format",
-        dest="overlay_format",
-        metavar="jpg|png|webp",
-        help="overlay file format (default jpg: 100x faster to write than png at 12 megapixels, 8x smaller)",
-    )
-    explain.add_argument(
-        "--overlay-max-side", type=int, metavar="N", help="downscale overlays to at most N pixels on the longer side"
-    )
     explain.add_argument(
         "--no-overlay",
         action="store_true",
         help="write no overlays (records only; 'camexport render' draws them later)",
     )
-    explain.add_argument("--batch-size", type=int, default=8, help="images per onnxruntime run (default 8)")
+    explain.add_argument(
+        "--batch-size", type=int, default=run.batch_size, help=f"images per onnxruntime run (default {run.batch_size})"
+    )
     explain.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
     explain.add_argument("--quiet", action="store_true", help="no line per image, only errors and the summary")
     explain.add_argument(
@@ -211,7 +196,10 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
         "one on this machine's cores if none is given",
     )
     explain.add_argument(
-        "--actors", type=int, default=2, help="with --ray: actors, each holding one session (default 2)"
+        "--actors",
+        type=int,
+        default=ray.actors,
+        help=f"with --ray: actors, each holding one session (default {ray.actors})",
     )
     explain.add_argument(
         "--actor-cpus",
@@ -226,32 +214,51 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_render(commands: argparse._SubParsersAction) -> None:
-    render = commands.add_parser("render", help="draw overlays later from an explain run's cams.parquet (no graph)")
-    render.add_argument("source", type=Path, help="the --out folder of 'camexport explain', or its cams.parquet")
-    render.add_argument("--out", type=Path, help="where the overlays go (default: beside cams.parquet)")
-    render.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
-    render.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
-    render.add_argument("--format", dest="overlay_format", default="jpg", metavar="jpg|png|webp", help="(default jpg)")
-    render.add_argument(
+def _add_style(parser: argparse.ArgumentParser, style: ExplainStyle) -> None:
+    """The overlay's flags, shared by explain and render."""
+    parser.add_argument(
+        "--alpha", type=float, default=style.alpha, help=f"overlay opacity in [0, 1] (default {style.alpha})"
+    )
+    parser.add_argument("--colormap", default=style.colormap, help=f"matplotlib colormap (default {style.colormap})")
+    parser.add_argument(
+        "--format",
+        dest="overlay_format",
+        default=style.overlay_format,
+        metavar="|".join(OVERLAY_FORMATS),
+        help=f"overlay file format (default {style.overlay_format}: 100x faster to write than png at 12 megapixels, "
+        "8x smaller)",
+    )
+    parser.add_argument(
         "--overlay-max-side", type=int, metavar="N", help="downscale overlays to at most N pixels on the longer side"
     )
 
 
+def _add_render(commands: argparse._SubParsersAction) -> None:
+    render = commands.add_parser("render", help="draw overlays later from an explain run's cams.parquet (no graph)")
+    render.add_argument("source", type=Path, help="the --out folder of 'camexport explain', or its cams.parquet")
+    render.add_argument("--out", type=Path, help="where the overlays go (default: beside cams.parquet)")
+    _add_style(render, ExplainStyle())
+
+
 def _add_serve(commands: argparse._SubParsersAction) -> None:
+    defaults = ServeOptions()
     serve = commands.add_parser(
         "serve", help="serve a graph over HTTP: POST /explain with dynamic batching (camexport[serve])"
     )
     serve.add_argument("graph", type=Path, help="a .onnx graph written by camexport build")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
-    serve.add_argument("--max-batch", type=int, default=16, help="most images per graph run (default 16)")
     serve.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="longest an image waits for others to batch with (default 5)"
+        "--host", default=defaults.host, help=f"address to listen on (default {defaults.host}: this machine)"
     )
-    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default 20 MB)")
-    serve.add_argument("--decoders", type=int, default=4, help="images decoded and encoded at once (default 4)")
-    serve.add_argument("--drain-s", type=float, default=30.0, help="on SIGTERM, wait this long for requests in flight")
+    serve.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port}; 0: any free)")
+    for flag, kind, what in (
+        ("--max-batch", int, "most images per graph run"),
+        ("--max-wait-ms", float, "longest an image waits for others to batch with"),
+        ("--max-upload-mb", float, "largest upload accepted, in megabytes"),
+        ("--decoders", int, "images decoded and encoded at once"),
+        ("--drain-s", float, "on SIGTERM, how long to wait for the requests in flight"),
+    ):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        serve.add_argument(flag, type=kind, default=default, help=f"{what} (default {default:g})")
     serve.add_argument("--provider", default="cpu", help="cpu (default) or cuda")
     serve.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
     serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
@@ -265,7 +272,7 @@ def _add_samples(commands: argparse._SubParsersAction) -> None:
 def _build(args: argparse.Namespace) -> int:
     from camexport.builder.factory import read_labels
     from camexport.builder.pipeline import BuildOptions, build
-    from camexport.builder.registry import ModelOverrides
+    from camexport.builder.sources import ModelOverrides
 
     overrides = ModelOverrides(
         labels=read_labels(args.labels) if args.labels else None,
@@ -312,7 +319,7 @@ def _models(args: argparse.Namespace) -> int:
 
 def _layers(args: argparse.Namespace) -> int:
     from camexport.builder.layers import describe_layers, input_channels
-    from camexport.builder.registry import load_model
+    from camexport.builder.sources import load_model
 
     loaded = load_model(args.model, "random")
     size = args.image_size or loaded.preprocessing.image_size
@@ -321,72 +328,42 @@ def _layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from camexport.builder.bench import CONTENDERS, BenchConfig, bench_model, report_terminal
-
-    config = BenchConfig(
-        batch_sizes=tuple(args.batch_sizes),
-        runs=args.runs,
-        warmup=args.warmup,
-        threads=args.threads,
-        provider=args.provider,
-        contenders=tuple(args.contenders.split(",")) if args.contenders else CONTENDERS,
-        memory=not args.no_memory,
-    )
-    methods = parse_methods(args.method)
-    say = lambda line: print(line, flush=True)  # noqa: E731
-    result, json_path, md_path = bench_model(args.model, args.layer, methods, args.weights, config, args.out, say)
-    print(report_terminal(result))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    from camexport.runtime.metrics import METRICS, evaluate_paths, parse_metrics
+    from camexport.runtime.metrics import evaluate_paths
     from camexport.runtime.session import CamSession
 
     metrics = parse_metrics(args.metrics) if args.metrics is not None else METRICS
-    print(evaluate_paths(CamSession(args.graph), args.images, args.steps, args.target, args.out, metrics))
+    scoring = Scoring(metrics=metrics, steps=args.steps)
+    print(evaluate_paths(CamSession(args.graph), args.images, args.out, args.target, scoring))
     return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from camexport.runtime.explain import DEFAULT_FORMAT, ExplainStyle, explain_paths
+    from camexport.runtime.explain import explain
     from camexport.runtime.session import CamSession
 
     session = CamSession(args.graph, provider=args.provider, threads=args.threads)
-    overlay_format = None if args.no_overlay else (args.overlay_format or DEFAULT_FORMAT)
-    common = {
-        "batch_size": args.batch_size,
-        "progress": sys.stderr.isatty(),
-        "log": (lambda _line: None) if args.quiet else print,
-        "resume": args.resume,
-        "overwrite": args.overwrite,
-    }
+    style = ExplainStyle(
+        target=args.target,
+        top_k=args.top_k,
+        alpha=args.alpha,
+        colormap=args.colormap,
+        save_heatmap=args.save_heatmap,
+        overlay_format=None if args.no_overlay else args.overlay_format,
+        overlay_max_side=args.overlay_max_side,
+    )
+    options = RunOptions(
+        batch_size=args.batch_size,
+        progress=sys.stderr.isatty(),
+        log=(lambda _line: None) if args.quiet else print,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    executor = Local()
     if args.ray is not None:
-        from camexport.runtime.distributed import RayOptions, explain_paths_on_ray
-
-        style = ExplainStyle(
-            session.class_index(args.target), args.top_k, args.alpha, args.colormap, args.save_heatmap,
-            overlay_format, args.overlay_max_side,
-        )  # fmt: skip
-        options = RayOptions(args.actors, args.actor_cpus, args.threads or 1, args.provider)
         address = None if args.ray == LOCAL_RAY else args.ray
-        summary = explain_paths_on_ray(session, args.images, args.out, style, options, address, **common)
-    else:
-        summary = explain_paths(
-            session,
-            args.images,
-            args.out,
-            target=args.target,
-            top_k=args.top_k,
-            alpha=args.alpha,
-            colormap=args.colormap,
-            save_heatmap=args.save_heatmap,
-            overlay_format=overlay_format,
-            overlay_max_side=args.overlay_max_side,
-            **common,
-        )
+        executor = Ray(address, args.actors, args.actor_cpus, args.threads or 1, args.provider)
+    summary = explain(session, args.images, args.out, style, options, executor)
     skipped = f", {len(summary.skipped)} non-image file(s) skipped" if summary.skipped else ""
     earlier = f", {summary.already_done} recorded earlier" if summary.already_done else ""
     print(
@@ -399,7 +376,6 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from camexport.runtime.explain import ExplainStyle
     from camexport.runtime.render import render
 
     style = ExplainStyle(
@@ -414,7 +390,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from camexport.runtime.serve import ServeOptions, serve
+    from camexport.runtime.serve import serve
 
     options = ServeOptions(
         host=args.host,
@@ -442,7 +418,6 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": _build,
     "models": _models,
     "layers": _layers,
-    "bench": _bench,
     "evaluate": _evaluate,
     "explain": _explain,
     "render": _render,
@@ -453,8 +428,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 # The library's parameters that messages name (see camexport.errors), and the flags whose name differs.
 PARAMETERS = frozenset(
     "weights layer methods seed image_size opset output labels mean std num_classes dynamic_size input top_k "
-    "batch_size out_dir out alpha colormap provider metrics steps target batch_sizes runs warmup threads "
-    "contenders overlay_format overlay_max_side resume overwrite actors cpus_per_actor ray port max_batch "
+    "batch_size out_dir out alpha colormap provider metrics steps target threads "
+    "overlay_format overlay_max_side resume overwrite actors cpus_per_actor ray port max_batch "
     "max_wait_ms max_upload_mb decoders drain_s class_maps".split()
 )
 _FLAG_OF = {

@@ -1,9 +1,17 @@
-"""The graph contract: what a camexport graph takes, returns and says about itself. No torch here.
+"""The graph contract: one typed description of a camexport graph, :class:`GraphSpec`. No torch here.
 
-Both wings use this one module: the build side writes the contract (export names the inputs, outputs and
-dimensions, and stores :meth:`GraphInfo.to_props` as the graph's metadata; validation checks the outputs by
-these names), the run side reads it (:meth:`GraphInfo.from_props` in the session). The README's "graph
-contract" section documents the same names.
+Both wings use this one module. The build side fills a :class:`GraphSpec` once and passes it along: tracing
+computes the outputs it lists, export names the graph's inputs, outputs and dimensions after it and stores
+:meth:`GraphSpec.to_props` as the graph's metadata, validation checks the written graph against it. The run side
+reads it back (:meth:`GraphSpec.from_props`) and checks the loaded graph's inputs and outputs against it
+(:meth:`GraphSpec.mismatches`). ``docs/contract.md``'s tables are generated from the records here
+(``python docs/generate.py``; a test fails when they differ).
+
+What varies between graphs is declared by two tables of records: :data:`TASKS` (what the network predicts, the
+score explained, the inputs and outputs a task adds) and :data:`METHODS` (the CAM methods, their papers and
+equations, and the outputs a method adds). The build side implements each record
+(:mod:`camexport.builder.methods`, :mod:`camexport.builder.tasks`); the run side draws them
+(:mod:`camexport.runtime.tasks`).
 
 A graph carries ``camexport.contract``, the version of this contract. A reader refuses a version it does not
 know with one line; graphs written before the key existed (camexport 0.1) follow version 1.
@@ -23,77 +31,196 @@ from camexport.errors import ContractError, UserError
 # [-1]; every onnxruntime warned on loading such a graph (an initializer that is also an input), and OpenVINO
 # folded the default into a constant, so only the top-1 class could be explained there. A required input
 # with one sentinel is as simple for C++, Java and JS callers (always pass [-1]) and every runtime honours it.
-# Contract 3: a segmentation graph (``camexport.task`` = ``segmentation``): logits [N, K, H, W], a ``region``
-# input and a ``segmentation`` output. Classifier graphs stay contract 2, so readers of contract 2 still read
-# every classifier graph and refuse a segmentation graph with one line instead of misreading its logits.
-CONTRACT_VERSION = 2
-SEGMENTATION_CONTRACT = 3
+# Contract 3: a segmentation graph: logits [N, K, H, W], a ``region`` input and a ``segmentation`` output.
+# Classifier graphs stay contract 2, so readers of contract 2 still read every classifier graph and refuse a
+# segmentation graph with one line instead of misreading its logits. A task's record names its version.
 READABLE_CONTRACTS = (1, 2, 3)  # contract 1 graphs still run: an explicit target_class overrides their default
 
-# Inputs.
-IMAGE = "image"
-TARGET_CLASS = "target_class"
-INPUT_NAMES = (IMAGE, TARGET_CLASS)
-# A segmentation graph's third input: float32 [N, H, W], the weight of each pixel's logit in the explained score
-# (a 0/1 mask, or soft weights); a negative value means "this pixel counts if the graph predicts the class
-# there", so a region of −1 everywhere (what CamSession feeds by default) explains the predicted pixels.
-REGION = "region"
+PREFIX = "camexport."
 
-# Outputs, in graph order; a graph of several methods adds ``heatmap_<m>`` and ``cam_<m>`` per method, and a
-# segmentation graph then ``segmentation`` (int64 [N, H, W], each pixel's predicted class).
-OUTPUT_NAMES = ("logits", "class_index", "heatmap", "cam", "activations", "gradients")
-SEGMENTATION = "segmentation"
-PER_METHOD_OUTPUTS = ("heatmap", "cam")
-# A ReciproCAM graph built with every class's map: float32 [N, K, h, w], at each position the probability of each
-# class when the map is masked there (the method's raw ``cam`` of every class, from the same masked pass).
-CLASS_MAPS = "class_maps"
 # ``heatmap`` is ``cam`` resized bilinearly (half-pixel centres) to the input size, then min-max scaled to
 # [0, 1] per image; a map whose span is at most FLAT_MAP of its maximum (interpolation rounding) gives zeros.
 FLAT_MAP = 1e-5
 
-# Symbolic dimension names.
-BATCH_DIM = "batch"
-HEIGHT_DIM = "height"
-WIDTH_DIM = "width"
-TARGET_DIM = "target_batch"
+Dtype = Literal["float32", "int64", "uint8"]
 
-# What the network does: classify an image (logits [N, K]) or each of its pixels (logits [N, K, H, W]).
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a graph.
+
+    Attributes:
+        name: its name in the graph.
+        dtype: ``float32``, ``int64`` or ``uint8``.
+        axes: the names of its dimensions (see :data:`AXES`): the spec resolves each to a number, a symbolic
+            dimension of the graph, or None (any size).
+        meaning: one line for the docs.
+    """
+
+    name: str
+    dtype: Dtype
+    axes: tuple[str, ...]
+    meaning: str
+
+
+# What each axis name stands for (the docs' legend). ``batch`` and ``target_batch`` are symbolic dimensions of
+# every graph; ``H``/``W`` are named ``height``/``width`` in a graph of any image size.
+AXES = {
+    "batch": "images in the batch (dynamic)",
+    "target_batch": "1 (one class for all images) or batch",
+    "C": "image channels: the length of the metadata's mean and std (3 for RGB)",
+    "H": "input height (`height`, dynamic, in a `--dynamic-size` graph)",
+    "W": "input width (`width`, dynamic, in a `--dynamic-size` graph)",
+    "K": "classes: the length of the metadata's labels",
+    "D": "the explained layer's channels",
+    "h": "the explained map's height",
+    "w": "the explained map's width",
+}
+BATCH_DIM, TARGET_DIM, HEIGHT_DIM, WIDTH_DIM = "batch", "target_batch", "height", "width"
+_NOUNS = {"C": "channels", "H": "rows", "W": "columns", "K": "classes"}  # the axes the metadata fixes
+
+IMAGE = TensorSpec(
+    "image", "float32", ("batch", "C", "H", "W"), "the image, normalised as the metadata's mean and std say"
+)
+PIXELS = TensorSpec(
+    "image", "uint8", ("batch", "H", "W", "C"), "`--input uint8` graphs: the pixels, scaled and normalised inside"
+)
+TARGET_CLASS = TensorSpec(
+    "target_class",
+    "int64",
+    ("target_batch",),
+    "the class to explain, −1 = each image's top-1 (any negative value reads so); required",
+)
+CLASS_INDEX = TensorSpec("class_index", "int64", ("batch",), "the class explained")
+HEATMAP = TensorSpec(
+    "heatmap", "float32", ("batch", "H", "W"), "`cam` resized bilinearly to the input, min-max scaled to [0, 1]"
+)
+CAM = TensorSpec("cam", "float32", ("batch", "h", "w"), "the raw map at the layer's resolution")
+ACTIVATIONS = TensorSpec("activations", "float32", ("batch", "D", "h", "w"), "the layer's output A")
+GRADIENTS = TensorSpec("gradients", "float32", ("batch", "D", "h", "w"), "g = ∂y_c/∂A, y_c the explained score")
+CLASS_MAPS = TensorSpec(
+    "class_maps",
+    "float32",
+    ("batch", "K", "h", "w"),
+    "`--class-maps` graphs: every class's map from the same pass (each class's probability per masked position)",
+)
+PER_METHOD = ("heatmap", "cam")  # a graph of several methods has ``heatmap_<m>`` and ``cam_<m>`` for each
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the network predicts and what a graph of it explains.
+
+    Attributes:
+        name: the task's name, ``camexport.task`` in the metadata.
+        contract: the contract version its graphs follow.
+        logits: the network's output as the graph returns it.
+        score: what ``y_c``, the explained score, is (for the docs).
+        inputs: the inputs the task adds after ``image`` and ``target_class``.
+        outputs: the outputs it adds after the maps.
+    """
+
+    name: str
+    contract: int
+    logits: TensorSpec
+    score: str
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+
+REGION = TensorSpec(
+    "region",
+    "float32",
+    ("batch", "H", "W"),
+    "each pixel's weight in the explained score; −1 = the pixel counts where the graph predicts the class",
+)
+SEGMENTATION = TensorSpec("segmentation", "int64", ("batch", "H", "W"), "each pixel's predicted class")
+
+CLASSIFICATION = TaskSpec(
+    name="classification",
+    contract=2,
+    logits=TensorSpec("logits", "float32", ("batch", "K"), "the network's logits"),
+    score="the explained class's logit (pre-softmax)",
+)
+SEGMENTATION_TASK = TaskSpec(
+    name="segmentation",
+    contract=3,
+    logits=TensorSpec("logits", "float32", ("batch", "K", "H", "W"), "the network's logits per pixel"),
+    score="the class's logits summed over the region (Seg-Grad-CAM, Vinogradova et al., AAAI 2020, eq. 1)",
+    inputs=(REGION,),
+    outputs=(SEGMENTATION,),
+)
+TASKS: dict[str, TaskSpec] = {task.name: task for task in (CLASSIFICATION, SEGMENTATION_TASK)}
 Task = Literal["classification", "segmentation"]
-TASKS: tuple[Task, ...] = ("classification", "segmentation")
-
-# The CAM methods a graph may hold (the build side implements each; the first is the default).
-METHODS = ("gradcampp", "gradcam", "xgradcam", "layercam", "hirescam", "reciprocam")
-# The gradient-free one: ReciproCAM (Byun & Lee 2022) runs the rest of the network on masked feature maps.
-RECIPROCAM = "reciprocam"
-GRADIENT_METHODS = tuple(m for m in METHODS if m != RECIPROCAM)
-
-# The image input: normalised float32 [N, C, H, W], or uint8 pixels [N, H, W, C] normalised inside; C is the
-# number of values in the metadata's mean and std (3 for RGB classifiers).
-InputKind = Literal["float32", "uint8"]
-INPUT_KINDS: tuple[InputKind, ...] = ("float32", "uint8")
-
-# The Pillow mode an image file is converted to for a graph of C channels: grayscale for 1, RGB for 3, and for
-# 4 a four-band image (RGBA PNG or TIFF: the fourth band is data, not transparency). Other channel counts
-# have no image file format; such graphs take arrays [H, W, C].
-IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
-
-PREFIX = "camexport."
 
 
-def output_names(methods: Sequence[str], task: Task = "classification", class_maps: bool = False) -> tuple[str, ...]:
-    """The graph's outputs: :data:`OUTPUT_NAMES` (``heatmap``/``cam`` of the first method), then, for a graph of
-    several methods, ``heatmap_<method>`` and ``cam_<method>`` for each, then ``class_maps`` when asked for
-    (:data:`CLASS_MAPS`), then ``segmentation`` for a segmentation graph."""
-    names = OUTPUT_NAMES
-    if len(methods) > 1:
-        names += tuple(f"{kind}_{method}" for method in methods for kind in PER_METHOD_OUTPUTS)
-    names += (CLASS_MAPS,) if class_maps else ()
-    return names + ((SEGMENTATION,) if task == "segmentation" else ())
+@dataclass(frozen=True)
+class MethodSpec:
+    """A CAM method, as the contract and the docs know it (its graph and reference are the build side's).
+
+    Attributes:
+        name: its name in ``--method``, ``camexport.method`` and ``heatmap_<name>``.
+        title: the name the paper gives it.
+        paper: authors, venue and year, and where to read it.
+        equation: the formula, with the paper's equation number.
+        gradient: computed from the gradient pass's A and g; False for a gradient-free method, which runs the
+            rest of the network again.
+        every_class: the method can give every class's map from its pass (the ``class_maps`` output).
+    """
+
+    name: str
+    title: str
+    paper: str
+    equation: str
+    gradient: bool = True
+    every_class: bool = False
 
 
-def input_names(task: Task = "classification") -> tuple[str, ...]:
-    """The graph's inputs: ``image``, ``target_class``, and ``region`` for a segmentation graph."""
-    return INPUT_NAMES + ((REGION,) if task == "segmentation" else ())
+METHODS: dict[str, MethodSpec] = {
+    method.name: method
+    for method in (
+        MethodSpec(
+            "gradcampp",
+            "Grad-CAM++",
+            "Chattopadhyay et al., WACV 2018, arXiv 1710.11063",
+            "eq. 19: α_kij = g² / (2g² + (Σ_ab A_kab)·g³), 0 where the denominator is 0; "
+            "w_k = Σ_ij α_kij·ReLU(g_kij); cam = ReLU(Σ_k w_k A_k)",
+        ),
+        MethodSpec(
+            "gradcam",
+            "Grad-CAM",
+            "Selvaraju et al., ICCV 2017, arXiv 1610.02391",
+            "eq. 1: w_k = (1/hw) Σ_ij g_kij; cam = ReLU(Σ_k w_k A_k)",
+        ),
+        MethodSpec(
+            "xgradcam",
+            "XGrad-CAM",
+            "Fu et al., BMVC 2020, arXiv 2008.02312",
+            "eq. 9: w_k = Σ_ij (A_kij / Σ_ab A_kab)·g_kij, 0 where Σ_ab A_kab = 0; cam = ReLU(Σ_k w_k A_k)",
+        ),
+        MethodSpec(
+            "layercam",
+            "LayerCAM",
+            "Jiang et al., IEEE TIP 2021",
+            "eqs. 4-5: cam = ReLU(Σ_k ReLU(g_kij)·A_kij)",
+        ),
+        MethodSpec(
+            "hirescam",
+            "HiResCAM",
+            "Draelos & Carin 2020, arXiv 2011.08891",
+            "eq. 4: cam = ReLU(Σ_k g_kij·A_kij)",
+        ),
+        MethodSpec(
+            "reciprocam",
+            "ReciproCAM",
+            "Byun & Lee, arXiv 2209.14074, CVPRW 2024; ViT-ReciproCAM: arXiv 2310.02588",
+            "sec. 3: cam_ij = softmax(f(M_ij))_c, M_ij the layer's output masked by the 3x3 Gaussian at (i, j)",
+            gradient=False,
+            every_class=True,
+        ),
+    )
+}
+DEFAULT_METHOD = "gradcampp"
 
 
 def parse_methods(spec: str) -> tuple[str, ...]:
@@ -121,6 +248,17 @@ def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise UserError(f"methods={','.join(names)!r}: a method is named twice; list each once")
     return names
+
+
+# The image input: normalised float32 [N, C, H, W], or uint8 pixels [N, H, W, C] normalised inside; C is the
+# number of values in the metadata's mean and std (3 for RGB classifiers).
+InputKind = Literal["float32", "uint8"]
+INPUT_KINDS: tuple[InputKind, ...] = ("float32", "uint8")
+
+# The Pillow mode an image file is converted to for a graph of C channels: grayscale for 1, RGB for 3, and for
+# 4 a four-band image (RGBA PNG or TIFF: the fourth band is data, not transparency). Other channel counts
+# have no image file format; such graphs take arrays [H, W, C].
+IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
 @dataclass(frozen=True)
@@ -178,53 +316,69 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
-class GraphInfo:
-    """What a camexport graph says about itself: its ``camexport.*`` metadata, typed.
+class Provenance:
+    """Where a graph comes from, for humans and for ``--resume`` (a run is resumed with the same graph only).
 
     Attributes:
         model: the registry name or factory the graph was built from.
-        layer: the explained layer's dotted name.
-        methods: the CAM methods, the first being the plain ``heatmap``/``cam`` outputs.
-        labels: class names, one per logit.
-        preprocessing: what the weights expect of an input image.
-        version: the camexport version that built the graph.
-        weights: where the weights came from, for humans.
+        weights: where the weights came from.
         random_weights: the weights are a seeded random initialisation: the labels name no real class.
-        dynamic_size: the graph takes any image height and width.
-        input: ``float32`` (normalised [N, C, H, W]) or ``uint8`` (pixels [N, H, W, C]).
-        task: ``classification`` or ``segmentation`` (:data:`TASKS`).
-        background: a segmentation graph's background class, explained by default only where no other class
-            is predicted (None: every class counts alike).
-        masked_block: the module whose input ReciproCAM masks along with the layer's output (a transformer block
-            around its first normalisation: its skip connection), or None.
-        class_maps: the graph outputs ReciproCAM's map of every class (:data:`CLASS_MAPS`).
-        contract: the contract version (:data:`CONTRACT_VERSION`, :data:`SEGMENTATION_CONTRACT`).
+        version: the camexport version that built the graph.
     """
 
     model: str
+    weights: str = ""
+    random_weights: bool = False
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One camexport graph: what it explains, how, and what it takes and returns.
+
+    Attributes:
+        task: the network's task, a key of :data:`TASKS`.
+        layer: the explained layer's dotted name.
+        methods: the CAM methods (keys of :data:`METHODS`), the first being the plain ``heatmap``/``cam``.
+        labels: class names, one per logit.
+        preprocessing: what the network expects of an input image.
+        provenance: the model, its weights, the camexport that built the graph.
+        input: ``float32`` (normalised [N, C, H, W]) or ``uint8`` (pixels [N, H, W, C]).
+        dynamic_size: the graph takes any image height and width.
+        background: a segmentation graph's background class, explained by default only where no other class
+            is predicted (None: every class counts alike).
+        masked_block: the module whose input ReciproCAM masks along with the layer's output (a transformer
+            block around its first normalisation: its skip connection), or None.
+        class_maps: the graph outputs every class's map (:data:`CLASS_MAPS`; a method with ``every_class``).
+        contract: the contract version; None takes the task's.
+    """
+
+    task: Task
     layer: str
     methods: tuple[str, ...]
     labels: tuple[str, ...]
     preprocessing: Preprocessing
-    version: str
-    weights: str = ""
-    random_weights: bool = False
-    dynamic_size: bool = False
+    provenance: Provenance
     input: InputKind = "float32"
-    task: Task = "classification"
+    dynamic_size: bool = False
     background: int | None = None
     masked_block: str | None = None
     class_maps: bool = False
-    contract: int = CONTRACT_VERSION
+    contract: int | None = None
 
     def __post_init__(self) -> None:
-        if self.task == "segmentation" and self.contract < SEGMENTATION_CONTRACT:
-            object.__setattr__(self, "contract", SEGMENTATION_CONTRACT)
+        if self.contract is None:
+            object.__setattr__(self, "contract", TASKS[self.task].contract)
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        """The task's record."""
+        return TASKS[self.task]
 
     @property
     def segments(self) -> bool:
         """True for a segmentation graph (logits [N, K, H, W], a ``region`` input)."""
-        return self.task == "segmentation"
+        return self.task == SEGMENTATION_TASK.name
 
     @property
     def takes_pixels(self) -> bool:
@@ -232,37 +386,81 @@ class GraphInfo:
         return self.input == "uint8"
 
     @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """``image``, ``target_class``, then the task's inputs."""
+        return (PIXELS if self.takes_pixels else IMAGE, TARGET_CLASS, *self.task_spec.inputs)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """The outputs in graph order: the logits, the class, the first method's maps, A and g; for several
+        methods each one's ``heatmap_<m>`` and ``cam_<m>``; ``class_maps`` if asked; then the task's."""
+        outputs = (self.task_spec.logits, CLASS_INDEX, HEATMAP, CAM, ACTIVATIONS, GRADIENTS)
+        if len(self.methods) > 1:
+            outputs += tuple(per_method(spec, m) for m in self.methods for spec in (HEATMAP, CAM))
+        if self.class_maps:
+            outputs += (CLASS_MAPS,)
+        return outputs + self.task_spec.outputs
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.inputs)
+
+    @property
     def output_names(self) -> tuple[str, ...]:
-        """The graph's outputs (see :func:`output_names`)."""
-        return output_names(self.methods, self.task, self.class_maps)
+        return tuple(spec.name for spec in self.outputs)
+
+    def heatmap_of(self, method: str) -> str:
+        """The output holding ``method``'s heatmap: ``heatmap`` in a graph of one method, else ``heatmap_<m>``."""
+        return HEATMAP.name if len(self.methods) == 1 else f"{HEATMAP.name}_{method}"
+
+    def cam_of(self, method: str) -> str:
+        """The output holding ``method``'s raw map (see :meth:`heatmap_of`)."""
+        return CAM.name if len(self.methods) == 1 else f"{CAM.name}_{method}"
+
+    def axis(self, name: str) -> int | str | None:
+        """One axis of :data:`AXES` in this graph: a number, a symbolic dimension's name, or None (any size)."""
+        height, width = self.preprocessing.image_size
+        size = {"H": HEIGHT_DIM, "W": WIDTH_DIM} if self.dynamic_size else {"H": height, "W": width}
+        known = {"batch": BATCH_DIM, "target_batch": TARGET_DIM, "C": self.preprocessing.channels}
+        return {**known, **size, "K": len(self.labels)}.get(name)
+
+    def dims(self, tensor: TensorSpec) -> tuple[int | str | None, ...]:
+        """``tensor``'s dimensions in this graph (see :meth:`axis`)."""
+        return tuple(self.axis(name) for name in tensor.axes)
+
+    def mismatches(self, inputs: Mapping[str, Signature], outputs: Mapping[str, Signature]) -> list[str]:
+        """How a graph's inputs and outputs (name → (dtype, dims)) differ from this spec: names, order of the
+        outputs, dtypes, ranks, and every dimension the spec fixes. A symbolic dimension of the spec may be
+        symbolic under any name in the graph, or a number only in a graph of contract 1."""
+        if set(inputs) != set(self.input_names) or tuple(outputs) != self.output_names:
+            return [f"inputs {sorted(inputs)} and outputs {list(outputs)}, not {list(self.output_names)}"]
+        found = {**inputs, **outputs}
+        return [
+            problem for spec in (*self.inputs, *self.outputs) for problem in self._differences(spec, found[spec.name])
+        ]
+
+    def _differences(self, tensor: TensorSpec, signature: Signature) -> list[str]:
+        """How one tensor of a graph differs from the spec's (see :meth:`mismatches`)."""
+        dtype, dims = signature
+        want = self.dims(tensor)
+        if dtype != tensor.dtype or len(dims) != len(want):
+            return [f"{tensor.name} is {dtype} of rank {len(dims)}, not {tensor.dtype} of rank {len(want)}"]
+        problems = []
+        for axis, got, wanted in zip(tensor.axes, dims, want, strict=True):
+            if isinstance(wanted, int) and isinstance(got, int) and got != wanted:
+                problems.append(f"{tensor.name} has {got} {_NOUNS[axis]} where the metadata says {wanted}")
+            if isinstance(wanted, str) and isinstance(got, int) and self.contract != 1:
+                problems.append(f"{tensor.name}'s {axis} is fixed at {got}, not dynamic")
+        return problems
 
     def to_props(self) -> dict[str, str]:
-        """The metadata props, the one writer of the contract: strings, lists and numbers as JSON."""
-        prep = self.preprocessing
-        return {
-            f"{PREFIX}contract": str(self.contract),
-            f"{PREFIX}model": self.model,
-            f"{PREFIX}layer": self.layer,
-            f"{PREFIX}method": ",".join(self.methods),
-            f"{PREFIX}labels": json.dumps(list(self.labels)),
-            f"{PREFIX}mean": json.dumps(list(prep.mean)),
-            f"{PREFIX}std": json.dumps(list(prep.std)),
-            f"{PREFIX}image_size": json.dumps(list(prep.image_size)),
-            f"{PREFIX}resize_size": json.dumps(prep.resize_size),
-            f"{PREFIX}interpolation": prep.interpolation,
-            f"{PREFIX}weights": self.weights,
-            f"{PREFIX}random_weights": json.dumps(self.random_weights),
-            f"{PREFIX}version": self.version,
-            f"{PREFIX}dynamic_size": json.dumps(self.dynamic_size),
-            f"{PREFIX}input": self.input,
-            f"{PREFIX}task": self.task,
-            f"{PREFIX}background": json.dumps(self.background),
-            f"{PREFIX}masked_block": json.dumps(self.masked_block),
-            f"{PREFIX}class_maps": json.dumps(self.class_maps),
-        }
+        """The metadata props, the one writer of the contract: strings, lists and numbers as JSON, one per
+        :data:`METADATA` key, in its order (:func:`_written`; :func:`_read` reads them back)."""
+        values = _written(self)
+        return {f"{PREFIX}{key.name}": values[key.name] for key in METADATA}
 
     @classmethod
-    def from_props(cls, props: Mapping[str, str], source: object = "graph") -> GraphInfo:
+    def from_props(cls, props: Mapping[str, str], source: object = "graph") -> GraphSpec:
         """The one reader of the contract.
 
         Raises:
@@ -275,10 +473,50 @@ class GraphInfo:
             )
         contract = _contract_version(props, source)
         try:
-            return _read(cls, props, contract)
+            return _read(cls, {k[len(PREFIX) :]: v for k, v in props.items() if k.startswith(PREFIX)}, contract)
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             reason = f"damaged camexport metadata ({exc})"
             raise UserError(f"{source}: {reason}; rebuild the graph with 'camexport build'") from None
+
+
+Signature = tuple[str, Sequence[int | str | None]]  # a tensor's dtype and dimensions, as a graph declares them
+
+
+def per_method(spec: TensorSpec, method: str) -> TensorSpec:
+    """``heatmap_<method>`` or ``cam_<method>``: ``spec`` for one method of a graph of several."""
+    return replace(spec, name=f"{spec.name}_{method}", meaning=f"as `{spec.name}`, for the method {method}")
+
+
+@dataclass(frozen=True)
+class MetadataKey:
+    """One ``camexport.*`` metadata prop: its name without the prefix, the JSON kind of its value, its meaning."""
+
+    name: str
+    kind: str
+    meaning: str
+
+
+METADATA: tuple[MetadataKey, ...] = (
+    MetadataKey("contract", "integer as text", "the contract version; readers refuse one they do not know"),
+    MetadataKey("task", "text", f"the task: {', '.join(TASKS)} (absent: classification)"),
+    MetadataKey("model", "text", "the model the graph was built from"),
+    MetadataKey("layer", "text", "the explained layer's dotted name"),
+    MetadataKey("method", "text", "the methods, comma-separated; the first is `heatmap`/`cam`"),
+    MetadataKey("labels", "JSON list", "class names, one per logit"),
+    MetadataKey("mean", "JSON list", "per-channel mean, after scaling pixels to [0, 1]; its length is C"),
+    MetadataKey("std", "JSON list", "per-channel standard deviation"),
+    MetadataKey("image_size", "JSON [H, W]", "the network input's size (the centre crop)"),
+    MetadataKey("resize_size", "JSON integer", "the shorter side after resizing, before the centre crop"),
+    MetadataKey("interpolation", "text", "the resize's filter: bilinear, bicubic, nearest or lanczos"),
+    MetadataKey("input", "text", f"the image input: {' or '.join(INPUT_KINDS)}"),
+    MetadataKey("dynamic_size", "JSON bool", "the graph takes any image height and width"),
+    MetadataKey("background", "JSON integer or null", "a segmentation graph's background class"),
+    MetadataKey("masked_block", "JSON text or null", "the block whose input ReciproCAM masks along with the layer"),
+    MetadataKey("class_maps", "JSON bool", "the graph outputs `class_maps`"),
+    MetadataKey("weights", "text", "where the weights came from"),
+    MetadataKey("random_weights", "JSON bool", "the weights are a seeded random initialisation"),
+    MetadataKey("version", "text", "the camexport that built the graph"),
+)
 
 
 def _contract_version(props: Mapping[str, str], source: object) -> int:
@@ -293,41 +531,67 @@ def _contract_version(props: Mapping[str, str], source: object) -> int:
     return int(text)
 
 
-def _read(cls: type[GraphInfo], props: Mapping[str, str], contract: int) -> GraphInfo:
-    size = json.loads(props[f"{PREFIX}image_size"])
-    weights = props.get(f"{PREFIX}weights", "")
-    random_default = json.dumps(weights.startswith("random"))  # graphs written before the key existed
-    kind = props.get(f"{PREFIX}input", "float32")
-    if kind not in INPUT_KINDS:
-        raise ValueError(f"input kind {kind!r}")
-    task = props.get(f"{PREFIX}task", "classification")
-    if task not in TASKS:
-        raise ValueError(f"task {task!r}")
-    background = json.loads(props.get(f"{PREFIX}background", "null"))
-    mean, std = json.loads(props[f"{PREFIX}mean"]), json.loads(props[f"{PREFIX}std"])
+def _written(spec: GraphSpec) -> dict[str, str]:
+    """The metadata's values by key name (without the prefix)."""
+    prep, source = spec.preprocessing, spec.provenance
+    return {
+        "contract": str(spec.contract),
+        "task": spec.task,
+        "model": source.model,
+        "layer": spec.layer,
+        "method": ",".join(spec.methods),
+        "labels": json.dumps(list(spec.labels)),
+        "mean": json.dumps(list(prep.mean)),
+        "std": json.dumps(list(prep.std)),
+        "image_size": json.dumps(list(prep.image_size)),
+        "resize_size": json.dumps(prep.resize_size),
+        "interpolation": prep.interpolation,
+        "input": spec.input,
+        "dynamic_size": json.dumps(spec.dynamic_size),
+        "background": json.dumps(spec.background),
+        "masked_block": json.dumps(spec.masked_block),
+        "class_maps": json.dumps(spec.class_maps),
+        "weights": source.weights,
+        "random_weights": json.dumps(source.random_weights),
+        "version": source.version,
+    }
+
+
+def _read(cls: type[GraphSpec], props: Mapping[str, str], contract: int) -> GraphSpec:
+    """The spec from the metadata without its prefix; keys that older graphs lack take their old meaning."""
+    size = json.loads(props["image_size"])
+    mean, std = json.loads(props["mean"]), json.loads(props["std"])
     if not mean or len(mean) != len(std):
         raise ValueError(f"{len(mean)} mean and {len(std)} std values")
+    weights = props.get("weights", "")
+    random_default = json.dumps(weights.startswith("random"))  # graphs written before the key existed
+    kind, task = props.get("input", "float32"), props.get("task", CLASSIFICATION.name)
+    if kind not in INPUT_KINDS or task not in TASKS:
+        raise ValueError(f"input kind {kind!r}, task {task!r}")
+    background = json.loads(props.get("background", "null"))
     return cls(
-        model=props[f"{PREFIX}model"],
-        layer=props[f"{PREFIX}layer"],
-        methods=check_methods(props[f"{PREFIX}method"].split(",")),
-        labels=tuple(str(label) for label in json.loads(props[f"{PREFIX}labels"])),
+        task=task,
+        layer=props["layer"],
+        methods=check_methods(props["method"].split(",")),
+        labels=tuple(str(label) for label in json.loads(props["labels"])),
         preprocessing=Preprocessing(
             mean=tuple(float(v) for v in mean),
             std=tuple(float(v) for v in std),
             image_size=(int(size[0]), int(size[1])),
-            resize_size=int(json.loads(props.get(f"{PREFIX}resize_size", str(max(size))))),
-            interpolation=props.get(f"{PREFIX}interpolation", "bilinear"),
+            resize_size=int(json.loads(props.get("resize_size", str(max(size))))),
+            interpolation=props.get("interpolation", "bilinear"),
         ),
-        version=props[f"{PREFIX}version"],
-        weights=weights,
-        random_weights=bool(json.loads(props.get(f"{PREFIX}random_weights", random_default))),
-        dynamic_size=bool(json.loads(props.get(f"{PREFIX}dynamic_size", "false"))),
+        provenance=Provenance(
+            model=props["model"],
+            weights=weights,
+            random_weights=bool(json.loads(props.get("random_weights", random_default))),
+            version=props["version"],
+        ),
         input=kind,
-        task=task,
+        dynamic_size=bool(json.loads(props.get("dynamic_size", "false"))),
         background=None if background is None else int(background),
-        masked_block=_optional_name(json.loads(props.get(f"{PREFIX}masked_block", "null"))),
-        class_maps=bool(json.loads(props.get(f"{PREFIX}class_maps", "false"))),
+        masked_block=_optional_name(json.loads(props.get("masked_block", "null"))),
+        class_maps=bool(json.loads(props.get("class_maps", "false"))),
         contract=contract,
     )
 

@@ -13,7 +13,8 @@ camexport's torch-free runtime), on what prepare.py wrote to WORK. For each laye
   peer's branch explains the explanation map again), and on the composites the pointing game and the mass
   inside the known boxes.
 
-Usage: python peer_xai.py WORK OUT_JSON
+Usage (from the repository root, in the peer's environment):
+python -m benchmarks.peer.peer_xai WORK benchmarks/peer/peer.json (writes peer.json and peer.md)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import openvino as ov
 import openvino_xai as xai
 
 from camexport.runtime.metrics import Faithfulness, evaluate_maps, instance_spread, pointing_game
+from camexport.runtime.options import Scoring
 from camexport.runtime.session import CamSession
 
 THREADS = 2
@@ -141,7 +143,7 @@ def layer_result(work: Path, layer: str, node: str, data: dict) -> dict:
         "OpenVINO plain": lambda p, f: plain_ov(f),
         **{name: (lambda p, f, m=m: m(f)) for name, m in peers.items()},
         "onnxruntime plain": lambda p, f: plain_ort.run(None, {"image": f}),
-        f"camexport {' + '.join(session.info.methods)} (onnxruntime)": lambda p, f: session.run(p),
+        f"camexport {' + '.join(session.spec.methods)} (onnxruntime)": lambda p, f: session.run(p),
     }
     latency = {}
     for batch in (1, 8):
@@ -153,30 +155,17 @@ def layer_result(work: Path, layer: str, node: str, data: dict) -> dict:
     outputs = session.run(images, targets)
     classes = outputs["class_index"].astype(np.int64)
     names = {"gradcampp": "Grad-CAM++ (camexport)", "reciprocam": "ReciproCAM (camexport)"}
-    methods = session.info.methods
-    ours_maps = {m: outputs["heatmap" if len(methods) == 1 else f"heatmap_{m}"] for m in methods}
+    methods = session.spec.methods
+    ours_maps = {m: outputs[session.spec.heatmap_of(m)] for m in methods}
     maps = {names[m]: ours_maps[m] for m in methods}
     floats = normalised(images, mean, std)
     # Fresh models for the maps: after its failure at batch 8, the peer's compiled ReciproCAM fails at batch 1 too.
     peers, _ = _peers(work, node)
     for name, model in peers.items():
         maps[name] = peer_maps(model, floats, classes, size)
-    scores = evaluate_maps(
-        session,
-        images,
-        maps,
-        classes,
-        steps=50,
-        metrics=("average_drop", "increase_in_confidence", "deletion", "insertion"),
-    )
-    ours = evaluate_maps(
-        session,
-        images,
-        ours_maps,
-        classes,
-        steps=50,
-        metrics=("adcc",),
-    )
+    peer_metrics = ("average_drop", "increase_in_confidence", "deletion", "insertion")
+    scores = evaluate_maps(session, images, maps, classes, Scoring(peer_metrics, steps=50))
+    ours = evaluate_maps(session, images, ours_maps, classes, Scoring(("adcc",), steps=50))
     adcc = {names[r.method]: r.adccs for r in ours}
     for name, model in peers.items():
         explained = normalised(np.clip(np.round(images * maps[name][..., None]), 0, 255), mean, std)

@@ -5,9 +5,9 @@ Writes into WORK: ``plain.onnx`` (efficientnet_lite0 with its real weights, no e
 with Grad-CAM++: a skip connection goes around that layer, where camexport refuses ReciproCAM);
 ``layers.json`` (for each layer, the name of the ONNX node whose output is that module's output, which is
 where the peer inserts its branch); ``images.npz`` (the 7 bundled photos and the composites of
-benchmarks/quality.py, as uint8 [N, 224, 224, 3] network inputs, with the composites' boxes).
+benchmarks/quality/quality.py, as uint8 [N, 224, 224, 3] network inputs, with the composites' boxes).
 
-Usage: python benchmarks/peer/prepare.py WORK
+Usage (from the repository root): python -m benchmarks.peer.prepare WORK
 """
 
 from __future__ import annotations
@@ -19,16 +19,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from quality import SOURCES, composites  # noqa: E402  (benchmarks/quality.py: the composites and their boxes)
-
-from camexport.builder.bench import export_plain  # noqa: E402
-from camexport.builder.pipeline import BuildOptions, build  # noqa: E402
-from camexport.builder.registry import load_model  # noqa: E402
-from camexport.runtime.preprocess import to_pixels  # noqa: E402
-from camexport.runtime.samples import SAMPLES  # noqa: E402
+from benchmarks.harness.contenders import export_plain
+from benchmarks.quality.quality import SOURCES, composites  # the composites and their boxes
+from camexport.builder.pipeline import BuildOptions, build
+from camexport.builder.sources import load_model
+from camexport.runtime.preprocess import to_pixels
+from camexport.runtime.samples import SAMPLES
 
 LAYERS = {"bn2": ("gradcampp", "reciprocam"), "blocks.4.2.bn2": ("gradcampp",)}
 MODEL = "efficientnet_lite0"
@@ -50,13 +46,13 @@ def main() -> None:
     work = Path(sys.argv[1])
     work.mkdir(parents=True, exist_ok=True)
     loaded = load_model(MODEL, "default")
-    export_plain(loaded.module, (224, 224), work / "plain.onnx")
+    prep = loaded.preprocessing
+    export_plain(loaded.module, prep.image_size, work / "plain.onnx", prep.channels)
     plain = onnx.load(str(work / "plain.onnx"))
     nodes = {layer: layer_output_node(plain, layer) for layer in LAYERS}
     for layer, methods in LAYERS.items():
         options = BuildOptions(model=MODEL, layer=layer, methods=methods, input="uint8")
         build(BuildOptions(**{**options.__dict__, "output": work / f"camexport-{layer}.onnx"}), log=lambda _line: None)
-    prep = loaded.preprocessing
     photos = np.stack([to_pixels(load(), prep) for load in SAMPLES.values()])
     made = composites(2, 224, np.random.default_rng(0))
     boxes = json.dumps([c.boxes for c in made])

@@ -5,9 +5,10 @@ camexport's graph on the same weights and inputs.
 The peer's branch returns each class's logits of the masked copies, [1, K, h, w]; camexport's ``class_maps`` are
 their softmax over the classes, so the check compares ``softmax(peer)`` with ``class_maps`` (and each image's
 class map with ``cam``). Then the cost: median ms of plain OpenVINO, the peer's branch, plain onnxruntime and
-camexport's graph, at batch 1 and 8, as in peer_xai.py. Writes benchmarks/peer_vit.json and peer_vit.md.
+camexport's graph, at batch 1 and 8, as in peer_xai.py. Writes benchmarks/peer/peer_vit.json and peer_vit.md.
 
-Usage: python benchmarks/peer/vit_agreement.py WORK OUT.json
+Usage (from the repository root, in the peer's environment):
+python -m benchmarks.peer.vit_agreement WORK benchmarks/peer/peer_vit.json
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import numpy as np
 import onnxruntime as ort
 import openvino as ov
 import openvino_xai as xai
-from peer_xai import RUNS, THREADS, compiled, normalised, timed
 
+from benchmarks.peer.peer_xai import RUNS, THREADS, compiled, normalised, timed
 from camexport.runtime.session import CamSession
 
 
@@ -48,7 +49,7 @@ def agreement(peer: ov.CompiledModel, session: CamSession, images: np.ndarray) -
 def main() -> None:
     work, out = Path(sys.argv[1]), Path(sys.argv[2])
     session = CamSession(work / "vit-camexport.onnx", threads=THREADS, spin=True)
-    prep = session.info.preprocessing
+    prep = session.spec.preprocessing
     data = dict(np.load(work / "images.npz"))
     photos = normalised(data["photos"], np.array(prep.mean), np.array(prep.std)).astype(np.float32)
     noise = np.random.default_rng(0).standard_normal((3, *photos.shape[1:])).astype(np.float32)
@@ -60,8 +61,8 @@ def main() -> None:
         "versions": {p: meta.version(p) for p in ("openvino", "openvino-xai", "onnxruntime", "numpy", "camexport")},
         "threads": THREADS,
         "runs": RUNS,
-        "layer": session.info.layer,
-        "masked_block": session.info.masked_block,
+        "layer": session.spec.layer,
+        "masked_block": session.spec.masked_block,
         "agreement": agreement(peer, session, np.concatenate([photos, noise])),
     }
     options = ort.SessionOptions()

@@ -4,7 +4,7 @@ Writes into WORK: ``vit-plain.onnx`` (timm's vit_tiny_patch16_224, seeded random
 depend on them; no explanation: the peer's input) and ``vit-camexport.onnx`` (camexport's graph of the same
 weights with ViT-ReciproCAM at the default layer, ``blocks.11.norm1``, and every class's map).
 
-Usage: python benchmarks/peer/vit_prepare.py WORK
+Usage (from the repository root): python -m benchmarks.peer.vit_prepare WORK
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from camexport.builder.bench import export_plain
+from benchmarks.harness.contenders import export_plain
 from camexport.builder.pipeline import BuildOptions, build
-from camexport.builder.registry import load_model
+from camexport.builder.sources import load_model
 
 MODEL = "timm:vit_tiny_patch16_224"
 
@@ -22,7 +22,9 @@ MODEL = "timm:vit_tiny_patch16_224"
 def main() -> None:
     work = Path(sys.argv[1])
     work.mkdir(parents=True, exist_ok=True)
-    export_plain(load_model(MODEL, "random").module, (224, 224), work / "vit-plain.onnx")
+    loaded = load_model(MODEL, "random")
+    prep = loaded.preprocessing
+    export_plain(loaded.module, prep.image_size, work / "vit-plain.onnx", prep.channels)
     options = BuildOptions(
         model=MODEL, methods=("reciprocam",), weights="random", class_maps=True, output=work / "vit-camexport.onnx"
     )

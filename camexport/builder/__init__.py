@@ -2,7 +2,8 @@
 
 Data flows one way: registry (with weights and factory) → layers → tracing (methods, decompositions) →
 export → validation (against the independent eager reference) → pipeline, which writes the graph.
-bench and catalog sit on top. The run wing (:mod:`camexport.runtime`) never imports this package.
+catalog sits on top. The run wing (:mod:`camexport.runtime`) never imports this package; the benchmarks live
+outside it, in benchmarks/.
 """
 
 from __future__ import annotations

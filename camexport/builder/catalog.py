@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from camexport.builder.layers import default_layer, probe_layers
-from camexport.builder.registry import LoadedModel, available_models, load_model
+from camexport.builder.sources import LoadedModel, available_models, load_model
 from camexport.errors import CamExportError
 
 

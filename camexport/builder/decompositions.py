@@ -107,7 +107,7 @@ def _strided_grouped_input_gradient(
     """A strided grouped (depthwise) convolution's input gradient as a stride-1 Conv, with the flipped kernel, over
     the gradient spread on the input's grid. It multiplies zeros (stride² times the transposed convolution's
     work), but onnxruntime's grouped ConvTranspose runs one small product per group: a 5×5 stride-2 depthwise
-    backward of efficientnet_lite0 took 3.1 ms at batch 8 as ConvTranspose (benchmarks/profile.md)."""
+    backward of efficientnet_lite0 took 3.1 ms at batch 8 as ConvTranspose (benchmarks/profile/profile.md)."""
     spatial = len(stride)
     return aten.convolution.default(
         _zero_inserted(grad_output, stride, extra),
@@ -290,7 +290,7 @@ def avg_pool2d_backward(
 # Activation backwards as products with a 0/1 mask. PyTorch decomposes them into ``where(mask, 0, grad)``;
 # onnxruntime's Where with a scalar branch runs ~8x slower than Greater/And/Cast/Mul on the same
 # [8, 480, 28, 28] tensors (12 ms against 1.5 ms, measured), and efficientnet_lite0's ReLU6 backwards cost 5.8
-# of its 43 ms at batch 8 (benchmarks/profile.md). The boundaries are PyTorch's own.
+# of its 43 ms at batch 8 (benchmarks/profile/profile.md). The boundaries are PyTorch's own.
 
 
 def _mask(condition: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

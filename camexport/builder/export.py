@@ -13,30 +13,11 @@ from pathlib import Path
 
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from camexport._util import first_line, quiet
-from camexport.builder.tracing import (
-    TRACE_BATCH,
-    ExplainerModule,
-    SegmentationExplainerModule,
-    TracedExplainer,
-    example_image,
-    example_region,
-)
-from camexport.contract import (
-    BATCH_DIM,
-    HEIGHT_DIM,
-    IMAGE,
-    PER_METHOD_OUTPUTS,
-    REGION,
-    SEGMENTATION,
-    TARGET_CLASS,
-    TARGET_DIM,
-    WIDTH_DIM,
-    GraphInfo,
-    input_names,
-)
+from camexport.builder.tracing import ExplainerModule, TracedExplainer, example_inputs
+from camexport.contract import BATCH_DIM, IMAGE, TARGET_CLASS, TARGET_DIM, GraphSpec, Signature, TensorSpec
 from camexport.errors import UnsupportedModelError, UserError
 
 MIN_OPSET = 18
@@ -54,43 +35,39 @@ def check_opset(opset: int | None) -> None:
         )
 
 
-def to_onnx(
-    traced: TracedExplainer,
-    image_size: tuple[int, int],
-    opset: int | None = None,
-    dynamic_size: bool = False,
-    pixels: bool = False,
-) -> onnx.ModelProto:
-    """Exports the traced graph with a dynamic batch dimension (and dynamic height and width if asked).
+def to_onnx(traced: TracedExplainer, opset: int | None = None) -> onnx.ModelProto:
+    """Exports the traced graph with the spec's inputs and outputs, a dynamic batch dimension and, for a spec of any
+    image size, dynamic height and width.
 
     Raises:
         UserError: ``opset`` is below :data:`MIN_OPSET`.
         UnsupportedModelError: the exporter cannot lower an op of the graph.
     """
     check_opset(opset)
-    segments = traced.task == "segmentation"
-    module = (SegmentationExplainerModule if segments else ExplainerModule)(traced)
-    inputs = [example_image(image_size, pixels, channels=traced.channels), torch.full((TRACE_BATCH,), -1)]
-    batch = torch.export.Dim(BATCH_DIM, min=1)
-    image_dims: dict[int, object] = {0: batch}
-    region_dims: dict[int, object] = {0: batch}
-    if dynamic_size:
-        h, w = (1, 2) if pixels else (2, 3)
-        image_dims |= {h: torch.export.Dim.DYNAMIC, w: torch.export.Dim.DYNAMIC}
-        region_dims |= {1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
-    shapes = {IMAGE: image_dims, TARGET_CLASS: {0: batch}}
-    if segments:
-        inputs.append(example_region(image_size))
-        shapes[REGION] = region_dims
+    spec = traced.spec
+    batch = torch.export.Dim(BATCH_DIM, min=1)  # one symbol: target_class is exported at the batch's size
+
+    def dims(tensor: TensorSpec) -> dict[int, object]:
+        sizes = [spec.axis(name) for name in tensor.axes]
+        return {
+            i: batch if size in (BATCH_DIM, TARGET_DIM) else torch.export.Dim.DYNAMIC
+            for i, size in enumerate(sizes)
+            if isinstance(size, str)
+        }
+
     try:
         with quiet():
-            program = torch.export.export(module, tuple(inputs), dynamic_shapes=shapes)
+            program = torch.export.export(
+                ExplainerModule(traced),
+                tuple(example_inputs(spec)),
+                dynamic_shapes={"inputs": tuple(dims(tensor) for tensor in spec.inputs)},
+            )
             onnx_program = torch.onnx.export(
                 program,
                 dynamo=True,
                 opset_version=opset,
-                input_names=list(input_names(traced.task)),
-                output_names=list(traced.output_names),
+                input_names=list(spec.input_names),
+                output_names=list(spec.output_names),
                 optimize=True,
                 verbose=False,
             )
@@ -213,23 +190,24 @@ def _read_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def finalise(model: onnx.ModelProto, info: GraphInfo) -> onnx.ModelProto:
-    """Applies the IO contract: named dims, ``target_class`` broadcast, ``info`` as metadata; then checks it.
+def finalise(model: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
+    """Applies the spec: ``target_class`` broadcast, the dimensions named, the spec as metadata; then checks the
+    graph's inputs and outputs against it, its operators, and ``onnx.checker``.
 
     Raises:
-        UnsupportedModelError: the graph's IO is not the contract's, it uses non-standard operators, or it
-            fails ``onnx.checker``.
+        UnsupportedModelError: the graph's IO is not the spec's, it uses non-standard operators, or it fails
+            ``onnx.checker``.
     """
     graph = model.graph
     fold_broadcast_matmuls(graph)
     fold_weight_transposes(graph)
     drop_unused_initializers(graph)
-    _check_io(graph, info)
     _broadcast_target(graph)
-    _name_dims(graph, info)
+    _name_dims(graph, spec)
+    check_io(graph, spec)
     _check_operators(model)
     del model.metadata_props[:]
-    for key, value in info.to_props().items():
+    for key, value in spec.to_props().items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     model.producer_name = "camexport"
     if not needs_external_data(model):  # a larger graph is checked from its files by save_graph
@@ -237,15 +215,23 @@ def finalise(model: onnx.ModelProto, info: GraphInfo) -> onnx.ModelProto:
     return model
 
 
-def _check_io(graph: onnx.GraphProto, info: GraphInfo) -> None:
-    inputs = {vi.name: vi for vi in graph.input}
-    outputs = [vi.name for vi in graph.output]
-    if set(inputs) != set(input_names(info.task)) or tuple(outputs) != info.output_names:
-        raise UnsupportedModelError(
-            f"exported graph has inputs {sorted(inputs)} and outputs {outputs}; this is a camexport bug"
-        )
-    if inputs[IMAGE].type.tensor_type.elem_type != (TensorProto.UINT8 if info.takes_pixels else TensorProto.FLOAT):
-        raise UnsupportedModelError("the exported image input has the wrong type; this is a camexport bug")
+def signature(value: onnx.ValueInfoProto) -> Signature:
+    """A graph input's or output's dtype name and dimensions (a number, a symbolic name, or None)."""
+    tensor = value.type.tensor_type
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+    return dtype, dims
+
+
+def check_io(graph: onnx.GraphProto, spec: GraphSpec) -> None:
+    """Raises UnsupportedModelError where the graph's inputs and outputs are not the spec's
+    (:meth:`GraphSpec.mismatches`)."""
+    problems = spec.mismatches(
+        {value.name: signature(value) for value in graph.input},
+        {value.name: signature(value) for value in graph.output},
+    )
+    if problems:
+        raise UnsupportedModelError(f"the exported graph's {'; '.join(problems)}; this is a camexport bug")
 
 
 def _broadcast_target(graph: onnx.GraphProto) -> None:
@@ -253,29 +239,22 @@ def _broadcast_target(graph: onnx.GraphProto) -> None:
     ``Expand``, so a caller passes [batch] or [1]. No default initializer: an initializer that is also an input
     makes every onnxruntime warn on loading, and OpenVINO fold it into a constant (contract 1 did that)."""
     for node in graph.node:
-        node.input[:] = [_EXPANDED_TARGET if name == TARGET_CLASS else name for name in node.input]
-    batch_shape = helper.make_node("Shape", [IMAGE], ["image_batch_size"], start=0, end=1)
-    expand = helper.make_node("Expand", [TARGET_CLASS, "image_batch_size"], [_EXPANDED_TARGET])
+        node.input[:] = [_EXPANDED_TARGET if name == TARGET_CLASS.name else name for name in node.input]
+    batch_shape = helper.make_node("Shape", [IMAGE.name], ["image_batch_size"], start=0, end=1)
+    expand = helper.make_node("Expand", [TARGET_CLASS.name, "image_batch_size"], [_EXPANDED_TARGET])
     nodes = [batch_shape, expand, *graph.node]
     graph.ClearField("node")
     graph.node.extend(nodes)
 
 
-def _name_dims(graph: onnx.GraphProto, info: GraphInfo) -> None:
-    """The contract's dimension names: ``batch`` everywhere, ``height``/``width`` with a dynamic size."""
-    spatial = {1: HEIGHT_DIM, 2: WIDTH_DIM} if info.takes_pixels else {2: HEIGHT_DIM, 3: WIDTH_DIM}
-    inputs = {vi.name: vi for vi in graph.input}
-    _set_dims(inputs[IMAGE], {0: BATCH_DIM, **(spatial if info.dynamic_size else {})})
-    _set_dims(inputs[TARGET_CLASS], {0: TARGET_DIM})
-    per_pixel = {1: HEIGHT_DIM, 2: WIDTH_DIM} if info.dynamic_size else {}
-    if REGION in inputs:
-        _set_dims(inputs[REGION], {0: BATCH_DIM, **per_pixel})
-    for output in graph.output:
-        _set_dims(output, {0: BATCH_DIM})
-        if output.name.startswith(PER_METHOD_OUTPUTS[0]) or output.name == SEGMENTATION:
-            _set_dims(output, per_pixel)
-        if output.name == "logits" and info.segments:
-            _set_dims(output, {2: HEIGHT_DIM, 3: WIDTH_DIM} if info.dynamic_size else {})
+def _name_dims(graph: onnx.GraphProto, spec: GraphSpec) -> None:
+    """The spec's symbolic dimensions by name: ``batch``, ``target_batch``, and ``height``/``width`` in a graph of
+    any image size."""
+    tensors = {tensor.name: tensor for tensor in (*spec.inputs, *spec.outputs)}
+    for value in [*graph.input, *graph.output]:
+        if value.name in tensors:
+            dims = spec.dims(tensors[value.name])
+            _set_dims(value, {i: name for i, name in enumerate(dims) if isinstance(name, str)})
 
 
 def _check_operators(model: onnx.ModelProto) -> None:

@@ -321,3 +321,75 @@ def describe_layers(
             notes.append("not a 4-D map")
         lines.append(f"{info.name:{width}}  {shape:{shape_width}}  {', '.join(notes)}".rstrip())
     return lines
+
+
+def enclosing_block(model: nn.Module, layer: str, image: torch.Tensor) -> str | None:
+    """Where a replacement of ``layer``'s output must enter the network (ReciproCAM's masked maps): None when the
+    layer's output alone feeds the rest, so that replacing it is enough; otherwise the innermost module around the
+    layer whose input is shaped like the layer's output and whose skip connection is then the only way around the
+    layer (a Vision Transformer's block around its first normalisation, where ViT-ReciproCAM masks both): its input
+    is replaced too.
+
+    Raises:
+        UserError: a skip connection goes around the layer and no such module holds it.
+    """
+    shapes = _shapes(model, layer, image)
+    if _runs_doubled(model, layer, None, image):
+        return None
+    parts = layer.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        block = ".".join(parts[:end])
+        if shapes.get(block) == shapes[layer] and _runs_doubled(model, layer, block, image):
+            return block
+    raise UserError(
+        f"methods=reciprocam at {layer}: a skip connection goes around the layer, and no module around it takes an "
+        "input shaped like its output to mask as well; choose a stage's output (layer4, features), a residual "
+        "block's last layer or a transformer block's first normalisation"
+    )
+
+
+def _shapes(model: nn.Module, layer: str, image: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """The layer's output shape and each enclosing module's first input shape, from one eager run."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    parts = layer.split(".")
+
+    def output(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        shapes.setdefault(layer, out.shape)
+
+    handles = [model.get_submodule(layer).register_forward_hook(output)]
+    for end in range(1, len(parts)):
+        name = ".".join(parts[:end])
+
+        def record(_m: nn.Module, args: tuple, name: str = name) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                shapes.setdefault(name, args[0].shape)
+
+        handles.append(model.get_submodule(name).register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            model(image)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _runs_doubled(model: nn.Module, layer: str, block: str | None, image: torch.Tensor) -> bool:
+    """True when the network runs with the layer's output (and the block's input) doubled along the batch and
+    gives doubled logits: nothing after them reads the undoubled tensors (a skip connection around them)."""
+
+    def double(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
+        return torch.cat([out[: len(image)], out[: len(image)]])
+
+    handles = [model.get_submodule(layer).register_forward_hook(double)]
+    if block is not None:
+        first = model.get_submodule(block)
+        handles.append(first.register_forward_pre_hook(lambda _m, args: (torch.cat([args[0], args[0]]), *args[1:])))
+    try:
+        with torch.no_grad():
+            return model(image).shape[0] == 2 * len(image)
+    except (RuntimeError, ValueError, AssertionError, IndexError):
+        return False
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,19 +1,29 @@
-"""CAM formulas as traceable torch functions: these are the operations that end up in the ONNX graph.
+"""The CAM methods as records in one registry, and their formulas as traceable torch functions: these are the
+operations that end up in the ONNX graph.
 
-Notation: ``A`` is the target layer's output [N, K, h, w], ``g = ∂y_c/∂A`` its gradient, where ``y_c`` is
-the pre-softmax logit of the explained class c.
+Each method is one :class:`Method` record in :data:`REGISTRY`: its contract record (:data:`camexport.contract.METHODS`:
+name, paper, equation), how the graph computes its map from the gradient pass (:class:`LayerPass`), its float64
+reference for validation (in :mod:`camexport.builder.reference`, written separately), and, where a method cannot
+explain every layer or needs something of the model first, a check and a preparation. Tracing and validation only
+walk the registry; no method is a special case there.
 
-The eager yardstick in :mod:`camexport.builder.reference` implements the same formulas separately.
+Notation: ``A`` is the target layer's output [N, K, h, w], ``g = ∂y_c/∂A`` its gradient, where ``y_c`` is the
+explained score (a classifier's pre-softmax logit of the class c).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from camexport.contract import FLAT_MAP  # relative span below which an upsampled map counts as constant
+from camexport.builder import reference
+from camexport.builder.layers import enclosing_block
+from camexport.builder.layouts import CHANNELS_FIRST, Layout, Windows
+from camexport.contract import FLAT_MAP, METHODS, GraphSpec, MethodSpec
 
 
 def gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -83,16 +93,18 @@ def xgradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torc
     return torch.where(sums != 0, weighted / sums, 0.0)  # a zero sum's inf or NaN is in the branch not taken
 
 
-WEIGHTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "gradcampp": gradcampp_weights,
-    "gradcam": gradcam_weights,
-    "xgradcam": xgradcam_weights,
-}
-
-
 def class_activation_map(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``cam = ReLU(Σ_k w_k A_k)``, [N, h, w]."""
     return F.relu((weights[:, :, None, None] * activations).sum(dim=1))
+
+
+def channel_weighted(weights_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """``cam(A, g) = ReLU(Σ_k w_k A_k)`` for a method that weights each channel by ``weights_of(A, g)``."""
+
+    def cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return class_activation_map(activations, weights_of(activations, gradients))
+
+    return cam
 
 
 def layercam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -107,22 +119,6 @@ def hirescam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
     exactly the locations that raise the score (right before a global-average-pooled head, where the gradient
     is constant per channel, it equals Grad-CAM)."""
     return F.relu((gradients * activations).sum(dim=1))
-
-
-def _channel_weighted(weights_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-    def cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        return class_activation_map(activations, weights_of(activations, gradients))
-
-    return cam
-
-
-# Every gradient method of :data:`camexport.contract.METHODS` as ``cam(A, g) -> [N, h, w]``, in the same order
-# (ReciproCAM needs the rest of the network: :func:`reciprocal_mosaics`, :func:`reciprocal_cam`).
-CAMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    **{name: _channel_weighted(weights_of) for name, weights_of in WEIGHTS.items()},
-    "layercam": layercam,
-    "hirescam": hirescam,
-}
 
 
 # ReciproCAM's spatial mask (Byun & Lee, arXiv 2209.14074; CVPRW 2024): a 3x3 Gaussian, as in the authors'
@@ -222,3 +218,122 @@ def normalised_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     # over the map: cheaper than choosing per pixel.
     scale = torch.where(positive, 1.0 / span, 0.0)
     return (up - low) * scale
+
+
+@dataclass(frozen=True)
+class LayerPass:
+    """What the graph's forward and backward pass gives each method (built by :mod:`camexport.builder.tracing`).
+
+    Attributes:
+        class_index: the explained class of each image, [N].
+        activations: A as [N, D, h, w] (the layer's output read through its layout).
+        gradients: g = ∂y_c/∂A, as A.
+        layout: how the layer's output is read as A.
+        output: the layer's output as the network made it.
+        block_input: the input of the spec's ``masked_block`` (None without one).
+        rerun: the network's logits with the layer's output (and the block's input) replaced, without gradients.
+    """
+
+    class_index: torch.Tensor
+    activations: torch.Tensor
+    gradients: torch.Tensor
+    layout: Layout
+    output: torch.Tensor
+    block_input: torch.Tensor | None
+    rerun: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Maps:
+    """A method's maps for a batch: ``cam`` [N, h, w] of each image's class and, for a method that has them, every
+    class's map [N, K, h, w] (the ``class_maps`` output)."""
+
+    cam: torch.Tensor
+    every_class: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One CAM method, whole.
+
+    Attributes:
+        spec: its contract record (name, paper, equation, gradient or gradient-free).
+        graph: how the graph computes its maps from the pass (traced into the ONNX graph).
+        reference: its float64 maps from the eager reference's pass, for validation.
+        unfit: why it cannot explain a layer of this layout in a graph of this spec, or None.
+        prepare: what it needs of the model before tracing, set in the spec (given an example input).
+    """
+
+    spec: MethodSpec
+    graph: Callable[[LayerPass], Maps]
+    reference: Callable[[reference.ReferencePass], Maps]
+    unfit: Callable[[Layout, GraphSpec], str | None] = lambda _layout, _spec: None
+    prepare: Callable[[nn.Module, GraphSpec, torch.Tensor], GraphSpec] = lambda _model, spec, _image: spec
+
+
+def _from_gradients(cam: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[LayerPass], Maps]:
+    return lambda done: Maps(cam(done.activations, done.gradients))
+
+
+def _paper(cam: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[reference.ReferencePass], Maps]:
+    return lambda done: Maps(cam(done.activations, done.gradients))
+
+
+def reciprocam_maps(done: LayerPass) -> Maps:
+    """ReciproCAM's second pass: the network run again with the layer's output replaced by its h·w masked maps per
+    image, one batch of N·h·w without gradients. A convolutional map gets ReciproCAM's mosaics (Byun & Lee 2022), a
+    transformer's tokens ViT-ReciproCAM's (Byun & Lee 2023). With a masked block, the block's input is masked
+    alike, so that its skip connection carries masked maps too. The masked copies are made from the gradient pass's
+    tensors, so that nothing before them runs twice."""
+    h, w = done.activations.shape[2:]
+
+    def masked(output: torch.Tensor) -> torch.Tensor:
+        maps = done.layout.to_map(output)
+        mosaics = reciprocal_mosaics(maps) if done.layout == CHANNELS_FIRST else token_mosaics(maps)
+        return done.layout.from_maps(mosaics, output, h * w)
+
+    entry = None if done.block_input is None else masked(done.block_input)
+    probabilities = reciprocal_probabilities(done.rerun(masked(done.output), entry), h, w)
+    return Maps(reciprocal_cam(probabilities, done.class_index), probabilities)
+
+
+def _reciprocam_reference(done: reference.ReferencePass) -> Maps:
+    cam, every_class = reference.reciprocam(done)
+    return Maps(cam, every_class)
+
+
+def _reciprocam_unfit(layout: Layout, spec: GraphSpec) -> str | None:
+    """ReciproCAM masks a map of a fixed size, laid out as a grid, and reads a classifier's probabilities."""
+    if isinstance(layout, Windows):
+        return f"{spec.layer} is {layout.describe()}, which it cannot mask; choose a block's output"
+    if spec.segments:
+        return "it reads a classifier's class probabilities, and this model segments"
+    if spec.dynamic_size:
+        return "its masks are made for one map size; build without `dynamic_size`"
+    return None
+
+
+def _reciprocam_block(model: nn.Module, spec: GraphSpec, image: torch.Tensor) -> GraphSpec:
+    """Where a skip connection goes around the layer, the block whose input is masked too
+    (:func:`camexport.builder.layers.enclosing_block`)."""
+    return replace(spec, masked_block=enclosing_block(model, spec.layer, image))
+
+
+# Every method of :data:`camexport.contract.METHODS`, in its order.
+REGISTRY: dict[str, Method] = {
+    method.spec.name: method
+    for method in (
+        Method(METHODS["gradcampp"], _from_gradients(channel_weighted(gradcampp_weights)), _paper(reference.gradcampp)),
+        Method(METHODS["gradcam"], _from_gradients(channel_weighted(gradcam_weights)), _paper(reference.gradcam)),
+        Method(METHODS["xgradcam"], _from_gradients(channel_weighted(xgradcam_weights)), _paper(reference.xgradcam)),
+        Method(METHODS["layercam"], _from_gradients(layercam), _paper(reference.layercam)),
+        Method(METHODS["hirescam"], _from_gradients(hirescam), _paper(reference.hirescam)),
+        Method(
+            METHODS["reciprocam"],
+            reciprocam_maps,
+            _reciprocam_reference,
+            unfit=_reciprocam_unfit,
+            prepare=_reciprocam_block,
+        ),
+    )
+}

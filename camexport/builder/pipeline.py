@@ -23,30 +23,17 @@ from torch import nn
 
 from camexport import __version__
 from camexport._util import first_line, removing_new_folders, sha256_of, write_atomically
+from camexport.builder.comparison import TOLERANCES, Case, CaseResult, results_as_dict
 from camexport.builder.export import EXTERNAL_DATA_BYTES, check_opset, data_path, finalise, save_graph, to_onnx
-from camexport.builder.layers import (
-    LayerInfo,
-    count_logits,
-    default_layer,
-    input_channels,
-    probe_layers,
-    resolve_layer,
-)
-from camexport.builder.layouts import CHANNELS_FIRST, Windows
-from camexport.builder.registry import EFFICIENTNET_LITE0, LoadedModel, ModelOverrides, load_model
-from camexport.builder.tracing import trace_explainer
-from camexport.builder.validation import (
-    TOLERANCES,
-    Case,
-    CaseResult,
-    Explained,
-    other_sizes,
-    random_cases,
-    region_cases,
-    results_as_dict,
-    validate,
-)
-from camexport.contract import INPUT_KINDS, RECIPROCAM, GraphInfo, InputKind, Task, check_methods
+from camexport.builder.layers import LayerInfo, count_logits, default_layer, input_channels, probe_layers, resolve_layer
+from camexport.builder.layouts import CHANNELS_FIRST
+from camexport.builder.methods import REGISTRY as METHODS
+from camexport.builder.sources import EFFICIENTNET_LITE0, LoadedModel, ModelOverrides, load_model
+from camexport.builder.tasks import REGISTRY as TASKS
+from camexport.builder.tracing import prepared, trace_explainer
+from camexport.builder.validation import Explained, other_sizes, random_cases, validate
+from camexport.contract import INPUT_KINDS, GraphSpec, InputKind, Provenance, check_methods
+from camexport.contract import METHODS as METHOD_SPECS
 from camexport.errors import (
     CamExportError,
     DynamicSizeError,
@@ -107,10 +94,11 @@ class BuildOptions:
     def check(self) -> None:
         """Raises UserError for a bad option, before any work."""
         check_methods(self.methods)
-        if self.class_maps and RECIPROCAM not in self.methods:
+        if self.class_maps and not any(METHOD_SPECS[m].every_class for m in self.methods):
+            able = ", ".join(name for name, spec in METHOD_SPECS.items() if spec.every_class)
             raise UserError(
-                "class_maps: every class's map comes from ReciproCAM's masked pass (a gradient method needs one "
-                "backward pass per class); add reciprocam to `methods` or leave out `class_maps`"
+                "class_maps: every class's map comes from a gradient-free method's pass (a gradient method needs one "
+                f"backward pass per class); add {able} to `methods` or leave out `class_maps`"
             )
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise UserError(f"image_size={self.image_size}: give (H, W) as positive integers")
@@ -243,19 +231,12 @@ class _Build:
     output: Path
     timings: dict[str, float] = field(default_factory=dict)
     loaded: LoadedModel | None = None
-    layers: list[LayerInfo] = field(default_factory=list)
     layer: LayerInfo | None = None
-    size: tuple[int, int] = (0, 0)
     default_size: tuple[int, int] = (0, 0)
-    task: Task = "classification"
-    info: GraphInfo | None = None
+    spec: GraphSpec | None = None
     proto: onnx.ModelProto | None = None
     results: list[CaseResult] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
-
-    @property
-    def pixels(self) -> bool:
-        return self.options.input == "uint8"
 
 
 def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildResult:
@@ -273,8 +254,9 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
     with removing_new_folders(job.output.parent):  # a failed build leaves no empty folder behind
         options.check()
         with _step("load", f"load {options.model} (weights: {options.weights})", job.timings, log):
-            _load(job)
-            _choose_layer(job)
+            task = _load(job)
+            _choose_layer(job, task)
+        job.spec = _spec(job, task)
         _describe(job)
         _trace_and_export(job)
         write_atomically(job.output, lambda temporary: _write_validated(job, temporary))
@@ -288,28 +270,30 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
     return BuildResult(graph=job.output, report=report, layer=job.layer.name, summary=job.summary)
 
 
-def _load(job: _Build) -> None:
-    """The model with its weights, at the asked image size, with one label per logit."""
+def _load(job: _Build) -> str:
+    """The model with its weights, at the asked image size, with one label per logit; returns its task."""
     options = job.options
     loaded = load_model(options.model, options.weights, options.seed, options.overrides)
     job.default_size = loaded.preprocessing.image_size
     if options.image_size is not None:
         loaded.preprocessing = loaded.preprocessing.with_image_size(tuple(options.image_size))
-    job.size = loaded.preprocessing.image_size
+    size = loaded.preprocessing.image_size
     channels = _check_channels(loaded, options.model)
-    job.layers = probe_layers(loaded.module, job.size, options.model, channels)  # one line if it cannot run there
-    logits = count_logits(loaded.module, job.size, options.model, channels)
-    classes, job.task = logits.classes, logits.task
-    if options.dynamic_size and job.task == "segmentation":
-        raise DynamicSizeError("`dynamic_size`: segmentation graphs have one image size; build without `dynamic_size`")
+    probe_layers(loaded.module, size, options.model, channels)  # one line if it cannot run there
+    logits = count_logits(loaded.module, size, options.model, channels)
+    if options.dynamic_size and not TASKS[logits.task].dynamic_size:
+        raise DynamicSizeError(
+            f"`dynamic_size`: {logits.task} graphs have one image size; build without `dynamic_size`"
+        )
     if not loaded.labels:
-        loaded.labels = [f"class_{i}" for i in range(classes)]
-    if len(loaded.labels) != classes:
+        loaded.labels = [f"class_{i}" for i in range(logits.classes)]
+    if len(loaded.labels) != logits.classes:
         raise UserError(
-            f"labels: {len(loaded.labels)} labels for {classes} logits; pass `labels` with one name per class"
+            f"labels: {len(loaded.labels)} labels for {logits.classes} logits; pass `labels` with one name per class"
             + ("" if options.overrides.labels else " or `num_classes` to match your checkpoint")
         )
     job.loaded = loaded
+    return logits.task
 
 
 def _check_channels(loaded: LoadedModel, model: str) -> int:
@@ -323,34 +307,19 @@ def _check_channels(loaded: LoadedModel, model: str) -> int:
     return channels
 
 
-def _check_reciprocam(layer: LayerInfo, task: Task, dynamic_size: bool) -> None:
-    """ReciproCAM masks a map of a fixed size, laid out as a grid, and reads a classifier's probabilities."""
-    reason = None
-    if isinstance(layer.layout, Windows):
-        reason = f"{layer.name} is {layer.describe_layout()}, which it cannot mask; choose a block's output"
-    elif task != "classification":
-        reason = "it reads a classifier's class probabilities, and this model segments"
-    elif dynamic_size:
-        reason = "its masks are made for one map size; build without `dynamic_size`"
-    if reason:
-        raise UserError(
-            f"methods=reciprocam needs a grid-shaped layer of a classifier ({reason}); use gradient methods"
-        )
-
-
-def _choose_layer(job: _Build) -> None:
+def _choose_layer(job: _Build, task: str) -> None:
     """The target layer: the given one, or the default at the model's own size; checked to localise."""
-    options, module, size = job.options, job.loaded.module, job.size
-    default_size, channels = job.default_size, job.loaded.preprocessing.channels
-    layers = job.layers
+    options, module, prep = job.options, job.loaded.module, job.loaded.preprocessing
+    size, default_size, channels = prep.image_size, job.default_size, prep.channels
+    layers = probe_layers(module, size, options.model, channels)
     wanted = options.layer
     if wanted is None and size != default_size:  # the default layer is the one for the model's own size
         try:
             probed = probe_layers(module, default_size, options.model, channels)
-            wanted = default_layer(module, probed, job.task).name
+            wanted = default_layer(module, probed, task).name
         except ImageSizeError:  # a user's model that only runs at the given size: its default there
             wanted = None
-    layer = resolve_layer(module, layers, wanted, job.task)
+    layer = resolve_layer(module, layers, wanted, task)
     if layer.map_shape[1] * layer.map_shape[2] < 2:
         raise ImageSizeError(
             f"image_size={size}: the output of {layer.name} is 1x1 there, so a heatmap cannot localise anything; "
@@ -358,9 +327,29 @@ def _choose_layer(job: _Build) -> None:
         )
     if options.dynamic_size:
         _check_dynamic_size(module, layer, size, options.model, channels)
-    if RECIPROCAM in options.methods:
-        _check_reciprocam(layer, job.task, options.dynamic_size)
     job.layer = layer
+
+
+def _spec(job: _Build, task: str) -> GraphSpec:
+    """The graph's spec; each method checked to explain the layer (:attr:`Method.unfit`)."""
+    options, loaded = job.options, job.loaded
+    spec = GraphSpec(
+        task=task,
+        layer=job.layer.name,
+        methods=options.methods,
+        labels=tuple(loaded.labels),
+        preprocessing=loaded.preprocessing,
+        provenance=Provenance(options.model, loaded.weights, loaded.random_weights, __version__),
+        input=options.input,
+        dynamic_size=options.dynamic_size,
+        background=loaded.background,
+        class_maps=options.class_maps,
+    )
+    for name in spec.methods:
+        reason = METHODS[name].unfit(job.layer.layout, spec)
+        if reason:
+            raise UserError(f"methods={name} cannot be built here ({reason}); use gradient methods")
+    return spec
 
 
 def _describe(job: _Build) -> None:
@@ -379,48 +368,19 @@ def _describe(job: _Build) -> None:
 
 
 def _trace_and_export(job: _Build) -> None:
-    options, loaded, layer = job.options, job.loaded, job.layer
-    prep = loaded.preprocessing
+    options, module, layer = job.options, job.loaded.module, job.layer
     methods = ",".join(options.methods)
     with (
         _step("trace", f"trace forward + backward to {layer.name} ({methods})", job.timings, job.log),
         _traceable(options.dynamic_size),
     ):
-        traced = trace_explainer(
-            loaded.module,
-            layer.name,
-            options.methods,
-            job.size,
-            seed=options.seed,
-            layout=layer.layout,
-            dynamic_size=options.dynamic_size,
-            pixels=(prep.mean, prep.std) if job.pixels else None,
-            channels=prep.channels,
-            task=job.task,
-            background=loaded.background,
-            class_maps=options.class_maps,
-        )
-    job.info = GraphInfo(
-        model=options.model,
-        layer=layer.name,
-        methods=options.methods,
-        labels=tuple(loaded.labels),
-        preprocessing=prep,
-        version=__version__,
-        weights=loaded.weights,
-        random_weights=loaded.random_weights,
-        dynamic_size=options.dynamic_size,
-        input=options.input,
-        task=job.task,
-        background=loaded.background,
-        masked_block=traced.masked_block,
-        class_maps=options.class_maps,
-    )
-    if traced.masked_block:
-        job.log(f"  reciprocam: masks {traced.masked_block}'s input too (its skip connection goes around {layer.name})")
+        job.spec = prepared(module, job.spec, options.seed)
+        if job.spec.masked_block:
+            block = job.spec.masked_block
+            job.log(f"  masked block: {block}, whose skip connection goes around {layer.name}, is masked too")
+        traced = trace_explainer(module, job.spec, layer.layout, options.seed)
     with _step("export", "export to ONNX", job.timings, job.log), _within_protobuf_limit():
-        proto = to_onnx(traced, job.size, options.opset, options.dynamic_size, job.pixels)
-        job.proto = finalise(proto, job.info)
+        job.proto = finalise(to_onnx(traced, options.opset), job.spec)
 
 
 def _write_validated(job: _Build, temporary: Path) -> None:
@@ -430,31 +390,18 @@ def _write_validated(job: _Build, temporary: Path) -> None:
     if len(files) > 1:
         job.log(f"  weights over {EXTERNAL_DATA_BYTES / 1e9:.1f} GB: stored as ONNX external data in {files[1].name}")
     with _step("validate", "validate in onnxruntime against the eager reference", job.timings, job.log):
-        info = job.info
-        explained = Explained(
-            job.loaded.module,
-            job.layer.name,
-            info.methods,
-            job.layer.layout,
-            info.background,
-            info.masked_block,
-            info.class_maps,
-        )
+        explained = Explained(job.loaded.module, job.spec, job.layer.layout)
         job.results = validate(CamSession(temporary, threads=VALIDATION_THREADS), explained, _cases(job))
     _log_results(job)
     job.summary.update(_summary(job, files))
 
 
 def _cases(job: _Build) -> list[Case]:
-    options = job.options
-    sizes = other_sizes(job.size) if options.dynamic_size else []
-    prep = job.loaded.preprocessing if job.pixels else None
-    channels = job.loaded.preprocessing.channels
-    cases = random_cases(job.size, len(job.loaded.labels), options.seed + 1234, sizes, prep, channels)
-    if job.task == "segmentation":
-        cases += region_cases(cases[0], job.size, len(job.loaded.labels), options.seed + 4321)
+    options, spec = job.options, job.spec
+    cases = random_cases(spec, options.seed + 1234)
+    cases += TASKS[spec.task].cases(cases[0], spec, options.seed + 4321)
     if options.model == EFFICIENTNET_LITE0 and options.weights == "default":
-        cases.append(sample_photo_case(job.loaded, job.pixels))
+        cases.append(sample_photo_case(job.loaded, spec.takes_pixels))
     return cases
 
 
@@ -489,15 +436,15 @@ def _log_results(job: _Build) -> None:
 
 def _summary(job: _Build, files: list[Path]) -> dict:
     """The JSON report's body."""
-    options, layer, info = job.options, job.layer, job.info
-    props = info.to_props()
+    options, layer, spec = job.options, job.layer, job.spec
+    props = spec.to_props()
     return {
         "graph": str(job.output),
         "graph_bytes": sum(f.stat().st_size for f in files),
         "graph_sha256": sha256_of(files),
         "external_data": str(data_path(job.output)) if len(files) > 1 else None,
         "model": options.model,
-        "weights": info.weights,
+        "weights": spec.provenance.weights,
         "layer": layer.name,
         "layer_default": options.layer is None,
         "layer_output_shape": ["N", *layer.shape[1:]],
@@ -505,9 +452,9 @@ def _summary(job: _Build, files: list[Path]) -> dict:
         "layer_layout": layer.layout.as_json(),
         "method": ",".join(options.methods),
         "methods": list(options.methods),
-        "image_size": list(job.size),
+        "image_size": list(spec.preprocessing.image_size),
         "opset": next((o.version for o in job.proto.opset_import if o.domain in ("", "ai.onnx")), None),
-        "metadata": props | {"camexport.labels": f"<{len(info.labels)} labels>"},
+        "metadata": props | {"camexport.labels": f"<{len(spec.labels)} labels>"},
         "validation": {"relative_tolerances": TOLERANCES, "cases": results_as_dict(job.results)},
         "versions": _versions(),
     }

@@ -1,27 +1,25 @@
-"""The eager yardstick: the CAM methods in plain PyTorch, independent of the tracing path.
+"""The eager yardstick: the explained scores and the CAM methods in plain PyTorch, independent of the tracing path.
 
-A forward hook captures the target layer's output ``A``; ``torch.autograd.grad`` gives ``g = ∂y_c/∂A`` for
-the pre-softmax logit ``y_c``; the formulas then run in float64, written out from the papers:
+A forward hook captures the target layer's output ``A``; ``torch.autograd.grad`` gives ``g = ∂y_c/∂A`` for the
+explained score ``y_c``; the formulas then run in float64, written out from the papers (each function names its
+paper and equation):
 
-* Grad-CAM (Selvaraju et al. 2017): ``w_k = (1/Z) Σ_ij g_kij``.
-* Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19): ``α_kij = g² / (2g² + (Σ_ab A_kab)·g³)`` (0 where the
-  denominator is 0), ``w_k = Σ_ij α_kij·ReLU(g_kij)``.
-* XGrad-CAM (Fu et al. 2020): ``w_k = Σ_ij A_kij g_kij / Σ_ab A_kab`` (0 where the sum is 0).
-* ``cam = ReLU(Σ_k w_k A_k)`` for those three; LayerCAM (Jiang et al. 2021):
-  ``cam = ReLU(Σ_k ReLU(g_kij) A_kij)``; HiResCAM (Draelos & Carin 2020): ``cam = ReLU(Σ_k g_kij A_kij)``.
-* Seg-Grad-CAM (Vinogradova et al. 2020): for logits [N, K, H, W], ``y_c = Σ_(i,j)∈M logits[c, i, j]``, M
-  the pixels predicted as ``c`` (or the given region's weights); the default class is the one predicted on the
-  most pixels, the background class only when nothing else is predicted.
+* the score: a classifier's pre-softmax logit of the class (:func:`class_scores`); for segmentation logits
+  [N, K, H, W], the class's logits summed over a region (:func:`region_scores`, Seg-Grad-CAM);
+* the methods' maps: :func:`gradcampp`, :func:`gradcam`, :func:`xgradcam`, :func:`layercam`, :func:`hirescam` from
+  ``A`` and ``g``; :func:`reciprocam` runs the network again on masked maps;
 * ``heatmap`` = bilinear (half-pixel) upsampling to the input size, then per-image min-max to [0, 1] (zeros
-  for a map that is constant up to 1e-5 of its maximum).
+  for a map that is constant up to 1e-5 of its maximum): :func:`heatmap`.
 
-Nothing here is shared with :mod:`camexport.builder.methods` or :mod:`camexport.builder.tracing` (the layouts'
-fields are read, their transforms are not used), so that the graph is checked against a separate
-implementation.
+Nothing here is shared with :mod:`camexport.builder.methods`, :mod:`camexport.builder.reciprocam`,
+:mod:`camexport.builder.tasks` or :mod:`camexport.builder.tracing` (the layouts' fields are read, their
+transforms are not used), so that the graph is checked against a separate implementation. Those modules' records
+point here for their reference.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,37 +27,67 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camexport.builder.layouts import CHANNELS_FIRST, ChannelsLast, Layout, Tokens, Windows
+from camexport.builder.layouts import ChannelsLast, Layout, Tokens, Windows
+from camexport.contract import GraphSpec
+
+# (logits, wanted classes [N], −1 = the default) → (the classes explained [N], their scores y_c [N])
+Score = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _paper_cam(method: str, A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    if method == "layercam":
-        return torch.einsum("nkhw,nkhw->nhw", g.clamp(min=0), A).clamp(min=0)
-    if method == "hirescam":
-        return torch.einsum("nkhw,nkhw->nhw", g, A).clamp(min=0)
-    return torch.einsum("nk,nkhw->nhw", _paper_weights(method, A, g), A).clamp(min=0)
-
-
-def _paper_weights(method: str, A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def gradcampp(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhyay et al., WACV 2018, eq. 19): ``α_kij = g² / (2g² + (Σ_ab A_kab)·g³)`` (0 where the
+    denominator is 0), ``w_k = Σ_ij α_kij·ReLU(g_kij)``, ``cam = ReLU(Σ_k w_k A_k)``."""
     n, k, h, w = A.shape
-    if method == "gradcam":
-        return g.reshape(n, k, h * w).sum(-1) / (h * w)
-    if method == "xgradcam":
-        totals = A.reshape(n, k, h * w).sum(-1)
-        products = (A * g).reshape(n, k, h * w).sum(-1)
-        out = torch.zeros_like(totals)
-        defined = totals != 0
-        out[defined] = products[defined] / totals[defined]
-        return out
-    if method == "gradcampp":
-        sum_A = A.reshape(n, k, h * w).sum(-1)[:, :, None, None]
-        numerator = g.pow(2)
-        denominator = 2 * g.pow(2) + sum_A * g.pow(3)
-        alpha = torch.zeros_like(g)
-        defined = denominator != 0
-        alpha[defined] = numerator[defined] / denominator[defined]
-        return torch.einsum("nkhw,nkhw->nk", alpha, g.clamp(min=0))
-    raise ValueError(f"unknown method {method!r}")
+    sum_A = A.reshape(n, k, h * w).sum(-1)[:, :, None, None]
+    numerator = g.pow(2)
+    denominator = 2 * g.pow(2) + sum_A * g.pow(3)
+    alpha = torch.zeros_like(g)
+    defined = denominator != 0
+    alpha[defined] = numerator[defined] / denominator[defined]
+    return _weighted(torch.einsum("nkhw,nkhw->nk", alpha, g.clamp(min=0)), A)
+
+
+def gradcam(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al., ICCV 2017, eq. 1): ``w_k = (1/Z) Σ_ij g_kij``, ``cam = ReLU(Σ_k w_k A_k)``."""
+    n, k, h, w = A.shape
+    return _weighted(g.reshape(n, k, h * w).sum(-1) / (h * w), A)
+
+
+def xgradcam(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM (Fu et al., BMVC 2020, eq. 9): ``w_k = Σ_ij A_kij g_kij / Σ_ab A_kab`` (0 where the sum is 0)."""
+    n, k, h, w = A.shape
+    totals = A.reshape(n, k, h * w).sum(-1)
+    products = (A * g).reshape(n, k, h * w).sum(-1)
+    weights = torch.zeros_like(totals)
+    defined = totals != 0
+    weights[defined] = products[defined] / totals[defined]
+    return _weighted(weights, A)
+
+
+def layercam(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """LayerCAM (Jiang et al., IEEE TIP 2021, eqs. 4-5): ``cam = ReLU(Σ_k ReLU(g_kij) A_kij)``."""
+    return torch.einsum("nkhw,nkhw->nhw", g.clamp(min=0), A).clamp(min=0)
+
+
+def hirescam(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """HiResCAM (Draelos & Carin 2020, eq. 4): ``cam = ReLU(Σ_k g_kij A_kij)``."""
+    return torch.einsum("nkhw,nkhw->nhw", g, A).clamp(min=0)
+
+
+def _weighted(weights: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("nk,nkhw->nhw", weights, A).clamp(min=0)
+
+
+def heatmap(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """``cam`` [N, h, w] upsampled bilinearly (half-pixel) to ``size``, then min-max scaled per image to [0, 1];
+    a map flat up to 1e-5 of its maximum gives zeros."""
+    upsampled = F.interpolate(cam[:, None].double(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    out = torch.zeros_like(upsampled)
+    for i, m in enumerate(upsampled):
+        low, high = m.min(), m.max()
+        if high - low > 1e-5 * abs(high):
+            out[i] = (m - low) / (high - low)
+    return out.numpy()
 
 
 def _departition(x: torch.Tensor, p: int, gh: int, gw: int) -> torch.Tensor:
@@ -67,29 +95,31 @@ def _departition(x: torch.Tensor, p: int, gh: int, gw: int) -> torch.Tensor:
     return x.reshape(n, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, gh * p, gw * p)
 
 
-def _as_map(t: torch.Tensor, layout: Layout) -> torch.Tensor:
+def as_map(t: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """A layer's output as [N, C, h, w]: [N, h, w, C] moved to channels first; tokens [N, T, C] without the prefix
+    tokens laid out as [N, C, h, w]; MaxViT's windows [N, gh*gw, p*p, C] (token axes swapped when ``swap``)
+    departitioned to [N, C, gh*p, gw*p] as torchvision's WindowDepartition does it."""
     if isinstance(layout, ChannelsLast):
         return t.movedim(-1, 1)
     if isinstance(layout, Tokens):
         return torch.stack([x[layout.prefix :].t().reshape(-1, layout.height, layout.width) for x in t])
-    if isinstance(layout, Windows):  # undone as torchvision's WindowDepartition does it
+    if isinstance(layout, Windows):
         return _departition(t.swapaxes(1, 2) if layout.swap else t, layout.p, layout.gh, layout.gw)
     return t
 
 
-def _min_max(maps: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros_like(maps)
-    for i, m in enumerate(maps):
-        low, high = m.min(), m.max()
-        if high - low > 1e-5 * abs(high):  # flat up to rounding: zeros
-            out[i] = (m - low) / (high - low)
-    return out
+def class_scores(logits: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A classifier's: the class (given, or the top-1 for −1) and its pre-softmax logit, per image."""
+    chosen = torch.where(wanted < 0, logits.argmax(1), wanted)
+    return chosen, logits[torch.arange(len(logits)), chosen]
 
 
-def _region_scores(
+def region_scores(
     logits: torch.Tensor, wanted: torch.Tensor, region: np.ndarray | None, background: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: the class (given, or the most predicted one) and its logits summed over the region."""
+    """Seg-Grad-CAM (Vinogradova et al., AAAI 2020, eq. 1), per image: the class (given, or the one predicted on the
+    most pixels, the background only when nothing else is predicted) and ``y_c = Σ_(i,j)∈M logits[c, i, j]``, M the
+    pixels predicted as ``c`` or, where ``region`` is not negative, its weights."""
     classes, scores = [], []
     for i, image_logits in enumerate(logits):
         predicted = image_logits.detach().argmax(0)
@@ -107,6 +137,57 @@ def _region_scores(
         classes.append(c)
         scores.append((image_logits[c].double() * mask).sum())
     return torch.tensor(classes), torch.stack(scores)
+
+
+@dataclass(frozen=True)
+class ReferencePass:
+    """The eager forward and backward pass of one batch: what each method's reference starts from.
+
+    Attributes:
+        model: the network in eval mode.
+        spec: the graph explained (its layer, its masked block).
+        layout: how the layer's output is read as a map.
+        image: the normalised float32 input [N, C, H, W].
+        logits: the network's logits.
+        class_index: the classes explained, int64 [N].
+        activations: A as [N, D, h, w], float64.
+        gradients: g = ∂y_c/∂A as [N, D, h, w], float64.
+    """
+
+    model: nn.Module
+    spec: GraphSpec
+    layout: Layout
+    image: np.ndarray
+    logits: torch.Tensor
+    class_index: np.ndarray
+    activations: torch.Tensor
+    gradients: torch.Tensor
+
+
+def gradient_pass(
+    model: nn.Module, spec: GraphSpec, layout: Layout, image: np.ndarray, target_class: object, score: Score
+) -> ReferencePass:
+    """Runs ``model`` on ``image`` with a hook at ``spec.layer``, scores the logits with ``score`` and takes the
+    gradient of the scores' sum with respect to the layer's output. ``target_class``: [N] or [1] classes, −1 (or
+    None for all) meaning the default class."""
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32)).clone().requires_grad_(True)
+    seen: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
+        seen.append(out)
+        return out.clone()  # later in-place ops must not change the captured A
+
+    handle = dict(model.named_modules())[spec.layer].register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+    finally:
+        handle.remove()
+    wanted = torch.full((len(x),), -1) if target_class is None else torch.as_tensor(np.asarray(target_class))
+    chosen, y_c = score(logits, wanted.to(torch.int64).expand(len(x)))
+    (g,) = torch.autograd.grad(y_c.sum(), seen[-1])
+    A64, g64 = as_map(seen[-1].detach().double(), layout), as_map(g.double(), layout)
+    return ReferencePass(model, spec, layout, np.asarray(image), logits.detach(), chosen.numpy(), A64, g64)
 
 
 GAUSSIAN_3X3 = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float64) / 16.0
@@ -173,113 +254,28 @@ def _stamps(grid: np.ndarray) -> list[np.ndarray]:
     return [_gaussian_at(i, j, h, w) for i in range(h) for j in range(w)]
 
 
-@dataclass(frozen=True)
-class ReciproCAM:
-    """ReciproCAM's reference outputs: ``cam`` [N, h, w] of each image's class, ``heatmap`` [N, H, W] and the
-    ``probabilities`` [N, K, h, w] of every class (all float64)."""
-
-    cam: np.ndarray
-    heatmap: np.ndarray
-    probabilities: np.ndarray
-
-
-def reference_reciprocam(
-    model: nn.Module,
-    layer: str,
-    image: np.ndarray,
-    classes: np.ndarray,
-    layout: Layout = CHANNELS_FIRST,
-    masked_block: str | None = None,
-) -> ReciproCAM:
+def reciprocam(done: ReferencePass) -> tuple[torch.Tensor, torch.Tensor]:
     """ReciproCAM (Byun & Lee 2022) and ViT-ReciproCAM (Byun & Lee 2023) image by image: the layer's output is
-    replaced by its h·w masked copies (see :func:`_masked`; with ``masked_block``, that module's input too, as
-    ViT-ReciproCAM masks a block's skip connection and its first normalisation's output), the rest of the network
-    runs on them, and at each position (i, j) the softmax probability of each class is read.
+    replaced by its h·w masked copies (see :func:`_masked`; with the spec's ``masked_block``, that module's input
+    too, as ViT-ReciproCAM masks a block's skip connection and its first normalisation's output), the rest of the
+    network runs on them, and at each position (i, j) the softmax probability of each class is read.
+
+    Returns:
+        ``cam`` [N, h, w] of each image's explained class and every class's map [N, K, h, w] (float64).
     """
-    modules = dict(model.named_modules())
-    module, block = modules[layer], modules.get(masked_block) if masked_block else None
+    modules = dict(done.model.named_modules())
+    module = modules[done.spec.layer]
+    block = modules[done.spec.masked_block] if done.spec.masked_block else None
     probabilities = []
-    for one in np.asarray(image, dtype=np.float32):
+    for one in np.asarray(done.image, dtype=np.float32):
         x = torch.as_tensor(one[None])
-        plain = _run(model, module, x, block)
-        output = _masked(plain.output[0], layout)
-        entry = None if block is None else _masked(plain.block_input[0], layout)
-        masked = _run(model, module, x.expand(len(output), *x.shape[1:]), block, (output, entry))
-        h, w = _as_map(torch.as_tensor(plain.output), layout).shape[-2:]
+        plain = _run(done.model, module, x, block)
+        output = _masked(plain.output[0], done.layout)
+        entry = None if block is None else _masked(plain.block_input[0], done.layout)
+        masked = _run(done.model, module, x.expand(len(output), *x.shape[1:]), block, (output, entry))
+        h, w = as_map(torch.as_tensor(plain.output), done.layout).shape[-2:]
         probs = torch.softmax(masked.logits.double(), dim=1)
         probabilities.append(probs.T.reshape(-1, h, w))
     every = torch.stack(probabilities)
-    cam = every[torch.arange(len(every)), torch.as_tensor(np.asarray(classes, dtype=np.int64))]
-    size = tuple(np.asarray(image).shape[-2:])
-    heatmap = _min_max(F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0])
-    return ReciproCAM(cam.numpy(), heatmap.numpy(), every.numpy())
-
-
-def reference_explain(
-    model: nn.Module,
-    layer: str,
-    method: str,
-    image: torch.Tensor | np.ndarray,
-    target_class: torch.Tensor | np.ndarray | list[int] | None = None,
-    layout: Layout = CHANNELS_FIRST,
-    region: np.ndarray | None = None,
-    background: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Eager Grad-CAM/Grad-CAM++ for a batch.
-
-    Args:
-        model: network in eval mode.
-        layer: dotted name of the target module.
-        method: ``gradcampp``, ``gradcam``, ``xgradcam``, ``layercam`` or ``hirescam``.
-        image: [N, 3, H, W] float32, normalised.
-        target_class: [N] class indices, −1 (or None for all) meaning the top-1 class.
-        layout: the output's layout (:mod:`camexport.builder.layouts`); only its fields are read, the
-            transforms are this module's own: [N, h, w, C] moved to channels first; tokens [N, T, C]: after the
-            gradient is taken with respect to the raw output, the prefix tokens are dropped and the rest laid
-            out as [N, C, h, w]; MaxViT's windows [N, gh*gw, p*p, C] (token axes swapped when ``swap``)
-            departitioned to [N, C, gh*p, gw*p].
-        region: for segmentation logits, [N, H, W] pixel weights (negative: the pixel counts where it is
-            predicted as the class); None: the predicted pixels.
-        background: for segmentation logits, the class chosen by default only when nothing else is predicted.
-
-    Returns:
-        ``logits``, ``class_index``, ``heatmap``, ``cam``, ``activations``, ``gradients`` as numpy arrays
-        (the float ones as float64 where computed in float64).
-    """
-    image = torch.as_tensor(np.asarray(image, dtype=np.float32)).clone().requires_grad_(True)
-    module = dict(model.named_modules())[layer]
-    seen: list[torch.Tensor] = []
-
-    def keep(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
-        seen.append(out)
-        return out.clone()  # later in-place ops must not change the captured A
-
-    handle = module.register_forward_hook(keep)
-    try:
-        with torch.enable_grad():
-            logits = model(image)
-    finally:
-        handle.remove()
-    A = seen[-1]
-    wanted = torch.full((image.shape[0],), -1) if target_class is None else torch.as_tensor(np.asarray(target_class))
-    wanted = wanted.to(torch.int64).expand(image.shape[0])
-    if logits.ndim == 4:
-        chosen, y_c = _region_scores(logits, wanted, region, background)
-    else:
-        chosen = torch.where(wanted < 0, logits.argmax(1), wanted)
-        y_c = logits[torch.arange(image.shape[0]), chosen]
-    (g,) = torch.autograd.grad(y_c.sum(), A)
-
-    A64, g64 = _as_map(A.detach().double(), layout), _as_map(g.double(), layout)
-    cam = _paper_cam(method, A64, g64)
-    upsampled = F.interpolate(cam[:, None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
-    heatmap = _min_max(upsampled[:, 0])
-    extra = {"segmentation": logits.detach().argmax(1).numpy()} if logits.ndim == 4 else {}
-    return extra | {
-        "logits": logits.detach().numpy(),
-        "class_index": chosen.numpy(),
-        "heatmap": heatmap.numpy(),
-        "cam": cam.numpy(),
-        "activations": A64.numpy(),
-        "gradients": g64.numpy(),
-    }
+    cam = every[torch.arange(len(every)), torch.as_tensor(done.class_index, dtype=torch.int64)]
+    return cam, every

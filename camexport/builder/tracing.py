@@ -1,4 +1,4 @@
-"""Tracing: the forward pass, the backward pass to the target layer and the CAM, as one flat ATen graph.
+"""Tracing: the forward pass, the backward pass to the target layer and the CAMs, as one flat ATen graph.
 
 ``torch.onnx.export`` cannot capture ``torch.autograd.grad``. ``make_fx`` can: it records the ATen ops that
 autograd dispatches, so the backward pass becomes ordinary ops in the same graph as the forward pass.
@@ -9,14 +9,17 @@ frozen into the graph; :class:`ExplainerModule` then binds the weights back as b
 At the target layer a forward hook swaps the output ``A`` for a detached leaf that requires gradients:
 the backward pass then stops at ``A`` (no weight gradients, nothing below the layer), and a clone keeps
 ``A`` intact when the network modifies its input in place after the layer (``ReLU(inplace=True)``).
+
+What is computed comes from the spec and the two registries: the task's score and outputs
+(:mod:`camexport.builder.tasks`) and each method's maps from the pass (:mod:`camexport.builder.methods`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -28,98 +31,80 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from camexport.builder.decompositions import ForwardRewrites, backward_decompositions
 from camexport.builder.layouts import CHANNELS_FIRST, Layout
-from camexport.builder.methods import (
-    CAMS,
-    normalised_heatmap,
-    reciprocal_cam,
-    reciprocal_mosaics,
-    reciprocal_probabilities,
-    token_mosaics,
-)
-from camexport.contract import OUTPUT_NAMES, RECIPROCAM, Task, check_methods, output_names
-from camexport.errors import UserError
+from camexport.builder.methods import REGISTRY as METHODS
+from camexport.builder.methods import LayerPass, Maps, normalised_heatmap
+from camexport.builder.tasks import REGISTRY as TASKS
+from camexport.contract import GraphSpec
 
 # Symbolic tracing specialises sizes 0 and 1; an example batch of 2 keeps the batch dimension symbolic.
 TRACE_BATCH = 2
 
 
-class _Pass(NamedTuple):
-    """The forward and backward pass: logits, the explained class, A and g (detached), the layer's output and the
-    input of the block that ReciproCAM masks too (if any)."""
+@contextlib.contextmanager
+def _exportable() -> Iterator[None]:
+    """The math attention kernel (fused attention kernels have backward ops with no ONNX lowering) and the
+    forward rewrites of :mod:`camexport.builder.decompositions`."""
+    with sdpa_kernel([SDPBackend.MATH]), ForwardRewrites():
+        yield
 
-    logits: torch.Tensor
-    class_index: torch.Tensor
-    activations: torch.Tensor
-    gradients: torch.Tensor
-    output: torch.Tensor
-    block_input: torch.Tensor | None
+
+@dataclass(frozen=True)
+class _Network:
+    """The model as the traced function calls it: its weights by name, the explained layer, and the block whose
+    input a method may replace too."""
+
+    model: nn.Module
+    params: dict[str, torch.Tensor]
+    layer: nn.Module
+    block: nn.Module | None
+
+    def rerun(self, image: torch.Tensor, output: torch.Tensor, entry: torch.Tensor | None) -> torch.Tensor:
+        """The logits with the layer's output replaced by ``output`` (and the block's input by ``entry``)."""
+        handles = [self.layer.register_forward_hook(lambda _m, _i, _o: output)]
+        if self.block is not None and entry is not None:
+            handles.append(self.block.register_forward_pre_hook(lambda _m, args: (entry, *args[1:])))
+        try:
+            with torch.no_grad(), _exportable():
+                return functional_call(self.model, self.params, (image,))
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def make_explain_function(
-    model: nn.Module,
-    layer: str,
-    methods: tuple[str, ...],
-    state_names: list[str],
-    layout: Layout = CHANNELS_FIRST,
-    pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-    task: Task = "classification",
-    background: int | None = None,
-    masked_block: str | None = None,
-    class_maps: bool = False,
+    model: nn.Module, spec: GraphSpec, layout: Layout, state_names: list[str]
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """Builds ``fn(state, image, target_class[, region]) -> outputs`` (see :func:`camexport.contract.output_names`).
+    """Builds ``fn(state, image, target_class, *task_inputs) -> outputs`` in :attr:`GraphSpec.output_names` order.
 
     Every gradient method's map comes from the same forward and backward pass. ``state`` holds the model's
-    parameters and buffers in ``state_names`` order. A negative ``target_class`` entry means "explain the
-    top-1 class". ``layout`` says how the layer's output becomes A [N, C, h, w]. With
-    ``pixels = (mean, std)`` the image is uint8 [N, H, W, C] (C = len(mean)), scaled to [0, 1] and normalised
-    inside the graph. For ``task="segmentation"`` (logits [N, K, H, W]) the function takes ``region`` too and
-    explains the class's logits summed over it (:func:`segmentation_score`; ``background`` as there).
-    ReciproCAM masks ``masked_block``'s input too (:func:`reciprocal_block`); ``class_maps`` adds its map of
-    every class.
+    parameters and buffers in ``state_names`` order. A negative ``target_class`` entry means "explain the default
+    class" (the task's: a classifier's top-1). ``layout`` says how the layer's output becomes A [N, C, h, w]. A
+    ``uint8`` spec takes pixels [N, H, W, C], scaled to [0, 1] and normalised inside the graph.
     """
-    methods = check_methods(methods)
-    target_module = model.get_submodule(layer)
-    block = None if masked_block is None else model.get_submodule(masked_block)
-    modules = (target_module, block)
+    task = TASKS[spec.task]
+    layer = model.get_submodule(spec.layer)
+    block = None if spec.masked_block is None else model.get_submodule(spec.masked_block)
+    prep = spec.preprocessing
 
-    def explain(
-        state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor, region: torch.Tensor | None
-    ):
-        if pixels is not None:  # uint8 [N, H, W, C] -> normalised float [N, C, H, W]
-            mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in pixels)
+    def explain(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor, *extras: torch.Tensor):
+        if spec.takes_pixels:  # uint8 [N, H, W, C] -> normalised float [N, C, H, W]
+            mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in (prep.mean, prep.std))
             image = (image.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - mean) / std
-        params = dict(zip(state_names, state, strict=True))
-        # The math attention kernel: fused attention kernels have backward ops with no ONNX lowering.
-        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), ForwardRewrites():
-            done = _gradient_pass(model, modules, layout, params, image, target_class, region, background)
-            maps, extra = {}, ()
-            if RECIPROCAM in methods:
-                masked = _Masking(model, target_module, block, layout)
-                probabilities = masked.probabilities(params, image, done)
-                maps[RECIPROCAM] = reciprocal_cam(probabilities, done.class_index)
-                extra = (probabilities,) if class_maps else ()
-        outputs = _cam_outputs(methods, image, done, maps) + extra
-        return outputs if region is None else (*outputs, done.logits.argmax(dim=1))
+        network = _Network(model, dict(zip(state_names, state, strict=True)), layer, block)
+        logits, done = _gradient_pass(
+            network, layout, image, lambda out: task.score(out, target_class, extras, spec.background)
+        )
+        maps = [METHODS[name].graph(done) for name in spec.methods]
+        return _outputs(spec, image, logits, done, maps) + task.outputs(logits)
 
-    def classify(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
-        return explain(state, image, target_class, None)
-
-    return explain if task == "segmentation" else classify  # make_fx traces the signature's arguments
+    return explain
 
 
 def _gradient_pass(
-    model: nn.Module,
-    modules: tuple[nn.Module, nn.Module | None],
-    layout: Layout,
-    params: dict[str, torch.Tensor],
-    image: torch.Tensor,
-    target_class: torch.Tensor,
-    region: torch.Tensor | None,
-    background: int | None,
-) -> _Pass:
-    """The forward pass and the backward pass to the layer (``modules``: the layer and the block around it)."""
-    target_module, block = modules
+    network: _Network, layout: Layout, image: torch.Tensor, score: Callable[[torch.Tensor], tuple]
+) -> tuple[torch.Tensor, LayerPass]:
+    """The forward pass and the backward pass of ``score(logits)``'s sum to the layer: the logits (detached) and
+    what the methods take (:class:`camexport.builder.methods.LayerPass`)."""
     captured: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
     entries: list[torch.Tensor] = []
@@ -132,192 +117,52 @@ def _gradient_pass(
         outputs.append(output.detach())
         return layout.from_map(leaf, output)
 
-    handles = [target_module.register_forward_hook(hook)]
-    if block is not None:
-        handles.append(block.register_forward_pre_hook(lambda _m, args: entries.append(args[0].detach())))
+    handles = [network.layer.register_forward_hook(hook)]
+    if network.block is not None:
+        handles.append(network.block.register_forward_pre_hook(lambda _m, args: entries.append(args[0].detach())))
     try:
-        logits = functional_call(model, params, (image,))
-        if region is None:
-            class_index = torch.where(target_class < 0, logits.argmax(dim=1), target_class)
-            score = logits.gather(1, class_index[:, None]).sum()
-        else:
-            class_index, score = segmentation_score(logits, target_class, region, background)
-        (activations,) = captured
-        (gradients,) = torch.autograd.grad(score, activations)
+        with torch.enable_grad(), _exportable():
+            logits = functional_call(network.model, network.params, (image,))
+            class_index, total = score(logits)
+            (activations,) = captured
+            (gradients,) = torch.autograd.grad(total, activations)
     finally:
         for handle in handles:
             handle.remove()
-    return _Pass(logits.detach(), class_index, activations.detach(), gradients, outputs[0], (entries or [None])[0])
+    rerun = lambda output, entry: network.rerun(image, output, entry)  # noqa: E731
+    done = LayerPass(class_index, activations.detach(), gradients, layout, outputs[0], (entries or [None])[0], rerun)
+    return logits.detach(), done
 
 
-@dataclass(frozen=True)
-class _Masking:
-    """ReciproCAM's second pass: the network run again with the layer's output replaced by its h·w masked maps
-    per image, one batch of N·h·w without gradients. A convolutional map gets ReciproCAM's mosaics (Byun & Lee
-    2022), a transformer's tokens ViT-ReciproCAM's (Byun & Lee 2023; see :mod:`camexport.builder.methods`).
-    With a ``block``, the block's input is masked alike, so that its skip connection carries masked maps too."""
-
-    model: nn.Module
-    layer: nn.Module
-    block: nn.Module | None
-    layout: Layout
-
-    def masked(self, output: torch.Tensor) -> torch.Tensor:
-        """``output`` [N, ...] → its h·w masked copies per image, laid out as ``output`` [N·h·w, ...]."""
-        maps = self.layout.to_map(output)
-        mosaics = reciprocal_mosaics(maps) if self.layout == CHANNELS_FIRST else token_mosaics(maps)
-        return self.layout.from_maps(mosaics, output, maps.shape[2] * maps.shape[3])
-
-    def probabilities(self, params: dict[str, torch.Tensor], image: torch.Tensor, done: _Pass):
-        """Every class's map [N, K, h, w] (:func:`camexport.builder.methods.reciprocal_probabilities`). The masked
-        copies are made from the gradient pass's tensors, so that nothing before them runs twice."""
-        replaced = self.masked(done.output)
-        handles = [self.layer.register_forward_hook(lambda _m, _i, _o: replaced)]
-        if self.block is not None:
-            entry = self.masked(done.block_input)
-            handles.append(self.block.register_forward_pre_hook(lambda _m, args: (entry, *args[1:])))
-        try:
-            with torch.no_grad():
-                masked_logits = functional_call(self.model, params, (image,))
-        finally:
-            for handle in handles:
-                handle.remove()
-        h, w = done.activations.shape[2:]
-        return reciprocal_probabilities(masked_logits, h, w)
-
-
-def reciprocal_block(model: nn.Module, layer: str, image: torch.Tensor) -> str | None:
-    """Where ReciproCAM's masked maps enter the network: None when ``layer``'s output alone feeds the rest, so
-    that the maps replace it; otherwise the innermost module around the layer whose input is shaped like the
-    layer's output and whose skip connection is then the only way around the layer (a Vision Transformer's
-    block around its first normalisation, where ViT-ReciproCAM masks both): its input is masked too.
-
-    Raises:
-        UserError: a skip connection goes around the layer and no such module holds it.
-    """
-    shapes = _shapes(model, layer, image)
-    if _runs_doubled(model, layer, None, image):
-        return None
-    parts = layer.split(".")
-    for end in range(len(parts) - 1, 0, -1):
-        block = ".".join(parts[:end])
-        if shapes.get(block) == shapes[layer] and _runs_doubled(model, layer, block, image):
-            return block
-    raise UserError(
-        f"methods=reciprocam at {layer}: a skip connection goes around the layer, and no module around it takes an "
-        "input shaped like its output to mask as well; choose a stage's output (layer4, features), a residual "
-        "block's last layer or a transformer block's first normalisation"
-    )
-
-
-def _shapes(model: nn.Module, layer: str, image: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """The layer's output shape and each enclosing module's first input shape, from one eager run."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    parts = layer.split(".")
-
-    def output(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-        shapes.setdefault(layer, out.shape)
-
-    handles = [model.get_submodule(layer).register_forward_hook(output)]
-    for end in range(1, len(parts)):
-        name = ".".join(parts[:end])
-
-        def record(_m: nn.Module, args: tuple, name: str = name) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                shapes.setdefault(name, args[0].shape)
-
-        handles.append(model.get_submodule(name).register_forward_pre_hook(record))
-    try:
-        with torch.no_grad():
-            model(image)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return shapes
-
-
-def _runs_doubled(model: nn.Module, layer: str, block: str | None, image: torch.Tensor) -> bool:
-    """True when the network runs with the layer's output (and the block's input) doubled along the batch and
-    gives doubled logits: nothing after them reads the undoubled tensors (a skip connection around them)."""
-
-    def double(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
-        return torch.cat([out[: len(image)], out[: len(image)]])
-
-    handles = [model.get_submodule(layer).register_forward_hook(double)]
-    if block is not None:
-        first = model.get_submodule(block)
-        handles.append(first.register_forward_pre_hook(lambda _m, args: (torch.cat([args[0], args[0]]), *args[1:])))
-    try:
-        with torch.no_grad():
-            return model(image).shape[0] == 2 * len(image)
-    except (RuntimeError, ValueError, AssertionError, IndexError):
-        return False
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def segmentation_score(
-    logits: torch.Tensor, target_class: torch.Tensor, region: torch.Tensor, background: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seg-Grad-CAM's explained score (Vinogradova et al., AAAI 2020, eq. 1): ``y_c = Σ_(i,j)∈M logits[c, i, j]``.
-
-    ``M`` is weighted per pixel by ``region`` [N, H, W]: a pixel with a negative weight counts 1 where the
-    predicted class (argmax over K) is ``c`` and 0 elsewhere, so a region of −1 everywhere is the paper's
-    default, the pixels predicted as ``c``. An empty region gives a zero score, a zero gradient and a zero
-    heatmap. A negative ``target_class`` picks the class predicted on the most pixels; the ``background``
-    class (if any) is counted at 1e-9 per pixel, so it is chosen only when nothing else is predicted.
-
-    Returns:
-        ``class_index`` [N] and the summed score (a scalar: the images' scores are independent).
-    """
-    classes = logits.shape[1]
-    predicted = logits.argmax(dim=1)
-    ids = torch.arange(classes, device=logits.device)
-    counts = (predicted[:, None] == ids[None, :, None, None]).to(logits.dtype).sum(dim=(2, 3))
-    if background is not None:
-        counts = counts * torch.where(ids == background, 1e-9, 1.0).to(logits.dtype)
-    class_index = torch.where(target_class < 0, counts.argmax(dim=1), target_class)
-    chosen = (predicted == class_index[:, None, None]).to(logits.dtype)
-    weights = torch.where(region < 0, chosen, region)
-    per_pixel = logits.gather(1, class_index[:, None, None, None].expand(-1, 1, *logits.shape[2:]))[:, 0]
-    return class_index, (per_pixel * weights).sum()
-
-
-def _cam_outputs(
-    methods: tuple[str, ...], image: torch.Tensor, done: _Pass, maps: dict[str, torch.Tensor]
+def _outputs(
+    spec: GraphSpec, image: torch.Tensor, logits: torch.Tensor, done: LayerPass, maps: list[Maps]
 ) -> tuple[torch.Tensor, ...]:
-    """The graph's outputs in contract order, every gradient method's map from the same A and g (the
-    gradient-free ones come in ``maps``)."""
+    """The graph's outputs in the spec's order, up to the task's own."""
     size = (image.shape[2], image.shape[3])  # symbolic with --dynamic-size
-    cams = [maps[name] if name in maps else CAMS[name](done.activations, done.gradients) for name in methods]
-    heatmaps = [normalised_heatmap(cam, size) for cam in cams]
-    outputs = (done.logits, done.class_index, heatmaps[0], cams[0], done.activations, done.gradients)
-    if len(methods) > 1:
-        outputs += tuple(t.clone() for pair in zip(heatmaps, cams, strict=True) for t in pair)
+    heatmaps = [normalised_heatmap(m.cam, size) for m in maps]
+    outputs = (logits, done.class_index, heatmaps[0], maps[0].cam, done.activations, done.gradients)
+    if len(maps) > 1:
+        outputs += tuple(t.clone() for heat, m in zip(heatmaps, maps, strict=True) for t in (heat, m.cam))
+    if spec.class_maps:
+        outputs += (next(m.every_class for m in maps if m.every_class is not None),)
     return outputs
 
 
 @dataclass
 class TracedExplainer:
-    """The traced graph and the weights it takes.
+    """The traced graph, the weights it takes, and the spec it computes.
 
     Attributes:
-        graph: flat ATen graph ``(state, image, target_class) -> outputs``.
+        graph: flat ATen graph ``(state, image, target_class, *task_inputs) -> outputs``.
         state: the model's parameters and buffers, in the order the graph takes them.
         state_names: their dotted names in the model.
-        channels: the image's channel count.
-        task: ``classification``, or ``segmentation`` (a ``region`` input, a ``segmentation`` output).
-        masked_block: the module whose input ReciproCAM masks too (:func:`reciprocal_block`), if any.
+        spec: the graph's spec (its inputs and outputs).
     """
 
     graph: torch.fx.GraphModule
     state: list[torch.Tensor]
     state_names: list[str]
-    output_names: tuple[str, ...] = OUTPUT_NAMES
-    channels: int = 3
-    task: Task = "classification"
-    masked_block: str | None = None
+    spec: GraphSpec
 
 
 def model_state(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
@@ -328,80 +173,52 @@ def model_state(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
 
 
 def trace_explainer(
-    model: nn.Module,
-    layer: str,
-    methods: tuple[str, ...],
-    image_size: tuple[int, int],
-    seed: int = 0,
-    layout: Layout = CHANNELS_FIRST,
-    dynamic_size: bool = False,
-    pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-    channels: int = 3,
-    task: Task = "classification",
-    background: int | None = None,
-    class_maps: bool = False,
+    model: nn.Module, spec: GraphSpec, layout: Layout = CHANNELS_FIRST, seed: int = 0
 ) -> TracedExplainer:
-    """Traces forward, backward and CAM into one graph with a symbolic batch dimension.
+    """Traces forward, backward and the spec's maps into one graph with a symbolic batch dimension (and symbolic
+    height and width for a spec of any image size).
 
     Args:
         model: network in eval mode.
-        layer: dotted name of the target module.
-        methods: the CAM methods (:data:`camexport.contract.METHODS`), the first being the default.
-        image_size: (H, W) of the input.
-        seed: seed of the example input (its values do not enter the graph).
+        spec: what the graph computes (layer, methods, task, input kind; its methods prepared).
         layout: how the layer's output becomes [N, C, h, w] (:mod:`camexport.builder.layouts`).
-        dynamic_size: the height and width are symbolic too (one graph for any H x W).
-        pixels: ``(mean, std)`` for a graph that takes uint8 [N, H, W, C] pixels (see
-            :func:`make_explain_function`); None for normalised float32 [N, C, H, W].
-        channels: C, the image's channel count (1 for grayscale, 3 for RGB).
-        task: ``segmentation`` for logits [N, K, H, W]: the graph takes ``region`` [N, H, W] too.
-        background: a segmentation model's background class (see :func:`segmentation_score`).
-        class_maps: with ReciproCAM, output every class's map too (``class_maps`` [N, K, h, w]).
+        seed: seed of the example input (its values do not enter the graph).
     """
     names, state = model_state(model)
-    image = example_image(image_size, pixels is not None, seed, channels)
-    block = reciprocal_block(model, layer, _as_float(image, pixels)) if RECIPROCAM in methods else None
-    explain = make_explain_function(
-        model, layer, methods, names, layout, pixels, task, background, masked_block=block, class_maps=class_maps
-    )
-    target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
+    explain = make_explain_function(model, spec, layout, names)
     # Only the batch dimension is symbolic: a fully symbolic trace carries every spatial size as a
     # sympy expression through the whole network (minutes for a Swin Transformer, seconds this way).
     mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
-    spatial = DimDynamic.DYNAMIC if dynamic_size else DimDynamic.STATIC
-    sizes = [spatial, spatial, DimDynamic.STATIC] if pixels is not None else [DimDynamic.STATIC, spatial, spatial]
-    dims = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, *sizes])
-    fake_image = mode.from_tensor(image, symbolic_context=dims)
-    fake_target = mode.from_tensor(
-        target, symbolic_context=StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC])
-    )
-    fake_state = [mode.from_tensor(t, static_shapes=True) for t in state]
-    inputs = [fake_state, fake_image, fake_target]
-    if task == "segmentation":
-        region = example_region(image_size)
-        region_dims = [DimDynamic.DYNAMIC, spatial, spatial]
-        inputs.append(mode.from_tensor(region, symbolic_context=StatelessSymbolicContext(dynamic_sizes=region_dims)))
+    inputs = [[mode.from_tensor(t, static_shapes=True) for t in state]]
+    for tensor, example in zip(spec.inputs, example_inputs(spec, seed), strict=True):
+        dims = [_dynamism(axis, spec) for axis in tensor.axes]
+        inputs.append(mode.from_tensor(example, symbolic_context=StatelessSymbolicContext(dynamic_sizes=dims)))
     graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(*inputs)
-    outputs = output_names(methods, task, class_maps)
-    return TracedExplainer(graph, state, names, outputs, channels, task, block)
+    return TracedExplainer(graph, state, names, spec)
 
 
-def _as_float(image: torch.Tensor, pixels: tuple | None) -> torch.Tensor:
-    """The example as the network takes it: float [N, C, H, W] (a uint8 example only needs the layout)."""
-    return image.permute(0, 3, 1, 2).float() / 255.0 if pixels is not None else image
+def _dynamism(axis: str, spec: GraphSpec) -> DimDynamic:
+    """An input axis is symbolic when the spec leaves it open: the batch, and the image size in a graph of any."""
+    return DimDynamic.DYNAMIC if isinstance(spec.axis(axis), str) else DimDynamic.STATIC
 
 
-def example_region(image_size: tuple[int, int]) -> torch.Tensor:
-    """A ``region`` for tracing: −1 (the predicted pixels) for :data:`TRACE_BATCH` images."""
-    return torch.full((TRACE_BATCH, *image_size), -1.0)
-
-
-def example_image(image_size: tuple[int, int], pixels: bool, seed: int = 0, channels: int = 3) -> torch.Tensor:
-    """A seeded example input of :data:`TRACE_BATCH` images: float32 [N, C, H, W] or uint8 [N, H, W, C]."""
+def example_inputs(spec: GraphSpec, seed: int = 0) -> list[torch.Tensor]:
+    """Seeded examples of the spec's inputs for :data:`TRACE_BATCH` images: the image (float32 [N, C, H, W] or
+    uint8 [N, H, W, C]), ``target_class`` −1 each, and the task's inputs."""
     generator = torch.Generator().manual_seed(seed)
-    if pixels:
-        return torch.randint(0, 256, (TRACE_BATCH, *image_size, channels), generator=generator, dtype=torch.uint8)
-    return torch.randn(TRACE_BATCH, channels, *image_size, generator=generator)
+    size, channels = spec.preprocessing.image_size, spec.preprocessing.channels
+    if spec.takes_pixels:
+        image = torch.randint(0, 256, (TRACE_BATCH, *size, channels), generator=generator, dtype=torch.uint8)
+    else:
+        image = torch.randn(TRACE_BATCH, channels, *size, generator=generator)
+    target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
+    return [image, target, *TASKS[spec.task].examples(TRACE_BATCH, size)]
+
+
+def example_image(spec: GraphSpec, seed: int = 0) -> torch.Tensor:
+    """The example image as the network takes it: float [N, C, H, W] (a uint8 example only needs the layout)."""
+    image = example_inputs(spec, seed)[0]
+    return image.permute(0, 3, 1, 2).float() / 255.0 if spec.takes_pixels else image
 
 
 def _buffer_name(name: str, taken: set[str]) -> str:
@@ -428,18 +245,19 @@ class ExplainerModule(nn.Module):
             self.register_buffer(buffer, tensor)
             self._names.append(buffer)
 
-    def forward(self, image: torch.Tensor, target_class: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.graph(self.state(), image, target_class))
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The spec's inputs in order: image, target_class, then the task's."""
+        return tuple(self.graph(self.state(), *inputs))
 
     def state(self) -> list[torch.Tensor]:
         """The weights, in the order the traced graph takes them."""
         return [getattr(self, name) for name in self._names]
 
 
-class SegmentationExplainerModule(ExplainerModule):
-    """:class:`ExplainerModule` for a segmentation model: the ``region`` input besides the image and class."""
-
-    def forward(
-        self, image: torch.Tensor, target_class: torch.Tensor, region: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        return tuple(self.graph(self.state(), image, target_class, region))
+def prepared(model: nn.Module, spec: GraphSpec, seed: int = 0) -> GraphSpec:
+    """``spec`` with what its methods need of the model before tracing (:attr:`Method.prepare`: ReciproCAM's masked
+    block), found on the seeded example image."""
+    image = example_image(spec, seed)
+    for name in spec.methods:
+        spec = METHODS[name].prepare(model, spec, image)
+    return spec

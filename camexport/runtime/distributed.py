@@ -6,8 +6,9 @@ with one row per input: the columns of :data:`camexport.runtime.records.SCHEMA` 
 that input could not be explained). Each actor of the pool loads the graph once and explains
 ``batch_size`` images per call, writing overlays if asked; Ray restarts an actor that dies and runs its batch
 again (``max_restarts``/``max_task_retries``), so every input comes out once. ``explain_with_ray`` is what
-``camexport explain --ray`` runs (through :func:`explain_paths_on_ray`): it streams those rows, in order, into
-the run's :class:`~camexport.runtime.records.RecordLog`, so the outputs are the single-process run's files.
+``camexport explain --ray`` runs (:func:`camexport.runtime.explain.explain` with the :class:`Ray` executor): it
+streams those rows, in order, into the run's :class:`~camexport.runtime.records.RecordLog`, so the outputs are the
+single-process run's files.
 
 Every node needs camexport with ``camexport[ray]``, and the graph and images at the same paths (a shared
 file system, or paths a node can read); overlays and heatmaps go to ``out_dir`` as each actor sees it.
@@ -18,8 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,16 +29,10 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from camexport.errors import CamExportError, UserError
-from camexport.runtime.explain import (
-    ExplainRun,
-    ExplainStyle,
-    ExplainSummary,
-    explain_files,
-    failure_line,
-    unique_stem,
-    write_files,
-)
+from camexport.runtime.options import ExplainStyle, Ray
+from camexport.runtime.outputs import failure_line, unique_stem, write_files
 from camexport.runtime.records import SCHEMA, Record
+from camexport.runtime.run import ExplainRun
 from camexport.runtime.session import CamSession
 
 if TYPE_CHECKING:
@@ -57,45 +51,13 @@ def _ray():
     return ray
 
 
-@dataclass(frozen=True)
-class RayOptions:
-    """How the work spreads over a Ray cluster.
-
-    Attributes:
-        actors: actors in the pool, each holding one session.
-        cpus_per_actor: CPUs Ray reserves per actor (fractions allowed; None: onnxruntime's threads, at most
-            what leaves the cluster one CPU for Ray's read tasks, which reserve one each: actors that took
-            every CPU would stall the read).
-        threads: onnxruntime intra-op threads per actor.
-        provider: ``cpu``, or ``cuda`` (one GPU per actor).
-    """
-
-    actors: int = 2
-    cpus_per_actor: float | None = None
-    threads: int = 1
-    provider: str = "cpu"
-
-    def check(self) -> None:
-        if self.actors < 1:
-            raise UserError(f"actors={self.actors}: use 1 or more")
-        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
-            raise UserError(f"cpus_per_actor={self.cpus_per_actor}: use a positive number (fractions allowed)")
-        if self.threads < 0:
-            raise UserError(f"threads={self.threads}: use 0 (one per core) or a positive number")
-
-    def cpus(self, cluster_cpus: float) -> float:
-        if self.cpus_per_actor is not None:
-            return self.cpus_per_actor
-        wanted = float(self.threads or 1)
-        return max(0.1, min(wanted, (cluster_cpus - 1.0) / self.actors))
-
-
 class Explainer:
     """One actor's work: a session loaded once, a batch of rows in, a table of rows out (in order)."""
 
     def __init__(self, graph: str, style: ExplainStyle, provider: str, threads: int, out_dir: str | None) -> None:
         self.session = CamSession(graph, provider=provider, threads=threads)
         self.style, self.out_dir = style, None if out_dir is None else Path(out_dir)
+        self.target = self.session.class_index(style.target)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         paths = [str(p) for p in batch["path"]]
@@ -116,7 +78,7 @@ class Explainer:
     def _explain(self, prepared: list, where: list[int], rows: list[dict], stems: list[str]) -> None:
         style = self.style
         try:
-            results = self.session.explain_prepared(prepared, style.target, style.top_k)
+            results = self.session.explain_prepared(prepared, self.target, style.top_k)
         except CamExportError as exc:
             for i in where:
                 rows[i]["error"] = f"{rows[i]['image']}: {exc}"
@@ -142,7 +104,7 @@ def explain_dataset(
     images: ray.data.Dataset | Sequence[str | Path],
     style: ExplainStyle | None = None,
     batch_size: int = 8,
-    options: RayOptions | None = None,
+    options: Ray | None = None,
     out_dir: str | Path | None = None,
 ) -> ray.data.Dataset:
     """Explains a dataset on the Ray cluster that ``ray.init`` connected to (lazily: nothing runs until read).
@@ -151,20 +113,20 @@ def explain_dataset(
         graph: the ``.onnx`` file, at this path on every node.
         images: a Dataset with a ``path`` column (and ``image`` arrays, and a ``stem`` column for overlay
             names, if it has them), or a list of image paths.
-        style: class, top-k and overlay style (``style.target``: an index, −1 for each image's top-1).
+        style: class, top-k and overlay style (``style.target``: an index, −1 or None for each image's top-1).
         batch_size: images per graph run.
-        options: actors, CPUs, threads, provider.
+        options: actors, CPUs, threads, provider (its ``address`` is :func:`connect`'s, not used here).
         out_dir: where actors write the overlays and heatmaps the style asks for (None: no files).
 
     Returns:
         One row per input, in order when the Dataset context preserves order: :data:`ROWS`.
     """
     ray = _ray()
-    style, options = style or ExplainStyle(), options or RayOptions()
+    style, options = style or ExplainStyle(), options or Ray()
     style.check()
     options.check()
-    if batch_size < 1:
-        raise UserError(f"batch_size={batch_size}: use 1 or more")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch_size={batch_size!r}: use a whole number, 1 or more")
     if not isinstance(images, ray.data.Dataset):
         images = ray.data.from_items([{"path": str(p)} for p in images])
     return images.map_batches(
@@ -184,34 +146,10 @@ def explain_dataset(
     )  # Ray Data's actors restart when they die, and run their batch again (max_restarts, max_task_retries -1)
 
 
-def explain_paths_on_ray(
-    session: CamSession,
-    sources: Sequence[str | Path],
-    out_dir: str | Path,
-    style: ExplainStyle,
-    options: RayOptions | None = None,
-    address: str | None = None,
-    batch_size: int = 8,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    resume: bool = False,
-    overwrite: bool = False,
-) -> ExplainSummary:
-    """:func:`camexport.runtime.explain.explain_paths` on a Ray cluster (see :func:`connect` for ``address``):
-    the same checks, records, resume and summary; the images are explained by the actors of
-    :func:`explain_dataset`, and their rows come back in order into ``predictions.jsonl`` and ``cams.parquet``."""
-    options = options or RayOptions()
-    options.check()
-    connect(address)
-
-    def work(run: ExplainRun, todo: list[Path], bar: tqdm) -> None:
-        explain_with_ray(run, todo, bar, batch_size, options)
-
-    return explain_files(session, sources, out_dir, style, batch_size, progress, log, resume, overwrite, work)
-
-
-def explain_with_ray(run: ExplainRun, todo: list[Path], bar: tqdm, batch_size: int, options: RayOptions) -> None:
-    """Explains ``todo`` on the connected cluster and reports every row, in order, as the rows stream back."""
+def explain_with_ray(run: ExplainRun, todo: list[Path], bar: tqdm, batch_size: int, options: Ray) -> None:
+    """Explains ``todo`` on the cluster at ``options.address`` (:func:`connect`) and reports every row into ``run``,
+    in order, as the rows stream back."""
+    connect(options.address)
     ray = _ray()
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True

@@ -46,31 +46,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from camexport._util import removing_new_folders, write_atomically
 from camexport.errors import UserError
+from camexport.runtime.options import MAP_METRICS, Scoring
+from camexport.runtime.outputs import collect_images
 from camexport.runtime.preprocess import normalise, to_pixels
-from camexport.runtime.session import CamSession, as_photo, softmax
+from camexport.runtime.session import CamSession, as_photo
+from camexport.runtime.tasks import softmax
 
-# What `camexport evaluate --metrics` selects. The first three come from the same two runs per image;
-# deletion and insertion cost ``steps + 1`` runs per image and method each.
-METRICS = ("average_drop", "increase_in_confidence", "win", "deletion", "insertion", "adcc")
-# What any maps can be scored by (ADCC needs the graph that made them): evaluate_maps' default.
-MAP_METRICS = METRICS[:-1]
 # Deletion/insertion frames held at once (each a float64 copy of the input crop).
 FRAMES_AT_ONCE = 32
-
-
-def parse_metrics(text: str) -> tuple[str, ...]:
-    """``"average_drop,deletion"`` → the metrics in :data:`METRICS` order, each once.
-
-    Raises:
-        UserError: an empty list or a name that is not a metric.
-    """
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METRICS]
-    if unknown or not names:
-        what = f"{unknown[0]!r} is not a metric" if unknown else "no metric named"
-        raise UserError(f"metrics={text!r}: {what}; choose from {', '.join(METRICS)} (comma-separated)")
-    return tuple(m for m in METRICS if m in names)
+EVERY_METRIC = Scoring()  # for the graph's own heatmaps
+ANY_MAPS = Scoring(metrics=MAP_METRICS)  # for maps from anywhere (ADCC needs the graph that made them)
 
 
 @dataclass
@@ -95,7 +82,7 @@ class Faithfulness:
 def _feed(session: CamSession, pixels: np.ndarray) -> np.ndarray:
     """uint8-range pixels [N, H, W, C] (float or uint8) → what the graph's ``image`` input takes."""
     clipped = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
-    return clipped if session.info.takes_pixels else normalise(clipped, session.info.preprocessing)
+    return clipped if session.spec.takes_pixels else normalise(clipped, session.spec.preprocessing)
 
 
 def class_probabilities(
@@ -194,28 +181,24 @@ def evaluate_maps(
     pixels: np.ndarray,
     heatmaps: dict[str, np.ndarray],
     classes: np.ndarray,
-    steps: int = 20,
-    metrics: Sequence[str] = MAP_METRICS,
-    blur: float = 10.0,
+    scoring: Scoring = ANY_MAPS,
     regions: np.ndarray | None = None,
 ) -> list[Faithfulness]:
-    """The ``metrics`` for every method's heatmaps ([N, H, W] at the input size); Win % across the methods.
+    """``scoring``'s metrics for every method's heatmaps ([N, H, W] at the input size); Win % across the methods.
 
     Raises:
-        UserError: ``steps`` below 2, an unknown metric, or heatmaps of another shape than the pixels.
+        UserError: a bad ``scoring``, or heatmaps of another shape than the pixels.
     """
-    if steps < 2:
-        raise UserError(f"steps={steps}: use 2 or more")
-    parse_metrics(",".join(metrics))
+    scoring.check()
     blurred = None
-    if "insertion" in metrics:
-        blurred = [blurred_pixels(p, blur) for p in pixels]
+    if "insertion" in scoring.metrics:
+        blurred = [blurred_pixels(p, scoring.blur) for p in pixels]
     results = []
     for method, maps in heatmaps.items():
         if maps.shape != pixels.shape[:3]:
             raise UserError(f"{method}: heatmaps {list(maps.shape)} do not match images {list(pixels.shape[:3])}")
-        results.append(_score(session, method, pixels, maps, classes, steps, metrics, blurred, regions))
-    if "win" in metrics and len(results) > 1:
+        results.append(_score(session, method, pixels, maps, classes, scoring, blurred, regions))
+    if "win" in scoring.metrics and len(results) > 1:
         _share_wins(results, list(heatmaps.values()), len(pixels))
     return results
 
@@ -226,12 +209,12 @@ def _score(
     pixels: np.ndarray,
     maps: np.ndarray,
     classes: np.ndarray,
-    steps: int,
-    metrics: Sequence[str],
+    scoring: Scoring,
     blurred: list[np.ndarray] | None,
     regions: np.ndarray | None = None,
 ) -> Faithfulness:
     """One method's scores (see :func:`evaluate_maps`)."""
+    metrics, steps = scoring.metrics, scoring.steps
     result = Faithfulness(method=method)
     each = list(regions) if regions is not None else [None] * len(pixels)
     if {"average_drop", "increase_in_confidence", "win", "adcc"} & set(metrics):
@@ -273,9 +256,9 @@ def _adcc(
     batch_size: int = 16,
 ) -> None:
     """ADCC and its coherency and complexity (see the module docstring), into ``result``."""
-    if method not in session.info.methods:
+    if method not in session.spec.methods:
         raise UserError(f"adcc: {method!r} is not a method of {session.path}; ADCC needs the graph that made the maps")
-    name = "heatmap" if len(session.info.methods) == 1 else f"heatmap_{method}"
+    name = session.spec.heatmap_of(method)
     again = []
     for start in range(0, len(pixels), batch_size):
         chunk = slice(start, start + batch_size)
@@ -394,23 +377,16 @@ def instance_spread(
 
 
 def evaluate_images(
-    session: CamSession,
-    images: Sequence[object],
-    steps: int = 20,
-    target: str | int | None = None,
-    metrics: Sequence[str] = METRICS,
+    session: CamSession, images: Sequence[object], target: str | int | None = None, scoring: Scoring = EVERY_METRIC
 ) -> list[Faithfulness]:
     """Runs the graph on photos (anything :meth:`CamSession.prepare` takes) and scores each of its methods."""
     # The crops only: prepare() would also normalise each one, and the masks are applied to pixels.
-    prep = session.info.preprocessing
+    prep = session.spec.preprocessing
     pixels = np.stack([to_pixels(as_photo(image, str(image), prep.image_mode or "RGB"), prep) for image in images])
     outputs = session.run(_feed(session, pixels), np.array([session.class_index(target)]))
-    methods = session.info.methods
-    names = {m: f"heatmap_{m}" if len(methods) > 1 else "heatmap" for m in methods}
-    maps = {m: outputs[name] for m, name in names.items()}
+    maps = {m: outputs[session.spec.heatmap_of(m)] for m in session.spec.methods}
     classes = outputs["class_index"].astype(np.int64)
-    regions = outputs["segmentation"] == classes[:, None, None] if session.info.segments else None
-    return evaluate_maps(session, pixels, maps, classes, steps, metrics, regions=regions)
+    return evaluate_maps(session, pixels, maps, classes, scoring, session.task.regions(outputs))
 
 
 def summary_table(results: list[Faithfulness], images: int, steps: int) -> str:
@@ -437,26 +413,23 @@ def summary_table(results: list[Faithfulness], images: int, steps: int) -> str:
 def evaluate_paths(
     session: CamSession,
     sources: Sequence[str | Path],
-    steps: int = 20,
-    target: str | int | None = None,
     out: Path | None = None,
-    metrics: Sequence[str] = METRICS,
+    target: str | int | None = None,
+    scoring: Scoring = EVERY_METRIC,
 ) -> str:
     """``camexport evaluate``: scores every method of the graph on the images in ``sources`` (files or
     folders), optionally writes them as JSON to ``out``, and returns the table (plus where the JSON went)."""
-    from camexport._util import removing_new_folders, write_atomically
-    from camexport.runtime.explain import collect_images
-
+    scoring.check()
     if out is not None and Path(out).is_dir():
         raise UserError(f"out={str(out)!r}: is a directory; give a file name such as {Path(out) / 'scores.json'}")
     paths, _ = collect_images(sources)
     if not paths:
         raise UserError("no images found; pass image files or folders that hold .png/.jpg files")
-    results = evaluate_images(session, paths, steps=steps, target=target, metrics=metrics)
-    table = summary_table(results, len(paths), steps)
+    results = evaluate_images(session, paths, target, scoring)
+    table = summary_table(results, len(paths), scoring.steps)
     if out is not None:
-        record = {"graph": str(session.path), "images": [str(p) for p in paths], "steps": steps}
-        record["metrics"] = list(metrics)
+        record = {"graph": str(session.path), "images": [str(p) for p in paths], "steps": scoring.steps}
+        record["metrics"] = list(scoring.metrics)
         record["methods"] = [asdict(r) for r in results]
         out = Path(out)
         try:

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from camexport._util import write_atomically
-from camexport.contract import GraphInfo
+from camexport.contract import GraphSpec
 from camexport.errors import UserError
 
 if TYPE_CHECKING:
@@ -109,9 +109,9 @@ def to_batch(records: Sequence[Record], schema: pa.Schema = SCHEMA) -> pa.Record
     return pa.RecordBatch.from_pylist([record.as_row() for record in records], schema=schema)
 
 
-def schema_for(info: GraphInfo) -> pa.Schema:
+def schema_for(spec: GraphSpec) -> pa.Schema:
     """:data:`SCHEMA` carrying the graph's metadata (what ``render`` needs to place a cam on its photo)."""
-    return SCHEMA.with_metadata(info.to_props())
+    return SCHEMA.with_metadata(spec.to_props())
 
 
 def read_predictions(path: Path) -> list[dict]:
@@ -138,7 +138,7 @@ class RecordLog:
 
     Args:
         out: the output folder (it exists).
-        info: the graph's metadata, kept in the columnar files.
+        spec: the graph's spec, kept as metadata in the columnar files.
         resume: continue the folder's earlier run: its images count as done (see :attr:`done`).
         overwrite: replace the folder's earlier run, when this run's first batch is recorded (a run that
             explains nothing leaves it as it was).
@@ -148,10 +148,10 @@ class RecordLog:
             earlier run of another graph to resume.
     """
 
-    def __init__(self, out: Path, info: GraphInfo, resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(self, out: Path, spec: GraphSpec, resume: bool = False, overwrite: bool = False) -> None:
         if resume and overwrite:
             raise UserError("`resume` and `overwrite` exclude each other: pass one of them")
-        self.out, self.schema = out, schema_for(info)
+        self.out, self.schema = out, schema_for(spec)
         self.predictions, self.cams, self.staging = out / PREDICTIONS, out / CAMS, out / STAGING
         earlier = [p for p in (self.predictions, self.cams, self.staging) if p.exists()]
         if earlier and not (resume or overwrite):
@@ -162,20 +162,20 @@ class RecordLog:
         self.done: set[str] = set()
         self.earlier_files: list[str] = []
         if resume:
-            self._check_same_graph(info)
+            self._check_same_graph(spec)
             self._read_earlier()
         self._replace = overwrite and bool(earlier)
         self._stream: pa.ipc.RecordBatchStreamWriter | None = None
         self._sink: pa.NativeFile | None = None
         self._jsonl = None
 
-    def _check_same_graph(self, info: GraphInfo) -> None:
+    def _check_same_graph(self, spec: GraphSpec) -> None:
         stored = next(iter(self._sources()), None)
         if stored is None:
             return
         props = stored.schema.metadata or {}
         theirs = {k.decode(): v.decode() for k, v in props.items()}
-        mine = info.to_props()
+        mine = spec.to_props()
         keys = [k for k in mine if k.rsplit(".", 1)[-1] in ("model", "layer", "method", "labels", "image_size")]
         if any(theirs.get(k) != mine[k] for k in keys):
             raise UserError(

@@ -18,17 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from camexport._util import in_order
-from camexport.contract import GraphInfo
+from camexport.contract import GraphSpec
 from camexport.errors import CamExportError, UserError
-from camexport.runtime.explain import (
-    DEFAULT_FORMAT,
-    OVERLAY_FORMATS,
-    ExplainStyle,
-    failure_line,
-    output_folder,
-    unique_stem,
-    write_overlay,
-)
+from camexport.runtime.options import ExplainStyle
+from camexport.runtime.outputs import failure_line, output_folder, unique_stem, write_overlay
 from camexport.runtime.preprocess import open_image
 from camexport.runtime.records import CAMS, STAGING
 from camexport.runtime.visualize import heatmap_from_cam
@@ -65,17 +58,17 @@ def render(source: str | Path, out_dir: str | Path | None = None, style: Explain
     cams = _cams_file(Path(source))
     try:
         parquet = pq.ParquetFile(cams)
-        info = GraphInfo.from_props({k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()})
+        spec = GraphSpec.from_props({k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()})
     except (pa.ArrowException, OSError) as exc:
         raise UserError(f"{cams}: not a cams.parquet written by 'camexport explain' ({exc})") from None
     out = output_folder(out_dir if out_dir is not None else cams.parent)
     summary = RenderSummary()
-    height, width = info.preprocessing.image_size
+    height, width = spec.preprocessing.image_size
 
     def draw(row: _Row) -> Path | str:
         try:
             photo = open_image(row.image)
-            write_overlay(row.picture, photo, heatmap_from_cam(row.cam, height, width), info.preprocessing, style)
+            write_overlay(row.picture, photo, heatmap_from_cam(row.cam, height, width), spec.preprocessing, style)
             return row.picture
         except (CamExportError, OSError, ValueError) as exc:
             return failure_line(row.image, exc)
@@ -103,7 +96,7 @@ def _cams_file(source: Path) -> Path:
 
 
 def _rows(parquet: pq.ParquetFile, out: Path, style: ExplainStyle) -> Iterator[_Row]:
-    suffix = OVERLAY_FORMATS[style.overlay_format or DEFAULT_FORMAT][1]
+    suffix = style.overlay_suffix
     taken: set[str] = set()
     for batch in parquet.iter_batches(batch_size=256, columns=["image", "cam_shape", "cam"]):
         shapes, flat = batch.column("cam_shape").to_pylist(), batch.column("cam")

@@ -49,7 +49,7 @@ try:
 except ImportError as exc:  # the run side without camexport[serve]
     raise UserError(f"camexport serve needs {exc.name}; pip install 'camexport[serve]'") from None
 from camexport.runtime.batching import BatchStats, DynamicBatcher
-from camexport.runtime.preprocess import normalise, open_image, to_pixels
+from camexport.runtime.options import ExplainStyle, ServeOptions
 from camexport.runtime.session import CamSession, Explanation
 from camexport.runtime.visualize import check_style, overlay_on_photo
 
@@ -57,45 +57,6 @@ HeatmapKind = Literal["overlay", "cam", "none"]
 HEATMAP_KINDS: tuple[HeatmapKind, ...] = ("overlay", "cam", "none")
 IMAGE_TYPES = ("image/", "application/octet-stream", "multipart/form-data")
 ENDPOINTS = ("/explain", "/metadata", "/healthz", "/metrics")  # counted by name in /metrics; the rest as "other"
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """How the server listens and batches.
-
-    Attributes:
-        max_batch: most images per graph run.
-        max_wait_ms: longest an image waits for others before its batch runs.
-        max_upload_mb: largest request body accepted (413 above).
-        decoders: images decoded (and overlays encoded) at once, on worker threads.
-        drain_s: how long SIGTERM waits for the requests in flight.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch: int = 16
-    max_wait_ms: float = 5.0
-    max_upload_mb: float = 20.0
-    decoders: int = 4
-    drain_s: float = 30.0
-    access_log: bool = False
-
-    def check(self) -> None:
-        """Raises UserError for a bad setting."""
-        if not 0 <= self.port <= 65535:
-            raise UserError(f"port={self.port}: use 1..65535 (or 0 for any free port)")
-        for name in ("max_batch", "decoders"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name}={getattr(self, name)}: use 1 or more")
-        for name in ("max_wait_ms", "drain_s"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name}={getattr(self, name):g}: use 0 or more")
-        if self.max_upload_mb <= 0:
-            raise UserError(f"max_upload_mb={self.max_upload_mb:g}: use a positive number of megabytes")
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -120,10 +81,10 @@ class ExplainQuery:
             target = session.class_index(params.get("class"))
             query = cls(
                 target=target,
-                top_k=_number(params, "top_k", 5, int),
+                top_k=_number(params, "top_k", min(ExplainStyle.top_k, session.num_classes), int),
                 heatmap=params.get("heatmap", "overlay"),  # type: ignore[arg-type]
-                alpha=_number(params, "alpha", 0.5, float),
-                colormap=params.get("colormap", "jet"),
+                alpha=_number(params, "alpha", ExplainStyle.alpha, float),
+                colormap=params.get("colormap", ExplainStyle.colormap),
                 max_side=_number(params, "max_side", 1024, int),
             )
             query.check(session.num_classes)
@@ -182,11 +143,9 @@ class Server:
     def prepare(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
         """Upload bytes → (photo, graph input); RequestError (400) for a file that is not a readable image."""
         try:
-            photo = open_image(data, name="the uploaded file", mode=self.session.info.preprocessing.image_mode or "RGB")
+            return self.session.prepare(data, "the uploaded file")
         except UserError as exc:
             raise RequestError(f"{exc}; send a JPEG, PNG, WebP, BMP or TIFF photo") from None
-        pixels = to_pixels(photo, self.session.info.preprocessing)
-        return photo, pixels if self.session.info.takes_pixels else normalise(pixels, self.session.info.preprocessing)
 
     async def explain(self, request: Request) -> dict:
         """One /explain request: read, decode, batch, answer."""
@@ -210,21 +169,14 @@ class Server:
         body: dict = {
             "top": [{"index": k, "label": label, "probability": p} for k, label, p in result.top],
             "explained": {"index": result.class_index, "label": result.label, "probability": result.probability},
-            "method": self.session.info.methods[0],
+            "method": self.session.spec.methods[0],
             "image": {"width": photo.width, "height": photo.height},
         }
         if query.heatmap == "cam":
             body["cam"] = {"shape": list(result.cam.shape), "values": result.cam.astype(float).round(6).tolist()}
         elif query.heatmap == "overlay":
-            picture = overlay_on_photo(
-                photo,
-                result.input_heatmap,
-                result.preprocessing,
-                query.alpha,
-                query.colormap,
-                query.max_side,
-                result.region,
-            )
+            style = ExplainStyle(alpha=query.alpha, colormap=query.colormap, overlay_max_side=query.max_side)
+            picture = overlay_on_photo(photo, result.input_heatmap, result.preprocessing, style, result.region)
             buffer = io.BytesIO()
             picture.save(buffer, format="PNG", compress_level=1)
             body["overlay"] = {
@@ -236,9 +188,10 @@ class Server:
         return body
 
     def metadata(self) -> dict:
-        info = asdict(self.session.info)
+        """The graph's spec (its provenance's fields beside the others) and the server's batching settings."""
+        spec = asdict(self.session.spec)
         settings = ("max_batch", "max_wait_ms", "max_upload_mb")
-        return {**info, "server": {name: getattr(self.options, name) for name in settings}}
+        return {**spec, **spec.pop("provenance"), "server": {name: getattr(self.options, name) for name in settings}}
 
 
 async def _unless_gone(request: Request, work: Awaitable[Row]) -> Row:
@@ -450,7 +403,7 @@ def serve(graph: str, options: ServeOptions, provider: str = "cpu", threads: int
         timeout_graceful_shutdown=options.drain_s,
         lifespan="on",
     )
-    log(f"serving {session.path} ({session.info.model}, {session.info.methods[0]}) on http://{host}:{port}")
+    log(f"serving {session.path} ({session.spec.provenance.model}, {session.spec.methods[0]}) on http://{host}:{port}")
     _DrainingServer(config).run(sockets=[sock])
     log("stopped: the requests in flight were answered")
 

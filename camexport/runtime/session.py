@@ -15,18 +15,12 @@ import onnxruntime as ort
 from PIL import Image
 
 from camexport._util import first_line
-from camexport.contract import IMAGE, REGION, TARGET_CLASS, GraphInfo, Preprocessing
+from camexport.contract import IMAGE, TARGET_CLASS, GraphSpec, Preprocessing, Signature
 from camexport.errors import CamExportError, NonFiniteOutputError, UserError
 from camexport.runtime.preprocess import heatmap_to_original, normalise, open_image, seen_mask, to_pixels
+from camexport.runtime.tasks import REGISTRY as TASKS
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities [N, classes] of a graph's ``logits``, in float64 (max subtracted first)."""
-    shifted = np.asarray(logits, dtype=np.float64)
-    shifted = np.exp(shifted - shifted.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def resolve_providers(provider: str) -> list[str]:
@@ -57,7 +51,7 @@ class CamSession:
         spin: let onnxruntime's idle worker threads spin-wait for work (its own default) rather than sleep.
             camexport's default is False: measured on 2 cores, where the threads that read and draw
             photos need the cores too, explain ran faster with sleeping workers and the graph alone no
-            slower (benchmarks/explain_dataset.md).
+            slower (benchmarks/explain_dataset/explain_dataset.md).
 
     Raises:
         UserError: the file is missing, not ONNX, or not built by camexport.
@@ -80,19 +74,22 @@ class CamSession:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
             raise UserError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)[:160]})") from None
-        self.info = GraphInfo.from_props(self._session.get_modelmeta().custom_metadata_map, self.path)
+        self.spec = GraphSpec.from_props(self._session.get_modelmeta().custom_metadata_map, self.path)
+        self.task = TASKS[self.spec.task]
         self.output_names = [o.name for o in self._session.get_outputs()]
-        logits = self._session.get_outputs()[0].shape[1]  # K of [N, K] or [N, K, H, W]
-        if isinstance(logits, int) and logits != len(self.info.labels):
+        # A contract 1 graph's target_class has a default: onnxruntime lists it among the overridable initializers.
+        inputs = [*self._session.get_inputs(), *self._session.get_overridable_initializers()]
+        problems = self.spec.mismatches(_signatures(inputs), _signatures(self._session.get_outputs()))
+        if problems:
             raise UserError(
-                f"{self.path}: damaged camexport metadata ({len(self.info.labels)} labels for {logits} logits); "
-                "rebuild the graph with 'camexport build'"
+                f"{self.path}: damaged camexport metadata (the graph's {problems[0]}); rebuild the graph with "
+                "'camexport build'"
             )
 
     @property
     def num_classes(self) -> int:
         """Number of logits (and labels)."""
-        return len(self.info.labels)
+        return len(self.spec.labels)
 
     def run(
         self,
@@ -133,7 +130,7 @@ class CamSession:
         named = dict(zip(self.output_names, outputs, strict=True))
         broken = [name for name, value in named.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
         if broken:
-            largest = float(np.abs(feeds[IMAGE]).max()) if feeds[IMAGE].size else 0.0
+            largest = float(np.abs(feeds[IMAGE.name]).max()) if feeds[IMAGE.name].size else 0.0
             raise NonFiniteOutputError(
                 f"the graph's {', '.join(broken)} are not finite for this batch (largest input magnitude "
                 f"{largest:.3g}); pass pixels normalised as the graph's metadata says"
@@ -141,35 +138,15 @@ class CamSession:
         return named
 
     def _feeds(self, image: np.ndarray, target_class, region: np.ndarray | None) -> dict[str, np.ndarray]:
-        feeds: dict[str, np.ndarray] = {IMAGE: self._check_batch(image)}
-        feeds[TARGET_CLASS] = self._check_target(-1 if target_class is None else target_class, image.shape[0])
-        if self.info.segments:
-            feeds[REGION] = self._check_region(region, image.shape[0])
-        elif region is not None:
-            raise UserError(f"{self.path} explains a classifier, not a segmentation model; leave `region` out")
-        return feeds
+        feeds: dict[str, np.ndarray] = {IMAGE.name: self._check_batch(image)}
+        feeds[TARGET_CLASS.name] = self._check_target(-1 if target_class is None else target_class, image.shape[0])
+        return feeds | self.task.feeds(self.spec, region, image.shape[0])
 
     def logits(self, image: np.ndarray) -> np.ndarray:
         """The graph's ``logits`` for a prepared batch (as :meth:`run` takes it): what ``evaluate`` scores
         probabilities with. onnxruntime runs every node of a graph whatever outputs are asked for; a subclass with
-        the build side at hand can run only the part that computes the logits (benchmarks/quality.py does)."""
+        the build side at hand can run only the part that computes the logits (benchmarks/quality/quality.py does)."""
         return self.run(image)["logits"]
-
-    def _check_region(self, region: np.ndarray | None, batch: int) -> np.ndarray:
-        """float32 [batch, H, W]: −1 everywhere for None, a [H, W] region repeated for every image."""
-        height, width = self.info.preprocessing.image_size
-        if region is None:
-            return np.full((batch, height, width), -1.0, dtype=np.float32)
-        region = np.asarray(region, dtype=np.float32)
-        region = np.broadcast_to(region, (batch, *region.shape)) if region.ndim == 2 else region
-        if region.shape != (batch, height, width):
-            raise UserError(
-                f"region has shape {list(region.shape)}; the graph takes [{height}, {width}] or [{batch}, {height}, "
-                f"{width}] pixel weights (1 inside, 0 outside, -1 where predicted)"
-            )
-        if not np.isfinite(region).all():
-            raise UserError("region holds NaN or Inf values; pass finite pixel weights")
-        return np.ascontiguousarray(region)
 
     def _check_target(self, target_class: np.ndarray | list[int] | int, batch: int) -> np.ndarray:
         """int64 [1] or [batch] class indices (−1: top-1), fed always: the graph's input is required (contract 2)."""
@@ -184,18 +161,18 @@ class CamSession:
         return target.astype(np.int64)
 
     def _check_batch(self, image: np.ndarray) -> np.ndarray:
-        height, width = self.info.preprocessing.image_size
-        c = self.info.preprocessing.channels
-        if self.info.takes_pixels:
-            want = f"[N, H, W, {c}] uint8" if self.info.dynamic_size else f"[N, {height}, {width}, {c}] uint8"
+        height, width = self.spec.preprocessing.image_size
+        c = self.spec.preprocessing.channels
+        if self.spec.takes_pixels:
+            want = f"[N, H, W, {c}] uint8" if self.spec.dynamic_size else f"[N, {height}, {width}, {c}] uint8"
             fits = image.ndim == 4 and image.shape[3] == c
-            fits = fits and (self.info.dynamic_size or image.shape[1:3] == (height, width))
+            fits = fits and (self.spec.dynamic_size or image.shape[1:3] == (height, width))
             if not fits or image.dtype != np.uint8:
                 raise UserError(f"image batch is {list(image.shape)} {image.dtype}; the graph takes {want} pixels")
         else:
-            want = f"[N, {c}, H, W]" if self.info.dynamic_size else f"[N, {c}, {height}, {width}]"
+            want = f"[N, {c}, H, W]" if self.spec.dynamic_size else f"[N, {c}, {height}, {width}]"
             fits = image.ndim == 4 and image.shape[1] == c
-            if not fits or not (self.info.dynamic_size or image.shape[2:] == (height, width)):
+            if not fits or not (self.spec.dynamic_size or image.shape[2:] == (height, width)):
                 raise UserError(f"image batch has shape {list(image.shape)}; the graph takes {want}")
             image = np.ascontiguousarray(image, dtype=np.float32)
             if not np.isfinite(image).all():
@@ -212,7 +189,7 @@ class CamSession:
         """
         if wanted is None:
             return -1
-        labels = self.info.labels
+        labels = self.spec.labels
         text = str(wanted).strip()
         if text.lstrip("-").isdigit():
             index = int(text)
@@ -227,7 +204,8 @@ class CamSession:
         return matches[0]
 
     def prepare(self, image: ImageLike, name: str = "image") -> tuple[Image.Image, np.ndarray]:
-        """One image (PIL image, file path, or uint8/float array [H, W], [H, W, 1|3|4]) → (photo, graph input).
+        """One image (PIL image, file path, the bytes of a file, or uint8/float array [H, W], [H, W, 1|3|4]) → (photo,
+        graph input).
 
         The photo is in the graph's image mode (RGB for 3 channels, L for 1, four bands for 4); the input is
         [C, H, W] normalised, or [H, W, C] uint8 for a ``--input uint8`` graph.
@@ -235,9 +213,9 @@ class CamSession:
         Raises:
             UserError: unreadable file, or an array of the wrong shape or with NaN/Inf values.
         """
-        photo = as_photo(image, name, self.info.preprocessing.image_mode or "RGB")
-        pixels = to_pixels(photo, self.info.preprocessing)
-        return photo, pixels if self.info.takes_pixels else normalise(pixels, self.info.preprocessing)
+        photo = as_photo(image, name, self.spec.preprocessing.image_mode or "RGB")
+        pixels = to_pixels(photo, self.spec.preprocessing)
+        return photo, pixels if self.spec.takes_pixels else normalise(pixels, self.spec.preprocessing)
 
     def explain(
         self,
@@ -267,7 +245,7 @@ class CamSession:
         if batch_size < 1:
             raise UserError(f"batch_size={batch_size}: use 1 or more")
         index = self.class_index(target)
-        if self.info.random_weights:
+        if self.spec.provenance.random_weights:
             warnings.warn(random_weights_note(self), UserWarning, stacklevel=2)
         results: list[Explanation] = []
         for start in range(0, len(items), batch_size):
@@ -288,19 +266,14 @@ class CamSession:
     def explanation(
         self, outputs: dict[str, np.ndarray], i: int, photo_size: tuple[int, int], top_k: int = 5
     ) -> Explanation:
-        """Image ``i`` of a batch's :meth:`run` outputs as an :class:`Explanation` of a ``photo_size`` photo.
-
-        For a segmentation graph the classes are ranked by their share of the predicted pixels, and the region
-        is the pixels predicted as the explained class (what the graph explains by default)."""
-        labels = self.info.labels
+        """Image ``i`` of a batch's :meth:`run` outputs as an :class:`Explanation` of a ``photo_size`` photo, its
+        classes ranked and its region chosen by the graph's task (:mod:`camexport.runtime.tasks`: a segmentation's
+        classes by their share of the predicted pixels, its region the pixels predicted as the explained class)."""
+        labels = self.spec.labels
         chosen = int(outputs["class_index"][i])
-        region = None
-        if self.info.segments:
-            predicted = outputs["segmentation"][i]
-            probs = np.bincount(predicted.ravel(), minlength=len(labels)) / max(predicted.size, 1)
-            region = predicted == chosen
-        else:
-            probs = softmax(outputs["logits"][i : i + 1])[0]
+        probs = self.task.ranking(outputs, i)
+        regions = self.task.regions(outputs)
+        region = None if regions is None else regions[i]
         order = np.argsort(-probs, kind="stable")[:top_k]
         return Explanation(
             top=[(int(k), labels[int(k)], float(probs[k])) for k in order],
@@ -310,12 +283,12 @@ class CamSession:
             cam=outputs["cam"][i],
             input_heatmap=outputs["heatmap"][i],
             photo_size=photo_size,
-            preprocessing=self.info.preprocessing,
+            preprocessing=self.spec.preprocessing,
             region=region,
         )
 
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 - a runtime alias
+ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray]  # noqa: UP007 - a runtime alias
 
 
 @dataclass
@@ -363,7 +336,7 @@ class Explanation:
 def random_weights_note(session: CamSession) -> str:
     """What to tell a user whose graph has random weights (said once per run)."""
     return (
-        f"{session.path} was built with random weights ({session.info.weights}): its predictions and labels "
+        f"{session.path} was built with random weights ({session.spec.provenance.weights}): its predictions and labels "
         "mean nothing; rebuild it with real weights (camexport build MODEL --weights default or PATH) to "
         "explain real classes"
     )
@@ -383,8 +356,8 @@ def as_photo(image: ImageLike, name: str = "image", mode: str = "RGB") -> Image.
     Raises:
         UserError: unreadable file; wrong array shape or dtype; NaN or Inf; float values outside [0, 1].
     """
-    if isinstance(image, (str, Path, Image.Image)):
-        return open_image(image, mode=mode)
+    if isinstance(image, (str, Path, bytes, Image.Image)):
+        return open_image(image, name if isinstance(image, bytes) else None, mode)
     if not isinstance(image, np.ndarray):
         raise UserError(
             f"{name}: {type(image).__name__} is not an image; pass a PIL image, a file path or an array of pixels"
@@ -402,3 +375,11 @@ def as_photo(image: ImageLike, name: str = "image", mode: str = "RGB") -> Image.
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     return open_image(Image.fromarray(np.ascontiguousarray(image)), name, mode)
+
+
+_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(uint8)": "uint8"}
+
+
+def _signatures(values: Sequence[ort.NodeArg]) -> dict[str, Signature]:
+    """onnxruntime's view of a graph's inputs or outputs: name → (dtype, dimensions)."""
+    return {value.name: (_DTYPES.get(value.type, value.type), list(value.shape)) for value in values}

@@ -10,6 +10,7 @@ from PIL import Image, ImageFilter
 
 from camexport.contract import FLAT_MAP, Preprocessing
 from camexport.errors import UserError
+from camexport.runtime.options import ExplainStyle
 from camexport.runtime.preprocess import placed_heatmap
 
 
@@ -60,17 +61,18 @@ def overlay_on_photo(
     photo: Image.Image,
     input_heatmap: np.ndarray,
     preprocessing: Preprocessing,
-    alpha: float = 0.5,
-    colormap: str = "jet",
-    max_side: int | None = None,
+    style: ExplainStyle | None = None,
     region: np.ndarray | None = None,
 ) -> Image.Image:
     """The graph's ``input_heatmap`` placed back on ``photo`` (downscaled first so that its longer side is at most
-    ``max_side``, if given) and blended over the part the network saw; the rest of the photo is left as it is.
+    the style's ``overlay_max_side``, if given) and blended over the part the network saw with the style's
+    ``alpha`` and ``colormap``; the rest of the photo is left as it is.
 
     The result is RGB: a grayscale photo is shown in gray, a four-band one by its first three bands. A
     ``region`` (bool [H, W] at the network input's size: the pixels a segmentation explains) is outlined in
     white, one pixel wide on the drawn photo."""
+    style = style or ExplainStyle()
+    max_side = style.overlay_max_side
     if photo.mode != "RGB":
         photo = photo.convert("RGB")
     if max_side and max(photo.size) > max_side:
@@ -79,7 +81,7 @@ def overlay_on_photo(
         photo = photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     box, heatmap = placed_heatmap(input_heatmap, preprocessing, *photo.size)
     coloured = photo.copy()
-    coloured.paste(overlay(photo.crop(box), heatmap, alpha, colormap), box)
+    coloured.paste(overlay(photo.crop(box), heatmap, style.alpha, style.colormap), box)
     if region is not None:
         _outline(coloured, region, preprocessing)
     return coloured

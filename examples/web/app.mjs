@@ -10,7 +10,7 @@ ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardw
 ort.env.logLevel = "error";
 
 const state = { session: null, meta: null, backend: null };
-// What the page showed last, for scripts that drive it (tests/test_web.py): the numbers behind the pixels.
+// What the page showed last, for scripts that drive it (tests/e2e/test_web.py): the numbers behind the pixels.
 window.camexport = { ready: false, result: null, error: null };
 
 function status(text) {

@@ -4,7 +4,7 @@
 // the graph are the Python session's, byte for byte), the graph's input tensor, the top-k classes, and
 // matplotlib's jet colours for the heatmap.
 
-// The graph contracts this code reads (README: "The graph contract"; camexport/contract.py).
+// The graph contracts this code reads (docs/contract.md; camexport/contract.py).
 // 2: target_class is a required input ([1] or [batch], -1 = top-1); 1: it had a default.
 export const CONTRACTS = ["1", "2"];
 

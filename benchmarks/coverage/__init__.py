@@ -1,0 +1,1 @@
+"""Coverage sweep: every torchvision classifier built and validated at its default layer."""

@@ -1,0 +1,1 @@
+"""The explanation's overhead against its FLOP-ideal, per model and layer."""

@@ -1,0 +1,1 @@
+"""Explanation quality of the CAM methods, measured through the graph."""

@@ -1,0 +1,1 @@
+"""ReciproCAM's cost in the graph, next to Grad-CAM++."""

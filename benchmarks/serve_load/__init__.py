@@ -1,0 +1,1 @@
+"""`camexport serve` under load."""

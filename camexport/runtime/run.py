@@ -1,0 +1,109 @@
+"""One explain run's state: its output folder, its record log, its summary, and the two calls by which an executor
+(:mod:`camexport.runtime.local`, :mod:`camexport.runtime.distributed`) reports each image: explained, or failed."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from camexport.errors import CamExportError
+from camexport.runtime.options import ExplainStyle
+from camexport.runtime.records import Record, RecordLog
+from camexport.runtime.session import CamSession
+
+
+@dataclass
+class ExplainSummary:
+    """What :func:`explain_paths` did.
+
+    Attributes:
+        written: every file written (overlays, heatmaps), in order.
+        failures: one line per file that failed, naming it and the problem.
+        predictions: the JSON Lines file (one record per explained image, this run's and a resumed one's).
+        columnar: ``cams.parquet``, the records with each image's raw cam.
+        explained: how many images this run explained.
+        already_done: how many of the given images a resumed earlier run had recorded (skipped).
+        skipped: files in the given folders that are not images (by suffix), left alone.
+        seconds: wall time of the whole run.
+    """
+
+    written: list[Path] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    predictions: Path | None = None
+    columnar: Path | None = None
+    explained: int = 0
+    already_done: int = 0
+    skipped: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        """Explained images per second of wall time."""
+        return self.explained / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class ExplainRun:
+    """One run: the graph, the folder and style its images are explained into, and what has been reported.
+
+    Attributes:
+        session: the graph.
+        out: the output folder.
+        style: what each image becomes; its ``target`` is a class index (−1: top-1).
+        summary: what the run did so far.
+        log: where the line per explained image goes.
+        records: the folder's record log.
+        stems: the file stems taken in the folder (by this run and an earlier one).
+    """
+
+    session: CamSession
+    out: Path
+    style: ExplainStyle
+    summary: ExplainSummary
+    log: Callable[[str], None]
+    records: RecordLog
+    stems: set[str] = field(default_factory=set)
+
+    def report(self, records: list[Record], bar: tqdm) -> None:
+        """Records explained images (appended and flushed), counts them, and logs one line each."""
+        self.records.append(records)
+        for record in records:
+            self.summary.written += [Path(w) for w in (record.overlay, record.heatmap) if w]
+            self.summary.explained += 1
+            best = record.top[0]
+            where = f" -> {record.overlay}" if record.overlay else ""
+            with tqdm.external_write_mode():  # the bar steps aside for the line, then redraws
+                self.log(
+                    f"{record.image}: {best['label']} ({best['probability']:.2f}); explained '{record.label}'{where}"
+                )
+        bar.update(len(records))
+
+    def fail(self, message: str) -> None:
+        self.summary.failures.append(message)
+        with tqdm.external_write_mode(file=sys.stderr):
+            print(f"error: {message}", file=sys.stderr)
+
+
+class Interrupted(CamExportError):
+    """Ctrl-C (SIGINT) stopped a run; the finished batches are recorded and merged."""
+
+    exit_code = 130
+
+    def __init__(self, summary: ExplainSummary, predictions: Path) -> None:
+        super().__init__(
+            f"interrupted after {summary.explained} image(s); the records are in {predictions}: run the same "
+            "command with `resume` to finish"
+        )
+        self.summary = summary
+
+
+class NothingExplained(CamExportError):
+    """Every image of a run failed (each already reported); nothing was written."""
+
+    def __init__(self, summary: ExplainSummary) -> None:
+        super().__init__(f"none of the {len(summary.failures)} image(s) could be explained; nothing was written")
+        self.summary = summary

@@ -1,0 +1,92 @@
+"""The tasks on the run side: what a task's graph takes besides the image and the class, how its classes are ranked,
+and which pixels an explanation outlines.
+
+A task's contract record (:data:`camexport.contract.TASKS`) declares its inputs and outputs; its build side is
+:mod:`camexport.builder.tasks`. Here one :class:`RunTask` per task in :data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from camexport.contract import CLASSIFICATION, REGION, SEGMENTATION, SEGMENTATION_TASK, GraphSpec, TaskSpec
+from camexport.errors import UserError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities [N, classes, ...] of a graph's ``logits``, in float64 (max subtracted first)."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(shifted - shifted.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class RunTask(Protocol):
+    """A task's run side."""
+
+    spec: TaskSpec
+
+    def feeds(self, spec: GraphSpec, region: np.ndarray | None, batch: int) -> dict[str, np.ndarray]:
+        """The task's inputs for a batch, from what the caller gave (:meth:`CamSession.run`'s ``region``).
+
+        Raises:
+            UserError: an input this task does not take, or one of the wrong shape or values.
+        """
+
+    def ranking(self, outputs: dict[str, np.ndarray], i: int) -> np.ndarray:
+        """Image ``i``'s score of every class [K], by which its top classes are ranked (a probability or a share)."""
+
+    def regions(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Bool [N, H, W]: the pixels each image's explanation is about, at the network input's size; None: the
+        whole image."""
+
+
+class Classification:
+    """Classes ranked by their softmax probability; the explanation is about the whole image."""
+
+    spec = CLASSIFICATION
+
+    def feeds(self, spec, region, batch):
+        if region is not None:
+            raise UserError("this graph explains a classifier, not a segmentation model; leave `region` out")
+        return {}
+
+    def ranking(self, outputs, i):
+        return softmax(outputs["logits"][i : i + 1])[0]
+
+    def regions(self, outputs):
+        return None
+
+
+class Segmentation:
+    """Classes ranked by their share of the predicted pixels; the explanation is about the pixels predicted as the
+    explained class (what the graph explains by default)."""
+
+    spec = SEGMENTATION_TASK
+
+    def feeds(self, spec, region, batch):
+        """float32 [batch, H, W]: −1 everywhere for None, a [H, W] region repeated for every image."""
+        height, width = spec.preprocessing.image_size
+        if region is None:
+            return {REGION.name: np.full((batch, height, width), -1.0, dtype=np.float32)}
+        region = np.asarray(region, dtype=np.float32)
+        region = np.broadcast_to(region, (batch, *region.shape)) if region.ndim == 2 else region
+        if region.shape != (batch, height, width):
+            raise UserError(
+                f"region has shape {list(region.shape)}; the graph takes [{height}, {width}] or [{batch}, {height}, "
+                f"{width}] pixel weights (1 inside, 0 outside, -1 where predicted)"
+            )
+        if not np.isfinite(region).all():
+            raise UserError("region holds NaN or Inf values; pass finite pixel weights")
+        return {REGION.name: np.ascontiguousarray(region)}
+
+    def ranking(self, outputs, i):
+        predicted = outputs[SEGMENTATION.name][i]
+        return np.bincount(predicted.ravel(), minlength=outputs["logits"].shape[1]) / max(predicted.size, 1)
+
+    def regions(self, outputs):
+        return outputs[SEGMENTATION.name] == outputs["class_index"][:, None, None]
+
+
+REGISTRY: dict[str, RunTask] = {task.spec.name: task for task in (Classification(), Segmentation())}

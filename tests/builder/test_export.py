@@ -1,0 +1,146 @@
+"""Graph rewrites of the export step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from camexport.builder.export import drop_unused_initializers, fold_broadcast_matmuls, fold_weight_transposes
+
+
+def _fold_and_compare(
+    nodes: list, weight: np.ndarray, shape: list[int], expected_ops: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Runs a graph y = f(x, w) before and after folding; returns y and x."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2, 5])],
+        initializer=[
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape"),
+        ],
+    )
+    x = np.random.default_rng(1).standard_normal((3, 2, 4)).astype(np.float32)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert fold_broadcast_matmuls(model.graph) == 1
+    assert [n.op_type for n in model.graph.node] == expected_ops
+    onnx.checker.check_model(model, full_check=True)
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-6)
+    return after, x
+
+
+def test_matmul_with_an_expanded_weight_uses_broadcasting() -> None:
+    weight = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    nodes = [
+        helper.make_node("Expand", ["w", "shape"], ["w3"]),
+        helper.make_node("MatMul", ["x", "w3"], ["y"]),
+    ]
+    after, x = _fold_and_compare(nodes, weight, [3, 4, 5], ["MatMul"])
+    np.testing.assert_allclose(after, x @ weight, rtol=1e-5)
+
+
+def test_matmul_with_a_transposed_expanded_weight_uses_broadcasting() -> None:
+    """The backward of a sequence-first linear layer: MatMul(x, Transpose(Expand(W), [0, 2, 1]))."""
+    weight = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Expand", ["w", "shape"], ["w3"]),
+        helper.make_node("Transpose", ["w3"], ["w3t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["x", "w3t"], ["y"]),
+    ]
+    after, x = _fold_and_compare(nodes, weight, [3, 5, 4], ["Transpose", "MatMul"])
+    np.testing.assert_allclose(after, x @ weight.T, rtol=1e-5)
+
+
+def test_large_weights_go_to_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the threshold (2 GB protobuf limit in practice; lowered here), weights live in <graph>.onnx.data."""
+    from building import reference
+    from test_dynamic_size import STRIDED_NET
+
+    import camexport.builder.export
+    from camexport.builder.pipeline import BuildOptions, build
+    from camexport.builder.sources import load_model
+    from camexport.runtime.session import CamSession
+
+    (tmp_path / "net.py").write_text(STRIDED_NET)
+    spec = f"{tmp_path / 'net.py'}:factory"
+    out = tmp_path / "graphs" / "net.onnx"
+    options = BuildOptions(model=spec, weights="random", image_size=(48, 48), output=out)
+    monkeypatch.setattr(camexport.builder.export, "EXTERNAL_DATA_BYTES", 1000)
+    result = build(options, log=lambda _: None)
+    data = out.with_name("net.onnx.data")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["net.json", "net.onnx", "net.onnx.data"]
+    assert result.summary["external_data"] == str(data)
+    stored = onnx.load(str(out), load_external_data=False).graph.initializer
+    outside = [t for t in stored if t.data_location == TensorProto.EXTERNAL]
+    inside = [t for t in stored if t.data_location != TensorProto.EXTERNAL]
+    assert {t.name for t in outside} >= {"3_weight", "6_weight"}  # the two larger convolutions' weights
+    assert all(len(t.raw_data) < 1024 for t in inside)  # everything from 1 KB up lives in the data file
+    assert data.stat().st_size >= sum(4 * np.prod(t.dims) for t in outside)
+    onnx.checker.check_model(str(out), full_check=True)
+    image = np.random.default_rng(5).standard_normal((2, 3, 48, 48)).astype(np.float32)
+    graph = CamSession(out).run(image, [-1, 2])
+    ref = reference(load_model(spec, "random").module, result.layer, "gradcampp", image, [-1, 2])
+    assert np.abs(graph["heatmap"] - ref["heatmap"]).max() <= 4e-3 and ref["heatmap"].max() > 0
+
+    monkeypatch.setattr(camexport.builder.export, "EXTERNAL_DATA_BYTES", 10**12)
+    build(options, log=lambda _: None)  # rebuilt small: one file, the stale data file removed
+    assert sorted(p.name for p in out.parent.iterdir()) == ["net.json", "net.onnx"]
+
+
+def test_atomic_write_moves_companions_or_nothing(tmp_path: Path) -> None:
+    from camexport._util import write_atomically
+
+    target = tmp_path / "g.onnx"
+
+    def two_files(path: Path) -> None:
+        path.write_text("graph")
+        path.with_name(path.name + ".data").write_text("weights")
+
+    assert write_atomically(target, two_files) == [tmp_path / "g.onnx.data", target]
+    assert target.read_text() == "graph" and (tmp_path / "g.onnx.data").read_text() == "weights"
+
+    def fails_after_writing(path: Path) -> None:
+        two_files(path)
+        raise RuntimeError("validation failed")
+
+    other = tmp_path / "h.onnx"
+    with pytest.raises(RuntimeError):
+        write_atomically(other, fails_after_writing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx", "g.onnx.data"]
+
+
+def test_a_transposed_weight_is_stored_transposed_and_unused_initializers_go() -> None:
+    """Forward ``x @ W`` and backward ``g @ Wᵀ`` share W: after folding, Wᵀ is its own initializer (no
+    Transpose left for OpenVINO to fuse wrongly), both products are unchanged, and nothing unused remains."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((4, 6)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["g", "wt"], ["dx"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", k]) for n, k in (("x", 4), ("g", 6))],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", k]) for n, k in (("y", 6), ("dx", 4))],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(weight[:1], "stale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x, g = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((3, 6)).astype(np.float32)
+    assert fold_weight_transposes(model.graph) == 1 and drop_unused_initializers(model.graph) == 1
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "MatMul"]
+    assert sorted(t.name for t in model.graph.initializer) == ["w", "wt"]
+    onnx.checker.check_model(model, full_check=True)
+    y, dx = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "g": g})
+    np.testing.assert_allclose(y, x @ weight, rtol=1e-5)
+    np.testing.assert_allclose(dx, g @ weight.T, rtol=1e-5)

@@ -1,0 +1,157 @@
+"""The browser page of examples/web in Debian's chromium (headless, driven by playwright-core): the top-5 and the
+heatmap of coffee.png equal the Python session's; a bad file or graph shows an error on the page. And the page's
+JavaScript preprocessing equals Pillow's byte for byte (in Node.js, no browser needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from building import built_graph
+from PIL import Image
+from support import script_module
+
+from camexport.contract import Preprocessing
+from camexport.runtime.preprocess import to_pixels
+from camexport.runtime.samples import sample_photo
+from camexport.runtime.session import CamSession
+
+WEB = Path(__file__).resolve().parents[2] / "examples" / "web"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def _install_chromium() -> None:
+    """Debian's chromium from apt, where this is a Debian machine run as root (CI); else the test is skipped."""
+    if Path(CHROMIUM).exists():
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip(f"no browser at {CHROMIUM} and no apt-get as root to install Debian's chromium")
+    quiet = {"capture_output": True, "timeout": 1200, "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
+    if subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], **quiet).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], check=True, **quiet)
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, **quiet)
+
+
+@pytest.fixture(scope="module")
+def web_example() -> Path:
+    """The page with its npm dependencies (``npm ci``: onnxruntime-web, playwright-core; no browser download)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js and npm are not installed on this machine")
+    wanted = [WEB / "node_modules" / name for name in ("onnxruntime-web", "playwright-core")]
+    if not all(path.is_dir() for path in wanted):
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB, check=True, timeout=600)
+    return WEB
+
+
+@pytest.fixture(scope="module")
+def page(web_example: Path, graph_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The page served on 127.0.0.1 by examples/web/serve.py, the graphs folder at /graphs/."""
+    _install_chromium()
+    built_graph(graph_dir, "efficientnet_lite0", None, "gradcampp", weights="default", input="uint8")
+    with script_module(web_example / "serve.py", "web_serve") as serve:
+        server = serve.make_server(0, graph_dir)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def _drive(web: Path, url: str, photo: Path, out: Path, screenshot: Path | None = None) -> dict:
+    command = ["node", "drive.mjs", url, str(photo), str(out), *([str(screenshot)] if screenshot else [])]
+    result = subprocess.run(
+        command, cwd=web, capture_output=True, text=True, timeout=300, env={**os.environ, "CHROMIUM": CHROMIUM}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def _graph_name(graph_dir: Path) -> str:
+    return built_graph(graph_dir, "efficientnet_lite0", None, "gradcampp", weights="default", input="uint8").name
+
+
+@pytest.mark.slow
+def test_the_page_shows_espresso_and_pythons_heatmap(
+    page: str, web_example: Path, graph_dir: Path, tmp_path: Path
+) -> None:
+    photo = tmp_path / "coffee.png"
+    sample_photo("coffee").save(photo)  # 600 x 400: resized and cropped by the page's JavaScript
+    shown = _drive(
+        web_example,
+        f"{page}?graph=graphs/{_graph_name(graph_dir)}",
+        photo,
+        tmp_path / "out.json",
+        tmp_path / "page.png",
+    )
+    assert shown["error"] is None and shown["console"] == [], shown
+    assert shown["top5"][0].startswith("espresso — 95") and len(shown["top5"]) == 5 and shown["explained"] == "espresso"
+    session = CamSession(graph_dir / _graph_name(graph_dir))
+    python = session.run(to_pixels(Image.open(photo), session.spec.preprocessing)[None])
+    heatmap = np.array(shown["result"]["heatmap"], dtype=np.float32).reshape(224, 224)
+    assert np.abs(heatmap - python["heatmap"][0]).max() <= 1e-3
+    assert shown["result"]["explained"] == int(python["class_index"][0]) == 967
+    assert [t["index"] for t in shown["result"]["top"]] == list(np.argsort(-python["logits"][0])[:5])
+    assert shown["result"]["backend"] in ("wasm", "webgpu") and shown["isolated"]  # threaded WebAssembly allowed
+    assert Image.open(tmp_path / "page.png").size[0] == 1000
+
+
+@pytest.mark.slow
+def test_a_bad_photo_or_graph_shows_an_error_on_the_page(
+    page: str, web_example: Path, graph_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are notes, not a photo")
+    shown = _drive(web_example, f"{page}?graph=graphs/{_graph_name(graph_dir)}", bad, tmp_path / "bad.json")
+    assert shown["error"] == "notes.png: not an image this browser can decode; pick a JPEG, PNG, WebP, GIF or BMP photo"
+    assert shown["result"] is None and shown["top5"] == []
+    (graph_dir / "plain.onnx").write_bytes(b"\x08\x07\x12\x04test")  # a protobuf, but no camexport metadata
+    sample_photo("coffee").save(tmp_path / "coffee.png")
+    shown = _drive(web_example, f"{page}?graph=graphs/plain.onnx", tmp_path / "coffee.png", tmp_path / "plain.json")
+    assert shown["error"].startswith("plain.onnx: not a graph built by camexport") and shown["result"] is None
+    shown = _drive(web_example, f"{page}?graph=graphs/missing.onnx", tmp_path / "coffee.png", tmp_path / "missing.json")
+    assert shown["error"] == "graphs/missing.onnx: HTTP 404; check the ?graph= address" and shown["result"] is None
+
+
+PILLOW_CASES = [("coffee", "bicubic", None, 3), ("astronaut", "bilinear", None, 3), ("chelsea", "lanczos", None, 3),
+                ("coffee", "bicubic", (123, 77), 3), ("rocket", "bilinear", (33, 300), 3),
+                ("astronaut", "bicubic", None, 1), ("chelsea", "bilinear", (123, 77), 4)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "interpolation", "size", "channels"), PILLOW_CASES)
+def test_the_javascript_resize_and_crop_equal_pillows(
+    web_example: Path, tmp_path: Path, name: str, interpolation: str, size: tuple[int, int] | None, channels: int
+) -> None:
+    """camexport.mjs's toPixels against camexport.runtime.preprocess.to_pixels: every byte, for down- and
+    upscaling, a crop wider than the photo, each filter (Pillow's fixed-point arithmetic ported), a colour photo
+    turned to luma for a 1-channel graph, and a four-band image whose fourth band varies."""
+    photo = sample_photo(name).convert("RGB")
+    photo = photo.resize(size) if size else photo
+    if channels == 4:
+        fourth = np.add.outer(np.arange(photo.height), np.arange(photo.width)) % 256
+        photo = Image.fromarray(np.dstack([np.asarray(photo), fourth.astype(np.uint8)]), "RGBA")
+    prep = Preprocessing(
+        mean=(0.5,) * channels,
+        std=(0.5,) * channels,
+        image_size=(224, 224),
+        resize_size=256,
+        interpolation=interpolation,
+    )
+    np.asarray(photo.convert("RGBA")).tofile(tmp_path / "photo.rgba")
+    script = (
+        "import fs from 'node:fs'; import { toPixels } from './camexport.mjs';"
+        f"const rgba = new Uint8Array(fs.readFileSync('{tmp_path / 'photo.rgba'}'));"
+        f"const meta = {{ size: [224, 224], resize: 256, interpolation: '{interpolation}', mean: {list(prep.mean)} }};"
+        f"fs.writeFileSync('{tmp_path / 'pixels.bin'}', toPixels(rgba, {photo.width}, {photo.height}, meta));"
+    )
+    subprocess.run(["node", "--input-type=module", "-e", script], cwd=web_example, check=True, timeout=120)
+    ours = np.fromfile(tmp_path / "pixels.bin", dtype=np.uint8).reshape(224, 224, channels)
+    assert np.array_equal(ours, to_pixels(photo, prep))

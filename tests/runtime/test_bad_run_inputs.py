@@ -1,0 +1,106 @@
+"""The run side's bad-input matrix: every kind of user mistake across explain, render, evaluate and samples ends in
+one line naming the problem (``camexport: error: ...``), the right exit status (2 for a bad argument or input, 1 for
+a run in which no image could be explained), no traceback, and no new file (the build side's matrix:
+tests/builder/test_bad_build_inputs.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from support import assert_one_line
+
+from camexport.runtime.records import Record, RecordLog
+from camexport.runtime.session import CamSession
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory, graphs: dict[str, Path]) -> dict[str, Path]:
+    """The committed graphs, photos and broken files, made once."""
+    root = tmp_path_factory.mktemp("kit")
+    for name, source in (("graph", "linear"), ("foreign", "plain"), ("newer", "contract4"), ("short", "short-labels")):
+        shutil.copy(graphs[source], root / f"{name}.onnx")
+    (root / "photos").mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "photos" / "red.png")
+    (root / "empty").mkdir()
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("no images here")
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    Image.new("1", (12000, 12000)).save(root / "bomb.png")
+    (root / "afile").write_text("a file, not a folder")
+    (root / "text.onnx").write_text("not a graph")
+    (root / "earlier").mkdir()
+    (root / "earlier" / "predictions.jsonl").write_text('{"image": "x.png"}\n')
+    other = RecordLog(root / "empty", dataclasses.replace(CamSession(root / "graph.onnx").spec, layer="other"))
+    other.append([Record("x.png", None, None, 0, "cat", 1.0, [], np.zeros((2, 2), np.float32))])
+    other.finish()
+    (root / "othergraph").mkdir()
+    for name in ("predictions.jsonl", "cams.parquet"):  # a finished run of another graph
+        (root / "empty" / name).rename(root / "othergraph" / name)
+    (root / "notparquet").mkdir()
+    (root / "notparquet" / "cams.parquet").write_text("not parquet")
+    return {"root": root, "graph": root / "graph.onnx"}
+
+
+# (id, argv with {root} and {graph} to fill in, exit status, a fragment of the one error line)
+EXPLAIN = [
+    ("graph-missing", "explain {root}/none.onnx {root}/photos", 2, "none.onnx: no such graph"),
+    ("graph-text", "explain {root}/text.onnx {root}/photos", 2, "onnxruntime cannot load it"),
+    ("graph-foreign", "explain {root}/foreign.onnx {root}/photos", 2, "not a graph built by camexport"),
+    ("graph-newer", "explain {root}/newer.onnx {root}/photos", 2, "graph contract '4'"),
+    ("graph-short-labels", "explain {root}/short.onnx {root}/photos", 2, "has 4 classes where the metadata says 1"),
+    ("class-name", "explain {graph} {root}/photos --class cow", 2, "--class cow: not a label of this graph"),
+    ("class-index", "explain {graph} {root}/photos --class 4", 2, "--class 4: out of range"),
+    ("class-negative", "explain {graph} {root}/photos --class -2", 2, "--class -2: out of range"),
+    ("top-k", "explain {graph} {root}/photos --top-k 0", 2, "--top-k 0: use 1 or more"),
+    ("batch-size", "explain {graph} {root}/photos --batch-size 0", 2, "--batch-size 0: use 1 or more"),
+    ("threads", "explain {graph} {root}/photos --threads -1", 2, "--threads -1: use 0"),
+    ("alpha", "explain {graph} {root}/photos --alpha 1.5", 2, "--alpha 1.5: use a value between 0 and 1"),
+    ("colormap", "explain {graph} {root}/photos --colormap nope", 2, "--colormap nope: not a matplotlib colormap"),
+    ("format", "explain {graph} {root}/photos --format gif", 2, "--format gif: use one of jpg, png, webp"),
+    ("max-side", "explain {graph} {root}/photos --overlay-max-side 0", 2, "--overlay-max-side 0: use a positive"),
+    ("provider-unknown", "explain {graph} {root}/photos --provider tpu", 2, "--provider tpu: unknown"),
+    ("out-under-a-file", "explain {graph} {root}/photos --out {root}/afile/o", 2, "cannot create it"),
+    ("folder-empty", "explain {graph} {root}/empty", 2, "no images found"),
+    ("folder-no-images", "explain {graph} {root}/notes", 2, "no images found"),
+    ("image-missing", "explain {graph} {root}/none.png", 1, "none of the 1 image(s) could be explained"),
+    ("image-broken", "explain {graph} {root}/broken.png", 1, "none of the 1 image(s) could be explained"),
+    ("image-bomb", "explain {graph} {root}/bomb.png", 1, "none of the 1 image(s) could be explained"),
+    ("no-images-given", "explain {graph}", 2, "the following arguments are required: images"),
+    ("resume-and-overwrite", "explain {graph} {root}/photos --resume --overwrite", 2, "not allowed with argument"),
+    ("earlier-run", "explain {graph} {root}/photos --out {root}/earlier", 2, "an earlier run's output; pass --resume"),
+    ("resume-other-graph", "explain {graph} {root}/photos --out {root}/othergraph --resume", 2, "of another graph"),
+    ("ray-actors", "explain {graph} {root}/photos --ray --actors 0", 2, "--actors 0: use 1 or more"),
+    ("ray-actor-cpus", "explain {graph} {root}/photos --ray --actor-cpus 0", 2, "--actor-cpus 0.0: use a positive"),
+    ("render-nothing", "render {root}/empty", 2, "cams.parquet: no such file"),
+    ("render-not-parquet", "render {root}/notparquet", 2, "not a cams.parquet written by 'camexport explain'"),
+    ("render-format", "render {root}/othergraph --format gif", 2, "--format gif: use one of jpg, png, webp"),
+    ("render-alpha", "render {root}/othergraph --alpha -1", 2, "--alpha -1.0: use a value between 0 and 1"),
+]
+OTHERS = [
+    ("evaluate-steps", "evaluate {graph} {root}/photos --steps 1", 2, "--steps 1: use 2 or more"),
+    ("evaluate-metric", "evaluate {graph} {root}/photos --metrics iou", 2, "--metrics iou: 'iou' is not a metric"),
+    ("evaluate-metric-empty", "evaluate {graph} {root}/photos --metrics ,", 2, "no metric named"),
+    ("evaluate-out-folder", "evaluate {graph} {root}/photos --out {root}", 2, "is a directory"),
+    ("evaluate-out-under-file", "evaluate {graph} {root}/photos --out {root}/afile/s.json", 2, "cannot write it"),
+    ("evaluate-no-images", "evaluate {graph} {root}/empty", 2, "no images found"),
+    ("evaluate-class", "evaluate {graph} {root}/photos --class cow", 2, "--class cow: not a label"),
+    ("evaluate-graph", "evaluate {root}/foreign.onnx {root}/photos", 2, "not a graph built by camexport"),
+    ("samples-into-a-file", "samples {root}/afile", 2, "cannot write the sample photos"),
+    ("unknown-command", "frobnicate", 2, "invalid choice: 'frobnicate'"),
+]
+MATRIX = EXPLAIN + OTHERS
+
+
+def test_the_matrix_holds_forty_kinds_or_more() -> None:
+    assert len(MATRIX) >= 40 and len({case[0] for case in MATRIX}) == len(MATRIX)
+
+
+@pytest.mark.parametrize(("argv", "code", "fragment"), [case[1:] for case in MATRIX], ids=[c[0] for c in MATRIX])
+def test_a_bad_input_is_one_line(kit, tmp_path: Path, monkeypatch, capsys, argv: str, code: int, fragment: str):
+    monkeypatch.chdir(tmp_path)  # default outputs (explained/) would land here
+    assert_one_line(argv, code, fragment, kit, tmp_path, capsys)

@@ -1,0 +1,96 @@
+"""What every wing's tests share, torch-free: a script imported as a module, and the Node.js example."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def script_module(path: Path, name: str) -> Iterator[ModuleType]:
+    """A script of benchmarks/ imported as a module for the time of a test module."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[name]
+
+
+NODE_EXAMPLE = ROOT / "examples" / "node"
+
+
+@pytest.fixture(scope="session")
+def node_example() -> Path:
+    """The Node.js example with its npm dependencies installed (``npm ci``, from the lock file)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js and npm are not installed on this machine")
+    if not (NODE_EXAMPLE / "node_modules" / "onnxruntime-node").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_EXAMPLE, check=True, timeout=600)
+    return NODE_EXAMPLE
+
+
+def run_node(example: Path, graph: Path, photo: Path, prefix: Path) -> dict:
+    """``node explain.mjs GRAPH PHOTO PREFIX``: must succeed silently; returns its JSON."""
+    result = subprocess.run(
+        ["node", "explain.mjs", str(graph), str(photo), str(prefix)],
+        cwd=example,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return json.loads(prefix.with_suffix(".json").read_text())
+
+
+def assert_one_line(argv: str, code: int, fragment: str, fill: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """``camexport ARGV`` (its ``{name}`` fields filled from ``fill``) ends in one ``camexport: error:`` line holding
+    ``fragment``, with exit status ``code``, no traceback, and no file written: neither in ``tmp_path`` (the working
+    folder, where default outputs would land) nor beside the inputs under ``fill["root"]``."""
+    from camexport.cli import main
+
+    args = [a.strip("'").format(**fill) for a in argv.split()]
+    before = sorted(fill["root"].rglob("*"))
+    try:
+        status = main(args)
+    except SystemExit as exc:  # argparse's own errors
+        status = exc.code
+    err = capsys.readouterr().err
+    assert status == code, err
+    assert "Traceback" not in err and err.endswith("\n")
+    last = err.rstrip("\n").splitlines()[-1]
+    assert last.startswith("camexport: error: ") and fragment in last, err
+    assert all(line.startswith(("error: ", "camexport: error: ")) for line in err.rstrip("\n").splitlines()), err
+    assert list(tmp_path.iterdir()) == []  # no file, no folder
+    assert sorted(fill["root"].rglob("*")) == before  # nothing written beside the inputs either
+
+
+def channel_photos(folder: Path) -> Path:
+    """RGB and grayscale photos, and a four-band PNG whose fourth band is data (zero in a corner, so premultiplied
+    resizing would show), in ``folder``."""
+    import numpy as np
+    from PIL import Image
+
+    from camexport.runtime.samples import sample_photo
+
+    rgb = np.asarray(sample_photo("coffee"))
+    Image.fromarray(rgb).save(folder / "coffee.png")
+    Image.fromarray(rgb).convert("L").save(folder / "gray.png")
+    fourth = np.full(rgb.shape[:2], 200, dtype=np.uint8)
+    fourth[:150, :200] = 0
+    Image.fromarray(np.dstack([rgb, fourth]), "RGBA").save(folder / "rgbn.png")
+    return folder
