@@ -433,7 +433,8 @@ class GraphSpec:
         outputs, dtypes, ranks, and every dimension the spec fixes. A symbolic dimension of the spec may be
         symbolic under any name in the graph, or a number only in a graph of contract 1."""
         if set(inputs) != set(self.input_names) or tuple(outputs) != self.output_names:
-            return [f"inputs {sorted(inputs)} and outputs {list(outputs)}, not {list(self.output_names)}"]
+            want = f"inputs {sorted(self.input_names)} and outputs {list(self.output_names)}"
+            return [f"inputs {sorted(inputs)} and outputs {list(outputs)}, not {want}"]
         found = {**inputs, **outputs}
         return [
             problem for spec in (*self.inputs, *self.outputs) for problem in self._differences(spec, found[spec.name])

@@ -134,15 +134,16 @@ def rewritten(text: str, made: dict[str, str]) -> str:
     return BLOCK.sub(lambda m: m.group(1) + made[m.group("name")] + m.group(4), text)
 
 
-def stale() -> list[str]:
-    """The pages (and blocks) that differ from what the code says."""
+def stale(folder: Path = DOCS) -> list[str]:
+    """The pages of ``folder`` (and their blocks) that differ from what the code says."""
     made, found = blocks(), []
-    for page in sorted(DOCS.glob("*.md")):
+    for page in sorted(folder.glob("*.md")):
         text = page.read_text()
-        names = [m.group("name") for m in BLOCK.finditer(text)]
-        unknown = [name for name in names if name not in made]
-        if unknown or rewritten(text, made) != text:
-            found.append(f"{page.name}: {', '.join(unknown) or 'out of date'}")
+        blocks_here = {m.group("name"): m.group("body") for m in BLOCK.finditer(text)}
+        unknown = [name for name in blocks_here if name not in made]
+        differing = [name for name, body in blocks_here.items() if name in made and body != made[name]]
+        if unknown or differing:
+            found.append(f"{page.name}: {', '.join(unknown + differing)}")
     return found
 
 

@@ -95,7 +95,7 @@ def main() -> int:
             result, _, _ = bench_model(model, None, ("gradcampp",), weights, config, args.out / "results", log)
             tables.append(report_markdown(result))
     lines = [
-        "# camexport bench (cuda)",
+        "# Speed benchmark (cuda)",
         "",
         f"GPU: {gpu}. Reproduce: `python -m benchmarks.gpu.gpu_check` ({time.monotonic() - started:.0f} s here). CUDA "
         f"session against CPU: {'all agree' if not failures else '; '.join(failures)} (same class, heatmap "

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.harness.timing import BenchConfig
 from camexport.contract import DEFAULT_METHOD, METHODS, parse_methods
 from camexport.errors import CamExportError
 
@@ -36,11 +37,21 @@ def parser() -> argparse.ArgumentParser:
     methods = ", ".join(METHODS)
     made.add_argument("--method", default=DEFAULT_METHOD, help=f"{methods}, or several, comma-separated")
     made.add_argument("--weights", default="random", help="random (default), default or PATH")
-    made.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="default: 1 8 32")
-    made.add_argument("--runs", type=int, default=15, help="timed rounds per batch size (default 15)")
-    made.add_argument("--warmup", type=int, default=3, help="warm-up runs per contender (default 3)")
-    made.add_argument("--threads", type=int, default=0, help="threads for torch and onnxruntime (default: all cores)")
-    made.add_argument("--provider", default="cpu", help="cpu (default) or cuda (eager contenders on the GPU too)")
+    config = BenchConfig()
+    sizes = " ".join(map(str, config.batch_sizes))
+    made.add_argument("--batch-sizes", type=int, nargs="+", default=list(config.batch_sizes), help=f"default: {sizes}")
+    made.add_argument(
+        "--runs", type=int, default=config.runs, help=f"timed rounds per batch size (default {config.runs})"
+    )
+    made.add_argument(
+        "--warmup", type=int, default=config.warmup, help=f"warm-up runs per contender (default {config.warmup})"
+    )
+    made.add_argument(
+        "--threads", type=int, default=config.threads, help="threads for torch and onnxruntime (default: all cores)"
+    )
+    made.add_argument(
+        "--provider", default=config.provider, help="cpu (default) or cuda (eager contenders on the GPU too)"
+    )
     made.add_argument("--contenders", help="comma-separated subset, e.g. e_ort_plain,f_ort_camexport (default: all)")
     made.add_argument(
         "--no-memory", action="store_true", help="skip measuring each contender's added peak RSS in its own process"
@@ -65,7 +76,6 @@ def _run(args: argparse.Namespace) -> int:
     from benchmarks.harness.bench import bench_model
     from benchmarks.harness.contenders import NAMES
     from benchmarks.harness.report import report_terminal
-    from benchmarks.harness.timing import BenchConfig
 
     config = BenchConfig(
         batch_sizes=tuple(args.batch_sizes),

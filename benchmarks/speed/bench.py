@@ -51,7 +51,7 @@ def main() -> None:
         info = result["machine"]
         tables.append(report_markdown(result))
     lines = [
-        f"# camexport bench ({args.provider})",
+        f"# Speed benchmark ({args.provider})",
         "",
         "Reproduce: `python -m benchmarks.speed.bench` (all three tables, ~20 min on 2 cores) or "
         "`python -m benchmarks.speed MODEL [--layer L]` for one.",

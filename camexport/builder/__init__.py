@@ -1,9 +1,9 @@
 """The build wing: a model becomes one validated explaining ONNX graph (needs ``camexport[build]``: torch).
 
-Data flows one way: registry (with weights and factory) → layers → tracing (methods, decompositions) →
-export → validation (against the independent eager reference) → pipeline, which writes the graph.
-catalog sits on top. The run wing (:mod:`camexport.runtime`) never imports this package; the benchmarks live
-outside it, in benchmarks/.
+Data flows one way: sources (with weights and factory) → layers → tracing (the task's score, the methods'
+registry, decompositions) → export → validation (against the independent eager reference, by comparison's rules)
+→ pipeline, which writes the graph. catalog sits on top. The run wing (:mod:`camexport.runtime`) never imports
+this package; the benchmarks live outside it, in benchmarks/.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Export: the traced explainer becomes one ONNX graph with the IO contract of :mod:`camexport.contract`.
+"""Export: the traced explainer becomes one ONNX graph with the inputs, outputs and metadata of its
+:class:`~camexport.contract.GraphSpec`.
 
-``image`` and ``target_class`` in (the latter required, [N] or [1], broadcast to the batch with ``Expand``;
-see :data:`camexport.contract.CONTRACT_VERSION`), the outputs by their contract names with a symbolic
-``batch``, the :class:`~camexport.contract.GraphInfo` as metadata props; then ``onnx.checker`` with
-``full_check``.
+``image`` and ``target_class`` in (the latter required, [N] or [1], broadcast to the batch with ``Expand``; see the
+contract versions in :mod:`camexport.contract`), then the task's inputs; the outputs by the spec's names with a
+symbolic ``batch``; the spec as metadata props; then ``onnx.checker`` with ``full_check``.
 """
 
 from __future__ import annotations
@@ -191,8 +191,9 @@ def _read_names(graph: onnx.GraphProto) -> set[str]:
 
 
 def finalise(model: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
-    """Applies the spec: ``target_class`` broadcast, the dimensions named, the spec as metadata; then checks the
-    graph's inputs and outputs against it, its operators, and ``onnx.checker``.
+    """Applies the spec: ``target_class`` broadcast, the graph's inputs and outputs checked against the spec (as the
+    exporter wrote them: a dimension it fixed where the spec wants it free is an error), then named, the spec as
+    metadata; then the operators and ``onnx.checker``.
 
     Raises:
         UnsupportedModelError: the graph's IO is not the spec's, it uses non-standard operators, or it fails
@@ -203,8 +204,8 @@ def finalise(model: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
     fold_weight_transposes(graph)
     drop_unused_initializers(graph)
     _broadcast_target(graph)
-    _name_dims(graph, spec)
     check_io(graph, spec)
+    _name_dims(graph, spec)
     _check_operators(model)
     del model.metadata_props[:]
     for key, value in spec.to_props().items():

@@ -23,7 +23,7 @@ from torch import nn
 from camexport.builder import reference
 from camexport.builder.layers import enclosing_block
 from camexport.builder.layouts import CHANNELS_FIRST, Layout, Windows
-from camexport.contract import FLAT_MAP, METHODS, GraphSpec, MethodSpec
+from camexport.contract import CLASSIFICATION, FLAT_MAP, METHODS, GraphSpec, MethodSpec
 
 
 def gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -271,11 +271,8 @@ class Method:
     prepare: Callable[[nn.Module, GraphSpec, torch.Tensor], GraphSpec] = lambda _model, spec, _image: spec
 
 
-def _from_gradients(cam: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[LayerPass], Maps]:
-    return lambda done: Maps(cam(done.activations, done.gradients))
-
-
-def _paper(cam: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[reference.ReferencePass], Maps]:
+def _from_gradients(cam: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[object], Maps]:
+    """A gradient method's maps from either pass (the graph's :class:`LayerPass` or the reference's): ``cam(A, g)``."""
     return lambda done: Maps(cam(done.activations, done.gradients))
 
 
@@ -306,8 +303,8 @@ def _reciprocam_unfit(layout: Layout, spec: GraphSpec) -> str | None:
     """ReciproCAM masks a map of a fixed size, laid out as a grid, and reads a classifier's probabilities."""
     if isinstance(layout, Windows):
         return f"{spec.layer} is {layout.describe()}, which it cannot mask; choose a block's output"
-    if spec.segments:
-        return "it reads a classifier's class probabilities, and this model segments"
+    if spec.task != CLASSIFICATION.name:
+        return f"it reads a classifier's class probabilities, and this model's task is {spec.task}"
     if spec.dynamic_size:
         return "its masks are made for one map size; build without `dynamic_size`"
     return None
@@ -319,15 +316,20 @@ def _reciprocam_block(model: nn.Module, spec: GraphSpec, image: torch.Tensor) ->
     return replace(spec, masked_block=enclosing_block(model, spec.layer, image))
 
 
+def _gradient(name: str, cam: Callable, paper: Callable) -> Method:
+    """A gradient method's record: its map from A and g in the graph (``cam``) and in the reference (``paper``)."""
+    return Method(METHODS[name], _from_gradients(cam), _from_gradients(paper))
+
+
 # Every method of :data:`camexport.contract.METHODS`, in its order.
 REGISTRY: dict[str, Method] = {
     method.spec.name: method
     for method in (
-        Method(METHODS["gradcampp"], _from_gradients(channel_weighted(gradcampp_weights)), _paper(reference.gradcampp)),
-        Method(METHODS["gradcam"], _from_gradients(channel_weighted(gradcam_weights)), _paper(reference.gradcam)),
-        Method(METHODS["xgradcam"], _from_gradients(channel_weighted(xgradcam_weights)), _paper(reference.xgradcam)),
-        Method(METHODS["layercam"], _from_gradients(layercam), _paper(reference.layercam)),
-        Method(METHODS["hirescam"], _from_gradients(hirescam), _paper(reference.hirescam)),
+        _gradient("gradcampp", channel_weighted(gradcampp_weights), reference.gradcampp),
+        _gradient("gradcam", channel_weighted(gradcam_weights), reference.gradcam),
+        _gradient("xgradcam", channel_weighted(xgradcam_weights), reference.xgradcam),
+        _gradient("layercam", layercam, reference.layercam),
+        _gradient("hirescam", hirescam, reference.hirescam),
         Method(
             METHODS["reciprocam"],
             reciprocam_maps,

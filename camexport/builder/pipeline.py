@@ -32,7 +32,7 @@ from camexport.builder.sources import EFFICIENTNET_LITE0, LoadedModel, ModelOver
 from camexport.builder.tasks import REGISTRY as TASKS
 from camexport.builder.tracing import prepared, trace_explainer
 from camexport.builder.validation import Explained, other_sizes, random_cases, validate
-from camexport.contract import INPUT_KINDS, GraphSpec, InputKind, Provenance, check_methods
+from camexport.contract import DEFAULT_METHOD, INPUT_KINDS, GraphSpec, InputKind, Provenance, check_methods
 from camexport.contract import METHODS as METHOD_SPECS
 from camexport.errors import (
     CamExportError,
@@ -60,7 +60,8 @@ class BuildOptions:
     """What to build (the command line's ``camexport build`` flags, typed).
 
     Attributes:
-        model: a registry name, ``timm:ARCH`` or a factory ``package.module:factory`` / ``file.py:factory``.
+        model: a model source's name (:mod:`camexport.builder.sources`): a torchvision name, ``timm:ARCH``,
+            ``efficientnet_lite0`` or a factory ``package.module:factory`` / ``file.py:factory``.
         layer: dotted module name; None picks the default layer.
         methods: the CAM methods, the first being the plain ``heatmap``/``cam`` outputs.
         weights: ``"default"``, ``"random"`` or a state_dict path.
@@ -70,13 +71,13 @@ class BuildOptions:
         output: the graph file; None writes ``models/<model>-<methods>.onnx``.
         overrides: labels, mean, std, number of classes.
         dynamic_size: one graph for any image height and width.
-        input: ``float32`` (normalised [N, 3, H, W]) or ``uint8`` (RGB pixels [N, H, W, 3]).
-        class_maps: with ReciproCAM, output its map of every class too (``class_maps`` [N, K, h, w]).
+        input: ``float32`` (normalised [N, C, H, W]) or ``uint8`` (pixels [N, H, W, C]).
+        class_maps: also output every class's map (``class_maps`` [N, K, h, w]), from a method that gives them.
     """
 
     model: str
     layer: str | None = None
-    methods: tuple[str, ...] = ("gradcampp",)
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)
     weights: str | Path = "default"
     seed: int = 0
     image_size: tuple[int, int] | None = None
@@ -231,6 +232,7 @@ class _Build:
     output: Path
     timings: dict[str, float] = field(default_factory=dict)
     loaded: LoadedModel | None = None
+    layers: list[LayerInfo] = field(default_factory=list)
     layer: LayerInfo | None = None
     default_size: tuple[int, int] = (0, 0)
     spec: GraphSpec | None = None
@@ -279,7 +281,7 @@ def _load(job: _Build) -> str:
         loaded.preprocessing = loaded.preprocessing.with_image_size(tuple(options.image_size))
     size = loaded.preprocessing.image_size
     channels = _check_channels(loaded, options.model)
-    probe_layers(loaded.module, size, options.model, channels)  # one line if it cannot run there
+    job.layers = probe_layers(loaded.module, size, options.model, channels)  # one line if it cannot run there
     logits = count_logits(loaded.module, size, options.model, channels)
     if options.dynamic_size and not TASKS[logits.task].dynamic_size:
         raise DynamicSizeError(
@@ -311,7 +313,7 @@ def _choose_layer(job: _Build, task: str) -> None:
     """The target layer: the given one, or the default at the model's own size; checked to localise."""
     options, module, prep = job.options, job.loaded.module, job.loaded.preprocessing
     size, default_size, channels = prep.image_size, job.default_size, prep.channels
-    layers = probe_layers(module, size, options.model, channels)
+    layers = job.layers
     wanted = options.layer
     if wanted is None and size != default_size:  # the default layer is the one for the model's own size
         try:

@@ -11,8 +11,8 @@ paper and equation):
 * ``heatmap`` = bilinear (half-pixel) upsampling to the input size, then per-image min-max to [0, 1] (zeros
   for a map that is constant up to 1e-5 of its maximum): :func:`heatmap`.
 
-Nothing here is shared with :mod:`camexport.builder.methods`, :mod:`camexport.builder.reciprocam`,
-:mod:`camexport.builder.tasks` or :mod:`camexport.builder.tracing` (the layouts' fields are read, their
+Nothing here is shared with :mod:`camexport.builder.methods`, :mod:`camexport.builder.tasks` or
+:mod:`camexport.builder.tracing` (the layouts' fields are read, their
 transforms are not used), so that the graph is checked against a separate implementation. Those modules' records
 point here for their reference.
 """

@@ -321,7 +321,7 @@ class ModelSource(Protocol):
         """True when ``name`` is this source's to load (a known name, or this source's form of name)."""
 
     def names(self) -> list[str]:
-        """The names it can list (for ``camexport models`` and close-match hints; [] for an open-ended form)."""
+        """The names it knows, for an unknown name's close-match hints ([] for an open-ended form such as timm:)."""
 
     def load(self, name: str, weights: str | Path, seed: int, num_classes: int | None) -> LoadedModel:
         """The model, on the CPU in eval mode, with its preprocessing and labels (empty: one per logit later)."""

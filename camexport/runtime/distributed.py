@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from camexport.errors import CamExportError, UserError
-from camexport.runtime.options import ExplainStyle, Ray
+from camexport.runtime.options import ExplainStyle, Ray, RunOptions
 from camexport.runtime.outputs import failure_line, unique_stem, write_files
 from camexport.runtime.records import SCHEMA, Record
 from camexport.runtime.run import ExplainRun
@@ -103,7 +103,7 @@ def explain_dataset(
     graph: str | Path,
     images: ray.data.Dataset | Sequence[str | Path],
     style: ExplainStyle | None = None,
-    batch_size: int = 8,
+    batch_size: int = RunOptions.batch_size,
     options: Ray | None = None,
     out_dir: str | Path | None = None,
 ) -> ray.data.Dataset:

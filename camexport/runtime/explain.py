@@ -21,13 +21,13 @@ from tqdm import tqdm
 
 from camexport._util import removing_new_folders
 from camexport.errors import UserError
-from camexport.runtime.distributed import explain_with_ray
+from camexport.runtime.distributed import connect, explain_with_ray
 from camexport.runtime.local import Stages
 from camexport.runtime.options import Executor, ExplainStyle, Local, Ray, RunOptions
 from camexport.runtime.outputs import collect_images, output_folder, stem_of
 from camexport.runtime.records import RecordLog
 from camexport.runtime.run import ExplainRun, ExplainSummary, Interrupted, NothingExplained
-from camexport.runtime.session import CamSession, random_weights_note
+from camexport.runtime.session import CamSession, random_weights_note, resolve_providers
 
 
 def explain(
@@ -87,6 +87,8 @@ def _checked(
     options.check()
     if isinstance(executor, Ray):
         executor.check()
+        resolve_providers(executor.provider)
+        connect(executor.address)  # a cluster that cannot be reached: one line before any folder is made
     return replace(style, target=session.class_index(style.target)), options, executor
 
 

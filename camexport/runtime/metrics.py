@@ -52,7 +52,7 @@ from camexport.runtime.options import MAP_METRICS, Scoring
 from camexport.runtime.outputs import collect_images
 from camexport.runtime.preprocess import normalise, to_pixels
 from camexport.runtime.session import CamSession, as_photo
-from camexport.runtime.tasks import softmax
+from camexport.runtime.tasks import batch_regions, softmax
 
 # Deletion/insertion frames held at once (each a float64 copy of the input crop).
 FRAMES_AT_ONCE = 32
@@ -159,7 +159,12 @@ def _frame_probabilities(
 
 
 def deletion_insertion(
-    session: CamSession, pixels: np.ndarray, heatmap: np.ndarray, cls: int, steps: int = 20, blur: float = 10.0
+    session: CamSession,
+    pixels: np.ndarray,
+    heatmap: np.ndarray,
+    cls: int,
+    steps: int = Scoring.steps,
+    blur: float = Scoring.blur,
 ) -> tuple[float, float]:
     """Deletion and insertion AUC for one image (``pixels`` uint8 [H, W, C], ``heatmap`` [H, W])."""
     order = np.argsort(-heatmap.reshape(-1), kind="stable")
@@ -386,7 +391,7 @@ def evaluate_images(
     outputs = session.run(_feed(session, pixels), np.array([session.class_index(target)]))
     maps = {m: outputs[session.spec.heatmap_of(m)] for m in session.spec.methods}
     classes = outputs["class_index"].astype(np.int64)
-    return evaluate_maps(session, pixels, maps, classes, scoring, session.task.regions(outputs))
+    return evaluate_maps(session, pixels, maps, classes, scoring, batch_regions(session.task, outputs))
 
 
 def summary_table(results: list[Faithfulness], images: int, steps: int) -> str:

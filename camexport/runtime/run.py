@@ -18,7 +18,7 @@ from camexport.runtime.session import CamSession
 
 @dataclass
 class ExplainSummary:
-    """What :func:`explain_paths` did.
+    """What :func:`camexport.runtime.explain.explain` did.
 
     Attributes:
         written: every file written (overlays, heatmaps), in order.

@@ -190,8 +190,9 @@ class Server:
     def metadata(self) -> dict:
         """The graph's spec (its provenance's fields beside the others) and the server's batching settings."""
         spec = asdict(self.session.spec)
+        provenance = spec.pop("provenance")
         settings = ("max_batch", "max_wait_ms", "max_upload_mb")
-        return {**spec, **spec.pop("provenance"), "server": {name: getattr(self.options, name) for name in settings}}
+        return {**spec, **provenance, "server": {name: getattr(self.options, name) for name in settings}}
 
 
 async def _unless_gone(request: Request, work: Awaitable[Row]) -> Row:

@@ -17,6 +17,7 @@ from PIL import Image
 from camexport._util import first_line
 from camexport.contract import IMAGE, TARGET_CLASS, GraphSpec, Preprocessing, Signature
 from camexport.errors import CamExportError, NonFiniteOutputError, UserError
+from camexport.runtime.options import ExplainStyle, RunOptions
 from camexport.runtime.preprocess import heatmap_to_original, normalise, open_image, seen_mask, to_pixels
 from camexport.runtime.tasks import REGISTRY as TASKS
 
@@ -221,14 +222,14 @@ class CamSession:
         self,
         images: ImageLike | Sequence[ImageLike],
         target: str | int | None = None,
-        top_k: int = 5,
-        batch_size: int = 8,
+        top_k: int = ExplainStyle.top_k,
+        batch_size: int = RunOptions.batch_size,
     ) -> list[Explanation]:
         """Explains photos: preprocessing (Pillow), batched runs, heatmaps back at each photo's size.
 
         Args:
-            images: one image or a list (or tuple) of them: PIL images, file paths, or arrays [H, W] / [H, W, 3] /
-                [H, W, 4] (uint8, or float in [0, 1]).
+            images: one image or a list (or tuple) of them: PIL images, file paths, an image file's bytes, or
+                arrays [H, W] / [H, W, 3] / [H, W, 4] (uint8, or float in [0, 1]).
             target: the class to explain, by index or label name; None explains each image's top-1 class.
             top_k: how many classes to report per image.
             batch_size: images per onnxruntime run.
@@ -255,7 +256,10 @@ class CamSession:
         return results
 
     def explain_prepared(
-        self, prepared: Sequence[tuple[Image.Image, np.ndarray]], target: int | Sequence[int] = -1, top_k: int = 5
+        self,
+        prepared: Sequence[tuple[Image.Image, np.ndarray]],
+        target: int | Sequence[int] = -1,
+        top_k: int = ExplainStyle.top_k,
     ) -> list[Explanation]:
         """Runs one batch of :meth:`prepare` results (the CLI's path, which prepares files one by one); ``target``
         is one class for all or one per image (−1: top-1)."""
@@ -264,7 +268,7 @@ class CamSession:
         return [self.explanation(outputs, i, photo.size, top_k) for i, (photo, _) in enumerate(prepared)]
 
     def explanation(
-        self, outputs: dict[str, np.ndarray], i: int, photo_size: tuple[int, int], top_k: int = 5
+        self, outputs: dict[str, np.ndarray], i: int, photo_size: tuple[int, int], top_k: int = ExplainStyle.top_k
     ) -> Explanation:
         """Image ``i`` of a batch's :meth:`run` outputs as an :class:`Explanation` of a ``photo_size`` photo, its
         classes ranked and its region chosen by the graph's task (:mod:`camexport.runtime.tasks`: a segmentation's
@@ -272,8 +276,7 @@ class CamSession:
         labels = self.spec.labels
         chosen = int(outputs["class_index"][i])
         probs = self.task.ranking(outputs, i)
-        regions = self.task.regions(outputs)
-        region = None if regions is None else regions[i]
+        region = self.task.region(outputs, i)
         order = np.argsort(-probs, kind="stable")[:top_k]
         return Explanation(
             top=[(int(k), labels[int(k)], float(probs[k])) for k in order],

@@ -37,9 +37,9 @@ class RunTask(Protocol):
     def ranking(self, outputs: dict[str, np.ndarray], i: int) -> np.ndarray:
         """Image ``i``'s score of every class [K], by which its top classes are ranked (a probability or a share)."""
 
-    def regions(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
-        """Bool [N, H, W]: the pixels each image's explanation is about, at the network input's size; None: the
-        whole image."""
+    def region(self, outputs: dict[str, np.ndarray], i: int) -> np.ndarray | None:
+        """Bool [H, W]: the pixels image ``i``'s explanation is about, at the network input's size; None: the whole
+        image."""
 
 
 class Classification:
@@ -55,7 +55,7 @@ class Classification:
     def ranking(self, outputs, i):
         return softmax(outputs["logits"][i : i + 1])[0]
 
-    def regions(self, outputs):
+    def region(self, outputs, i):
         return None
 
 
@@ -85,8 +85,14 @@ class Segmentation:
         predicted = outputs[SEGMENTATION.name][i]
         return np.bincount(predicted.ravel(), minlength=outputs["logits"].shape[1]) / max(predicted.size, 1)
 
-    def regions(self, outputs):
-        return outputs[SEGMENTATION.name] == outputs["class_index"][:, None, None]
+    def region(self, outputs, i):
+        return outputs[SEGMENTATION.name][i] == outputs["class_index"][i]
 
 
 REGISTRY: dict[str, RunTask] = {task.spec.name: task for task in (Classification(), Segmentation())}
+
+
+def batch_regions(task: RunTask, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Bool [N, H, W]: each image's :meth:`RunTask.region` of a batch's outputs; None: the whole images."""
+    found = [task.region(outputs, i) for i in range(len(outputs["class_index"]))]
+    return None if any(r is None for r in found) else np.stack(found)

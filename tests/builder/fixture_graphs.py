@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # tests/fixtures.py, also when build im
 
 import fixtures  # noqa: E402
 
+from camexport import contract  # noqa: E402
 from camexport.builder.pipeline import BuildOptions, build  # noqa: E402
 from camexport.builder.sources import ModelOverrides  # noqa: E402
 
@@ -155,7 +156,7 @@ class Fixture:
         )
 
 
-METHODS = ("gradcampp", "gradcam", "xgradcam", "layercam", "hirescam", "reciprocam")
+METHODS = tuple(contract.METHODS)  # every method, in one graph
 FIXTURES = (
     Fixture.of("linear.onnx", "linear", fixtures.net("linear")),
     Fixture.of("linear-methods.onnx", "linear", fixtures.net("linear"), methods=METHODS, class_maps=True),

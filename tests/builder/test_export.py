@@ -144,3 +144,26 @@ def test_a_transposed_weight_is_stored_transposed_and_unused_initializers_go() -
     y, dx = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "g": g})
     np.testing.assert_allclose(y, x @ weight, rtol=1e-5)
     np.testing.assert_allclose(dx, g @ weight.T, rtol=1e-5)
+
+
+def test_the_exported_io_is_checked_against_the_spec() -> None:
+    """A graph whose exporter fixed the batch, or whose outputs are not the spec's, is refused in one line before
+    any dimension is named (the committed linear fixture's IO stands in for an export)."""
+    import onnx
+    from building import spec_of
+    from support import ROOT
+
+    from camexport.builder.export import check_io
+    from camexport.errors import UnsupportedModelError
+
+    graph = onnx.load(str(ROOT / "tests" / "runtime" / "graphs" / "linear.onnx")).graph
+    spec = spec_of("feat", ("gradcampp",), (16, 16), classes=4)
+    check_io(graph, spec)  # as written: fine
+    graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # the batch baked in at the tracing example's 2
+    with pytest.raises(UnsupportedModelError, match="image's batch is fixed at 2, not dynamic"):
+        check_io(graph, spec)
+    with pytest.raises(UnsupportedModelError, match="logits has 4 classes where the metadata says 3"):
+        check_io(
+            onnx.load(str(ROOT / "tests" / "runtime" / "graphs" / "linear.onnx")).graph,
+            spec_of("feat", ("gradcampp",), (16, 16), classes=3),
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fixtures
 import numpy as np
 import numpy_cam
 import pytest
@@ -128,23 +129,17 @@ def test_paper_formula_differs_from_the_minimal_example_variant() -> None:
     assert abs(ours[0, 0] - variant[0, 0]) > 1e-2
 
 
-def _numpy_cam(method: str, A: np.ndarray, g: np.ndarray) -> np.ndarray:
-    if method in ("layercam", "hirescam"):
-        return getattr(numpy_cam, method)(A, g)
-    return numpy_cam.cam(A, getattr(numpy_cam, f"{method}_weights")(A, g))
-
-
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_every_method_matches_numpy(case: str, method: str) -> None:
     """XGrad-CAM, LayerCAM and HiResCAM too: the graph's torch formulas vs loops written from the papers."""
     A, g = CASES[case]
     got = graph_cam(method, torch.tensor(A), torch.tensor(g)).numpy()
-    np.testing.assert_allclose(got, _numpy_cam(method, A, g), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got, fixtures.cam(method, A, g), rtol=1e-10, atol=1e-12)
     assert np.isfinite(got).all() and got.min() >= 0.0
     # the record's reference, written separately in paper form, gives the same map
     paper = reference_cam(method, torch.tensor(A), torch.tensor(g)).numpy()
-    np.testing.assert_allclose(paper, _numpy_cam(method, A, g), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(paper, fixtures.cam(method, A, g), rtol=1e-10, atol=1e-12)
 
 
 def test_methods_differ_where_they_should() -> None:

@@ -137,3 +137,19 @@ def test_evaluate_scores_a_segmentation_by_its_region(probe_graph: Path, tmp_pat
     assert all(np.isfinite(v) for v in (result.average_drop, result.deletion_auc, result.insertion_auc))
     assert main(["evaluate", str(probe_graph), str(photo), "--steps", "4"]) == 0
     assert "Deletion" in capsys.readouterr().out
+
+
+def test_each_image_of_a_batch_outlines_its_own_region(probe_graph: Path) -> None:
+    """In a batch, each explanation's region is its own image's pixels predicted as its own class."""
+    from camexport.runtime.tasks import batch_regions
+
+    session = CamSession(probe_graph)
+    red, blue = np.zeros((*SIZE, 3), np.uint8), np.zeros((*SIZE, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 200, 200
+    red[:6, :6] = (0, 0, 200)  # a blue corner on red
+    results = session.explain([red, blue], batch_size=2)
+    assert [r.label for r in results] == ["class_0", "class_2"]
+    assert results[0].region.any() and not results[0].region[0, 0]  # the corner (cropped a little) is not red
+    assert results[1].region.all()
+    outputs = session.run(np.stack([session.prepare(p)[1] for p in (red, blue)]))
+    assert np.array_equal(batch_regions(session.task, outputs), np.stack([r.region for r in results]))

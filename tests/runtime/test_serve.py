@@ -168,6 +168,7 @@ def test_metadata_health_and_metrics(client: TestClient, session: CamSession) ->
     meta = client.get("/metadata").json()
     assert meta["model"] == "tests/builder/fixture_graphs.py:linear" and meta["contract"] == 2
     assert meta["labels"] == ["cat", "dog", "fox", "owl"] and meta["task"] == "classification"
+    assert "provenance" not in meta and meta["random_weights"] is False and meta["version"]
     assert meta["preprocessing"]["image_size"] == [16, 16] and meta["server"]["max_batch"] == 4
     assert client.get("/healthz").json()["status"] == "ok"
     _post(client, b"junk", "", "image/png")
