@@ -1,5 +1,5 @@
-"""Small helpers shared by several modules: quieting third-party code, error lines, atomic writes, digests,
-bounded work in order."""
+"""Small helpers shared by several modules: SIGTERM as an interrupt, quieting third-party code, error lines, atomic
+writes and their sweeping, digests, bounded work in order."""
 
 from __future__ import annotations
 
@@ -10,12 +10,39 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from pathlib import Path
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (how Slurm, Kubernetes, Ray and ``kill`` stop a job), raised in the main thread where Ctrl-C raises
+    KeyboardInterrupt, so that both take the same path: the work in hand finished or undone, temporaries removed,
+    one line, exit status 143 (128 + 15) where Ctrl-C's is 130."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (once: a second SIGTERM while the
+    first unwinds is ignored, so that the cleanup finishes). Outside the main thread it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -69,6 +96,25 @@ def write_atomically(path: Path, writer: Callable[[Path], None]) -> list[Path]:
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# write_atomically's staging folders: tempfile.mkdtemp(prefix=".NAME.") adds 8 characters of [a-z0-9_].
+_STAGED = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}$")
+
+
+def sweep_staged(folder: Path, name: str | None = None) -> list[Path]:
+    """Removes the staging folders :func:`write_atomically` left in ``folder`` when its process was killed (SIGKILL
+    gives no chance to clean up): hidden folders named ``.NAME.XXXXXXXX`` that hold nothing or a file ``NAME``
+    (only those of ``name``, if given). Returns what was removed."""
+    swept = []
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        match = _STAGED.match(entry.name)
+        if not match or not entry.is_dir() or (name is not None and match["name"] != name):
+            continue
+        if not any(entry.iterdir()) or (entry / match["name"]).exists():
+            shutil.rmtree(entry, ignore_errors=True)
+            swept.append(entry)
+    return swept
 
 
 def sha256_of(files: list[Path]) -> str:

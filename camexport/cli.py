@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from camexport import __version__
+from camexport._util import Terminated, sigterm_as_interrupt
 from camexport.contract import DEFAULT_METHOD, INPUT_KINDS, METHODS, parse_methods
 from camexport.errors import CamExportError
 from camexport.runtime.options import (
@@ -468,13 +469,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``camexport`` console script."""
     args = _parser().parse_args(argv)
     try:
-        return HANDLERS[args.command](args)
+        with sigterm_as_interrupt():
+            return HANDLERS[args.command](args)
     except CamExportError as exc:
         print(f"camexport: error: {for_the_command_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("camexport: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated: whatever was being written is undone
+        terminated = isinstance(exc, Terminated)
+        print(f"camexport: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # the reader went away (camexport models | head): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python would flush into it at exit
         return 141

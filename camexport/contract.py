@@ -46,6 +46,38 @@ Dtype = Literal["float32", "int64", "uint8"]
 
 
 @dataclass(frozen=True)
+class OrderDependent:
+    """An operator whose result may depend on the order threads or GPU blocks run in, or on a random draw.
+
+    Attributes:
+        op: the ONNX operator.
+        why: the reason, for the build's refusal and the docs.
+        with_reduction: refused only with a ``reduction`` other than ``none``. Without one, the exporter's scatters
+            (slice and select assignments, a Swin window mask) write each index once, in any order alike.
+    """
+
+    op: str
+    why: str
+    with_reduction: bool = False
+
+    def holds(self, op_type: str, reduction: str) -> bool:
+        return op_type == self.op and (not self.with_reduction or reduction not in ("", "none"))
+
+
+# What a camexport graph never holds, so that it gives the same outputs on every run, thread count and provider.
+# Build refuses a graph with any of them and names the node (camexport.builder.export.check_deterministic);
+# docs/contract.md lists them from here.
+_ADDS = "adds duplicate indices in no fixed order (onnxruntime's CPU kernel splits them over threads"
+NONDETERMINISTIC_OPS: tuple[OrderDependent, ...] = (
+    OrderDependent("ScatterND", f"{_ADDS}: upstream issues #18048 and #23396; CUDA kernels use atomics)", True),
+    OrderDependent("ScatterElements", f"{_ADDS}; CUDA kernels use atomics)", True),
+    OrderDependent("MaxUnpool", "writes duplicate indices in no fixed order"),
+    *(OrderDependent(op, "draws random numbers") for op in ("RandomNormal", "RandomNormalLike", "RandomUniform")),
+    *(OrderDependent(op, "draws random numbers") for op in ("RandomUniformLike", "Multinomial", "Bernoulli")),
+)
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     """One input or output of a graph.
 

@@ -33,6 +33,7 @@ from camexport.contract import (
     IMAGE,
     METADATA,
     METHODS,
+    NONDETERMINISTIC_OPS,
     PIXELS,
     TARGET_CLASS,
     TASKS,
@@ -102,6 +103,15 @@ def methods() -> str:
     return "\n".join(rows) + "\n"
 
 
+def nondeterministic() -> str:
+    """The operators no camexport graph holds, with the reason."""
+    rows = ["| operator | refused | why |", "|---|---|---|"]
+    for op in NONDETERMINISTIC_OPS:
+        when = "with a `reduction` (add, mul, max, min)" if op.with_reduction else "always"
+        rows.append(f"| `{op.op}` | {when} | {op.why} |")
+    return "\n".join(rows) + "\n"
+
+
 def command_help(command: str) -> str:
     """``camexport COMMAND --help``, as the parser prints it at 100 columns."""
     os.environ["COLUMNS"] = "100"  # argparse wraps at the terminal's width: the same on every machine
@@ -124,6 +134,7 @@ def _commands() -> list[str]:
 def blocks() -> dict[str, str]:
     """Every generated block by name."""
     made = {"tensors": tensors(), "axes": axes(), "metadata": metadata(), "tasks": tasks(), "methods": methods()}
+    made["nondeterministic"] = nondeterministic()
     made["help-camexport"] = command_help("camexport")
     made |= {f"help-{name}": command_help(name) for name in _commands()}
     return made

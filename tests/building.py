@@ -35,23 +35,26 @@ class ProbeModel(nn.Module):
         return (a[:, None] * self.weight[None]).flatten(2).sum(-1)
 
 
-@pytest.fixture(scope="session")
-def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("graphs")
-
-
-_BUILT: dict[tuple[str, str | None, str, str, str], Path] = {}
+_BUILT: dict[tuple, Path] = {}
 
 
 def built_graph(
-    folder: Path, model: str, layer: str | None, method: str, weights: str = "random", input: str = "float32"
+    folder: Path,
+    model: str,
+    layer: str | None,
+    method: str,
+    weights: str = "random",
+    input: str = "float32",
+    **options: object,
 ) -> Path:
-    """Builds (once per session) and returns the graph's path."""
-    key = (model, layer, method, weights, input)
+    """Builds (once per session) and returns the graph's path; ``options`` as BuildOptions' (``image_size``...)."""
+    key = (model, layer, method, weights, input, *sorted(options.items()))
     if key not in _BUILT:
-        name = f"{model}-{(layer or 'default').replace('.', '_')}-{method}-{weights}-{input}.onnx"
-        options = BuildOptions(model=model, layer=layer, methods=parse_methods(method), weights=weights, input=input)
-        result = build(replace(options, output=folder / name), log=lambda _line: None)
+        extra = "".join(f"-{k}={v}" for k, v in sorted(options.items())).replace(" ", "").replace(":", "_")
+        name = f"{model.replace(':', '_')}-{(layer or 'default').replace('.', '_')}-{method}-{weights}-{input}{extra}"
+        fields = dict(model=model, layer=layer, methods=parse_methods(method), weights=weights, input=input)
+        options = BuildOptions(**fields, **options)  # type: ignore[arg-type]
+        result = build(replace(options, output=folder / f"{name}.onnx"), log=lambda _line: None)
         _BUILT[key] = result.graph
     return _BUILT[key]
 

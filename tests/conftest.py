@@ -5,6 +5,17 @@
 * ``e2e/``: across both and beyond the package: fresh installs, Node.js and the browser, OpenVINO, benchmarks,
   the docs.
 
-This file only makes the torch-free helpers at this level importable (fixtures.py, numpy_cam.py, support.py);
+This file makes the torch-free helpers at this level importable (fixtures.py, numpy_cam.py, support.py,
+image_fixtures.py) and holds the one fixture every folder shares: ``graph_dir``, where graphs built once per session
+live (one folder, so that a graph built by a builder test is found by an e2e test that serves the folder).
 building.py, the builder's helpers, imports torch and is imported by the builder and e2e folders alone.
 """
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("graphs")

@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,13 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def start(argv: list[str], **options: object) -> subprocess.Popen:
+    """``subprocess.Popen`` with Ctrl-C's default disposition restored in the child: a shell without job control
+    (``cmd &``, nohup, some CI runners) starts its children with SIGINT ignored, and Python then never raises
+    KeyboardInterrupt, so a test that sends SIGINT would see a run that ignores it."""
+    return subprocess.Popen(argv, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **options)
 
 
 @contextlib.contextmanager
@@ -38,7 +46,8 @@ def node_example() -> Path:
     """The Node.js example with its npm dependencies installed (``npm ci``, from the lock file)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js and npm are not installed on this machine")
-    if not (NODE_EXAMPLE / "node_modules" / "onnxruntime-node").is_dir():
+    wanted = ("onnxruntime-node", "fast-png", "@jsquash/jpeg", "wasm-vips")
+    if not all((NODE_EXAMPLE / "node_modules" / name).is_dir() for name in wanted):
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_EXAMPLE, check=True, timeout=600)
     return NODE_EXAMPLE
 

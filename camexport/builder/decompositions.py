@@ -1,9 +1,17 @@
-"""Decompositions of backward ATen ops into forward ops that the ONNX exporter can lower.
+"""Decompositions of backward ATen ops into forward ops that the ONNX exporter can lower, and deterministically.
 
 ``make_fx`` records the backward pass as ATen ops. Several of them (``convolution_backward``,
 ``max_pool2d_with_indices_backward``, ``_adaptive_avg_pool2d_backward``, ``as_strided_scatter``) have no
 ONNX lowering, so they are rewritten here while tracing. Only the gradient with respect to the op's input
 is needed: parameters never require gradients in a camexport graph.
+
+No rewrite here scatters. PyTorch's own decompositions route gradients back through ``scatter_add``,
+``index_put(accumulate=True)`` or ``slice_scatter`` (max pooling, bilinear upsampling, slicing), which become ONNX
+``ScatterElements``/``ScatterND``; onnxruntime adds duplicate indices on several threads in no fixed order, so
+such a graph gives different gradients from run to run (upstream issues #18048, #23396). Instead, max pooling's
+backward adds one-hot-masked, shifted gradients (Pads), a slice's or a selection's backward is a Pad, and bilinear
+and nearest upsampling are rewritten in the forward pass as two matrix products, whose backward is two more
+(:func:`camexport.builder.export.check_deterministic` refuses any graph that still holds a scatter).
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch._decomp import core_aten_decompositions
@@ -191,12 +200,157 @@ def max_pool2d_with_indices_backward(
     ceil_mode: bool,
     indices: torch.Tensor,
 ) -> torch.Tensor:
-    """Routes each output gradient to the input position that held the maximum (scatter-add)."""
-    del kernel_size, stride, padding, dilation, ceil_mode
-    n, c, h, w = input.shape
-    flat = grad_output.new_zeros((n, c, h * w))
-    flat = flat.scatter_add(2, indices.reshape(n, c, -1), grad_output.reshape(n, c, -1))
-    return flat.reshape(n, c, h, w)
+    """Routes each output gradient to the input position that held the window's maximum, without a scatter.
+
+    For each kernel offset ``(a, b)``, ``mask[o] = (indices[o] == the flat position of o's window at (a, b))``; the
+    masked gradient, spread on the input's grid (``s − 1`` zeros between neighbours), lands shifted by the offset
+    (one Pad, which also crops), and the ``kh·kw`` shares are added in a fixed order. PyTorch's own decomposition
+    scatter-adds them, which onnxruntime does in no fixed order where windows overlap.
+    """
+    del ceil_mode
+    kernel = _pair(kernel_size)
+    steps = _pair(stride) if stride else kernel
+    pads, dilations = _pair(padding), _pair(dilation) if dilation else [1, 1]
+    out_h, out_w = grad_output.shape[-2:]
+    height, width = input.shape[-2:]
+    rows = torch.arange(out_h, dtype=torch.int64)[:, None] * steps[0] - pads[0]
+    cols = torch.arange(out_w, dtype=torch.int64)[None, :] * steps[1] - pads[1]
+    total = None
+    for a in range(kernel[0]):
+        for b in range(kernel[1]):
+            position = (rows + a * dilations[0]) * width + (cols + b * dilations[1])
+            share = _zero_inserted(grad_output * (indices == position).to(grad_output.dtype), steps, [0, 0])
+            top, left = a * dilations[0] - pads[0], b * dilations[1] - pads[1]
+            placed = _placed(_placed(share, 2, top, height), 3, left, width)
+            total = placed if total is None else total + placed
+    return total
+
+
+def _pair(value: object) -> list:
+    """A pooling or resizing argument as [height's, width's]."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    return values * 2 if len(values) == 1 else values
+
+
+def interpolation_matrix(
+    out_size: int, in_size: int, scale: float | None = None, corners: bool = False
+) -> torch.Tensor:
+    """[out, in] float64 weights of 1-D linear interpolation as PyTorch's CPU kernel computes it.
+
+    With half-pixel centres (``align_corners=False``) output ``i`` samples ``s·(i + 0.5) − 0.5``, clamped at 0,
+    where ``s`` is ``1/scale`` for a given ``scale_factor`` and ``in/out`` otherwise; with ``align_corners=True``
+    it samples ``i·(in − 1)/(out − 1)``. The sample lies between its two neighbours (the last pixel twice at the
+    border) and weighs each by its distance to the other.
+    """
+    if corners:
+        step = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    else:
+        step = 1.0 / scale if scale else in_size / out_size
+    rows = []
+    for i in range(out_size):
+        source = i * step if corners else max((i + 0.5) * step - 0.5, 0.0)
+        low = min(int(source), in_size - 1)
+        high = min(low + 1, in_size - 1)
+        frac = source - low
+        row = [0.0] * in_size
+        row[low] += 1.0 - frac
+        row[high] += frac
+        rows.append(row)
+    # From Python numbers, so that tracing records one constant rather than the loop.
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def nearest_matrix(out_size: int, in_size: int, scale: float | None = None, exact: bool = False) -> torch.Tensor:
+    """[out, in] 0/1 matrix of nearest-neighbour resizing as PyTorch's CPU kernel computes it (in float32): output
+    ``i`` takes input ``min(⌊s·i⌋, in − 1)`` (mode ``nearest``) or ``min(⌊s·(i + 0.5)⌋, in − 1)``
+    (``nearest-exact``), ``s`` being ``1/scale`` for a given ``scale_factor`` and ``in/out`` otherwise."""
+    step = np.float32(1.0 / scale) if scale else np.float32(in_size) / np.float32(out_size)
+    centres = np.arange(out_size, dtype=np.float32) + np.float32(0.5 if exact else 0.0)
+    sources = np.minimum(np.floor(centres * step).astype(np.int64), in_size - 1)
+    if not exact and out_size in (in_size, 2 * in_size):  # PyTorch's shortcuts: copy, or halve the index
+        sources = np.arange(out_size) // (out_size // in_size)
+    return torch.tensor((sources[:, None] == np.arange(in_size)[None, :]).astype(np.float64))
+
+
+_MATRICES = {
+    "bilinear": lambda o, i, s, corners: interpolation_matrix(o, i, s, corners),
+    "nearest": lambda o, i, s, corners: nearest_matrix(o, i, s),
+    "nearest-exact": lambda o, i, s, corners: nearest_matrix(o, i, s, exact=True),
+}
+
+
+def resize_as_products(
+    input: torch.Tensor,
+    size: int | Sequence[int] | None = None,
+    scale_factor: float | Sequence[float] | None = None,
+    mode: str = "nearest",
+    align_corners: bool | None = None,
+    recompute_scale_factor: bool | None = None,
+    antialias: bool = False,
+) -> torch.Tensor | None:
+    """``F.interpolate`` (bilinear, nearest or nearest-exact) of a fixed-size [N, C, h, w] tensor as
+    ``U_H · x · U_Wᵀ``; None for any other call (which then runs as PyTorch has it).
+
+    Both modes are separable and linear, so the two products are exact to float rounding (nearest's matrices
+    hold one 1 per row), and their backward is two more products: no ``index_put`` with accumulation (a
+    ScatterND with ``reduction="add"``).
+    """
+    if mode not in _MATRICES or antialias or input.dim() != 4 or _is_symbolic(*input.shape[-2:]):
+        return None
+    in_size = [int(input.shape[-2]), int(input.shape[-1])]
+    if size is not None:
+        out_size, scales = [int(v) for v in _pair(size)], [None, None]
+    elif scale_factor is not None:
+        factors = [float(v) for v in _pair(scale_factor)]
+        out_size = [int(i * f) for i, f in zip(in_size, factors, strict=True)]
+        scales = [None, None] if recompute_scale_factor else factors
+    else:
+        return None
+    if _is_symbolic(*out_size):
+        return None
+    rows, cols = (
+        _MATRICES[mode](o, i, s, bool(align_corners)).to(input.dtype)
+        for o, i, s in zip(out_size, in_size, scales, strict=True)
+    )
+    return rows @ input @ cols.T
+
+
+def _placed(grad: torch.Tensor, dim: int, before: object, size: object) -> torch.Tensor:
+    """``grad`` along ``dim`` at offset ``before`` in zeros of length ``size``: one Pad."""
+    pads = [0, 0] * (grad.dim() - 1 - dim) + [before, size - before - grad.shape[dim]]
+    return aten.constant_pad_nd.default(grad, pads, 0.0)
+
+
+def slice_backward(
+    grad_output: torch.Tensor, input_sizes: Sequence[int], dim: int, start: int, end: int, step: int
+) -> torch.Tensor:
+    """The gradient of ``x[start:end:step]`` along ``dim``: the slice's gradient put back in zeros (spread with
+    ``step − 1`` zeros between neighbours first). PyTorch's own writes it with ``slice_scatter``, which the exporter
+    lowers to a ScatterND; a Pad is exact, cheaper, and holds no index at all (a class token dropped, a padded
+    window cropped: ViT, Swin)."""
+    del end
+    dim = dim % len(input_sizes)
+    size = input_sizes[dim]
+    if isinstance(start, int) and isinstance(size, int):
+        start = min(max(start + size if start < 0 else start, 0), size)
+    if step > 1:
+        length = grad_output.shape[dim]
+        shape = list(grad_output.shape)
+        zeros = grad_output.new_zeros([*shape[: dim + 1], step - 1, *shape[dim + 1 :]])
+        spread = torch.cat([grad_output.unsqueeze(dim + 1), zeros], dim=dim + 1)
+        grad_output = spread.reshape([*shape[:dim], length * step, *shape[dim + 1 :]]).narrow(
+            dim, 0, step * (length - 1) + 1
+        )
+    return _placed(grad_output, dim, start, size)
+
+
+def select_backward(grad_output: torch.Tensor, input_sizes: Sequence[int], dim: int, index: int) -> torch.Tensor:
+    """The gradient of ``x.select(dim, index)`` (``x[:, 0]``, a class token): put back in zeros with a Pad."""
+    dim = dim % len(input_sizes)
+    size = input_sizes[dim]
+    if isinstance(index, int) and isinstance(size, int) and index < 0:
+        index += size
+    return _placed(grad_output.unsqueeze(dim), dim, index, size)
 
 
 def _adaptive_pool_matrix(in_size: int, out_size: int, like: torch.Tensor) -> torch.Tensor:
@@ -328,16 +482,22 @@ def leaky_relu_backward(
 
 
 class ForwardRewrites(TorchFunctionMode):
-    """Replaces forward calls whose PyTorch implementation leaves un-exportable ops in the trace.
+    """Replaces forward calls whose PyTorch implementation leaves un-exportable or order-dependent ops in the
+    trace.
 
     ``adaptive_avg_pool2d`` is decomposed by PyTorch before any dispatch table sees it, so it is caught
-    here, at the Python call, instead.
+    here, at the Python call, instead; bilinear and nearest ``interpolate`` become two matrix products
+    (:func:`resize_as_products`), whose backward needs no scatter.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d):
             return adaptive_avg_pool2d(*args, **kwargs)
+        if func is F.interpolate:
+            products = resize_as_products(*args, **kwargs)
+            if products is not None:
+                return products
         return func(*args, **kwargs)
 
     def __enter__(self):
@@ -383,6 +543,8 @@ _OURS: dict[object, Callable[..., object]] = {
     aten.hardswish_backward.default: hardswish_backward,
     aten.hardsigmoid_backward.default: hardsigmoid_backward,
     aten.leaky_relu_backward.default: leaky_relu_backward,
+    aten.slice_backward.default: slice_backward,
+    aten.select_backward.default: select_backward,
 }
 
 

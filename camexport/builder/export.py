@@ -17,7 +17,16 @@ from onnx import helper, numpy_helper
 
 from camexport._util import first_line, quiet
 from camexport.builder.tracing import ExplainerModule, TracedExplainer, example_inputs
-from camexport.contract import BATCH_DIM, IMAGE, TARGET_CLASS, TARGET_DIM, GraphSpec, Signature, TensorSpec
+from camexport.contract import (
+    BATCH_DIM,
+    IMAGE,
+    NONDETERMINISTIC_OPS,
+    TARGET_CLASS,
+    TARGET_DIM,
+    GraphSpec,
+    Signature,
+    TensorSpec,
+)
 from camexport.errors import UnsupportedModelError, UserError
 
 MIN_OPSET = 18
@@ -264,6 +273,26 @@ def _check_operators(model: onnx.ModelProto) -> None:
     forbidden = {node.op_type for node in model.graph.node if node.op_type in _FORBIDDEN_OPS}
     if foreign or forbidden:
         raise UnsupportedModelError(f"graph uses non-standard operators {sorted(foreign | forbidden)}")
+    check_deterministic(model)
+
+
+def check_deterministic(model: onnx.ModelProto) -> None:
+    """Raises UnsupportedModelError naming the first node (in the graph, its functions or any subgraph) that
+    :data:`camexport.contract.NONDETERMINISTIC_OPS` lists."""
+    graphs = [model.graph, *model.functions]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            reduction = next((a.s.decode() for a in node.attribute if a.name == "reduction"), "")
+            found = next((op for op in NONDETERMINISTIC_OPS if op.holds(node.op_type, reduction)), None)
+            if found is not None:
+                how = f" (reduction {reduction})" if reduction else ""
+                raise UnsupportedModelError(
+                    f"the graph holds {node.op_type} node {node.name or '(unnamed)'!r}{how}, which {found.why}: its "
+                    "outputs would change from run to run; choose a layer after the op that traced to it, or report "
+                    "the model (it needs a deterministic lowering)"
+                )
+            graphs += [a.g for a in node.attribute if a.HasField("g")] + [g for a in node.attribute for g in a.graphs]
 
 
 # Protobuf cannot serialise a message over 2 GB; well below that, the weights go to a companion file.

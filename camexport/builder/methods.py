@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camexport.builder import reference
+from camexport.builder.decompositions import interpolation_matrix
 from camexport.builder.layers import enclosing_block
 from camexport.builder.layouts import CHANNELS_FIRST, Layout, Windows
 from camexport.contract import CLASSIFICATION, FLAT_MAP, METHODS, GraphSpec, MethodSpec
@@ -174,25 +175,6 @@ def reciprocal_cam(probabilities: torch.Tensor, class_index: torch.Tensor) -> to
     """ReciproCAM's map of each image's class, [N, h, w], from :func:`reciprocal_probabilities`."""
     h, w = probabilities.shape[2], probabilities.shape[3]
     return probabilities.gather(1, class_index[:, None, None, None].expand(-1, 1, h, w))[:, 0]
-
-
-def interpolation_matrix(out_size: int, in_size: int) -> torch.Tensor:
-    """[out, in] weights of 1-D linear interpolation with half-pixel centres (PyTorch's
-    ``align_corners=False``): output ``i`` samples ``(i + 0.5)·in/out − 0.5``, clamped at 0, between its two
-    neighbours."""
-    scale = in_size / out_size
-    rows = []
-    for i in range(out_size):
-        source = max((i + 0.5) * scale - 0.5, 0.0)
-        low = min(int(source), in_size - 1)
-        high = min(low + 1, in_size - 1)
-        frac = source - low
-        row = [0.0] * in_size
-        row[low] += 1.0 - frac
-        row[high] += frac
-        rows.append(row)
-    # From Python numbers, so that tracing records one constant rather than the loop.
-    return torch.tensor(rows, dtype=torch.float64)
 
 
 def normalised_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

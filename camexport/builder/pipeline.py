@@ -22,9 +22,18 @@ from google.protobuf.message import EncodeError
 from torch import nn
 
 from camexport import __version__
-from camexport._util import first_line, removing_new_folders, sha256_of, write_atomically
+from camexport._util import first_line, removing_new_folders, sha256_of, sweep_staged, write_atomically
 from camexport.builder.comparison import TOLERANCES, Case, CaseResult, results_as_dict
-from camexport.builder.export import EXTERNAL_DATA_BYTES, check_opset, data_path, finalise, save_graph, to_onnx
+from camexport.builder.coverage import uncovered_nodes
+from camexport.builder.export import (
+    EXTERNAL_DATA_BYTES,
+    check_opset,
+    data_path,
+    finalise,
+    needs_external_data,
+    save_graph,
+    to_onnx,
+)
 from camexport.builder.layers import LayerInfo, count_logits, default_layer, input_channels, probe_layers, resolve_layer
 from camexport.builder.layouts import CHANNELS_FIRST
 from camexport.builder.methods import REGISTRY as METHODS
@@ -49,9 +58,10 @@ from camexport.runtime.session import CamSession
 DEFAULT_OUTPUT_DIR = Path("models")
 # Relative L2 change of the reference heatmap under a 1e-5 input perturbation above which a warning is printed.
 ILL_CONDITIONED = 0.1
-# One onnxruntime thread while validating: runs are then repeatable. With two threads, onnxruntime's results for
-# the same input differed from run to run in float32 rounding (measured on fcn_resnet50: one run in four), which
-# at random weights flipped a ReLU kink of the segmentation head and moved 13% of the gradient's elements.
+# One onnxruntime thread while validating, so that a build checks the same numbers on every machine whatever its
+# core count (a sum split over threads rounds otherwise in float32). Before graphs held no scatter, two threads
+# also gave different results from run to run (measured on fcn_resnet50: one run in four flipped a ReLU kink of
+# the segmentation head at random weights and moved 13% of the gradient's elements).
 VALIDATION_THREADS = 1
 
 
@@ -261,6 +271,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         job.spec = _spec(job, task)
         _describe(job)
         _trace_and_export(job)
+        sweep_staged(job.output.parent, job.output.name)  # what an earlier build, killed while writing, left
         write_atomically(job.output, lambda temporary: _write_validated(job, temporary))
     if job.summary["external_data"] is None:
         data_path(job.output).unlink(missing_ok=True)  # a previous, larger build's weights
@@ -383,6 +394,22 @@ def _trace_and_export(job: _Build) -> None:
         traced = trace_explainer(module, job.spec, layer.layout, options.seed)
     with _step("export", "export to ONNX", job.timings, job.log), _within_protobuf_limit():
         job.proto = finalise(to_onnx(traced, options.opset), job.spec)
+    _check_cuda_kernels(job)
+
+
+def _check_cuda_kernels(job: _Build) -> None:
+    """Says (and reports) which nodes onnxruntime's CUDA provider has no kernel for: they would run on the CPU,
+    with copies between the devices on every run (:mod:`camexport.builder.coverage`)."""
+    if needs_external_data(job.proto):  # shape inference reads a graph of under 2 GB only
+        job.summary["cuda_nodes_without_kernel"] = None
+        job.log("  CUDA kernels: not checked (a graph with external data)")
+        return
+    missing = [str(node) for node in uncovered_nodes(job.proto)]
+    job.summary["cuda_nodes_without_kernel"] = missing
+    if missing:
+        job.log(f"  CUDA kernels: {len(missing)} node(s) would run on the CPU under --provider cuda: {missing[0]}")
+    else:
+        job.log("  CUDA kernels: every node has one (onnxruntime's kernel table)")
 
 
 def _write_validated(job: _Build, temporary: Path) -> None:

@@ -72,7 +72,7 @@ class Classification:
     def score(self, logits, target_class, extras, background):
         del extras, background
         class_index = torch.where(target_class < 0, logits.argmax(dim=1), target_class)
-        return class_index, logits.gather(1, class_index[:, None]).sum()
+        return class_index, (logits * one_hot(class_index, logits)).sum()
 
     def outputs(self, logits):
         return ()
@@ -172,8 +172,15 @@ def segmentation_score(
     class_index = torch.where(target_class < 0, counts.argmax(dim=1), target_class)
     chosen = (predicted == class_index[:, None, None]).to(logits.dtype)
     weights = torch.where(region < 0, chosen, region)
-    per_pixel = logits.gather(1, class_index[:, None, None, None].expand(-1, 1, *logits.shape[2:]))[:, 0]
+    per_pixel = (logits * one_hot(class_index, logits)[:, :, None, None]).sum(dim=1)
     return class_index, (per_pixel * weights).sum()
+
+
+def one_hot(class_index: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """[N, K] in the logits' dtype: 1 at each image's class. The score is the logits times this mask, summed, so its
+    gradient is the mask itself (a gather's backward is a scatter-add: order-dependent in onnxruntime)."""
+    ids = torch.arange(logits.shape[1], device=logits.device)
+    return (ids[None, :] == class_index[:, None]).to(logits.dtype)
 
 
 def region_cases(base: Case, image_size: tuple[int, int], num_classes: int, seed: int) -> list[Case]:

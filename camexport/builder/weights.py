@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from camexport._util import first_line
+from camexport._util import ANSI, first_line
 from camexport.errors import WeightsError
 
 DEFAULT = "default"
@@ -96,16 +96,20 @@ def read_checkpoint(path: str | Path) -> Mapping[str, torch.Tensor]:
 
 
 def _load_failure(exc: BaseException) -> str:
-    """The real cause of a refused checkpoint. torch's weights-only refusal opens with a paragraph about
-    ``weights_only`` and closes with a pointer to the docs; the cause stands between (``Trying to load
-    unsupported GLOBAL posix.system ...``, ``Unsupported operand 149`` for a plain pickle)."""
-    lines = [line.strip() for line in str(exc).splitlines()]
+    """The real cause of a refused checkpoint, in full. torch's weights-only refusal opens with a paragraph about
+    ``weights_only`` (numbered options to load it anyway) and closes with a pointer to the docs; the cause is the
+    line of its unpickler (``WeightsUnpickler error: Unsupported global: GLOBAL torchvision.models.resnet.ResNet
+    was not an allowed global ...``, ``Unsupported operand 149`` for a plain pickle), whose first sentence is kept
+    (the rest advises allow-listing the class, which camexport does not do)."""
+    lines = [ANSI.sub("", line).strip() for line in str(exc).splitlines()]
     if lines and lines[0].startswith("Weights only load failed"):
-        boilerplate = ("Please file an issue", "Check the documentation")
-        cause = next((line for line in lines[1:] if line and not line.startswith(boilerplate)), "")
-        if cause:
-            return f"torch.load(weights_only=True) refused it: {cause[:200]}"
-    return first_line(exc)[:200]
+        causes = [line for line in lines if line.startswith("WeightsUnpickler error:")]
+        boilerplate = ("(1)", "(2)", "Please file an issue", "Check the documentation")
+        causes = causes or [line for line in lines[1:] if line and not line.startswith(boilerplate)]
+        if causes:
+            cause = causes[0].removeprefix("WeightsUnpickler error:").strip().split(". ")[0].rstrip(".")
+            return f"torch.load(weights_only=True) refused it: {cause}"
+    return first_line(exc)
 
 
 def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:

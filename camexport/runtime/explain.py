@@ -2,7 +2,8 @@
 
 One entry point, :func:`explain`, for every executor: it finds the images, opens the output folder and its record
 log (:mod:`camexport.runtime.records`: skipping what a resumed run recorded), runs the executor, and ends the run
-(the records merged; Ctrl-C; nothing explained). The executor explains the images and reports each into the run
+(the records merged; Ctrl-C or SIGTERM; nothing explained). The executor explains the images and reports each into
+the run
 (:class:`camexport.runtime.run.ExplainRun`): :class:`~camexport.runtime.options.Local` in this process
 (:mod:`camexport.runtime.local`), :class:`~camexport.runtime.options.Ray` on a cluster
 (:mod:`camexport.runtime.distributed`). Every output is written atomically (a hidden temporary, then a rename), so
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from camexport._util import removing_new_folders
+from camexport import checks
+from camexport._util import Terminated, removing_new_folders
 from camexport.errors import UserError
 from camexport.runtime.distributed import connect, explain_with_ray
 from camexport.runtime.local import Stages
@@ -53,6 +55,7 @@ def explain(
         Interrupted: Ctrl-C, after the records of the finished batches are written and merged.
     """
     started = time.perf_counter()
+    out = checks.path("out", out, "the output folder")
     style, options, executor = _checked(session, style or ExplainStyle(), options or RunOptions(), executor or Local())
     paths, skipped = collect_images(_sources(sources))
     if not paths:
@@ -104,18 +107,18 @@ def _sources(sources: str | Path | Iterable[str | Path]) -> list[str | Path]:
 def _execute(run: ExplainRun, todo: list[Path], options: RunOptions, executor: Executor) -> None:
     """Runs the executor on ``todo`` under a progress bar, then merges the records (also after Ctrl-C)."""
     bar = tqdm(total=len(todo), unit="img", disable=not options.progress or len(todo) < 2, leave=False)
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     try:
         if isinstance(executor, Ray):
             explain_with_ray(run, todo, bar, options.batch_size, executor)
         else:
             Stages(run).all(todo, options.batch_size, bar)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under the command line (camexport._util.Terminated)
+        interrupted = exc
     finally:
         bar.close()
         run.summary.columnar = run.records.finish()
-    if interrupted:
-        raise Interrupted(run.summary, run.records.predictions)
+    if interrupted is not None:
+        raise Interrupted(run.summary, run.records.predictions, terminated=isinstance(interrupted, Terminated))
     if todo and not run.summary.explained:  # every image failed: an earlier run's records stay as they were
         raise NothingExplained(run.summary)

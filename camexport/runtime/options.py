@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from camexport import checks
+from camexport.checks import number as _number
+from camexport.checks import whole as _whole
 from camexport.errors import UserError
 
 # Overlay file formats: (Pillow format, file suffix, save options). JPEG is the default: measured on a
@@ -20,22 +23,6 @@ OVERLAY_FORMATS = {
     "webp": ("WEBP", ".webp", {"quality": 80, "method": 0}),
 }
 DEFAULT_FORMAT = "jpg"
-
-
-def _whole(name: str, value: object, least: int, hint: str) -> None:
-    """Raises UserError unless ``value`` is an int (not a bool) of at least ``least``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{name}={value!r}: use a whole number ({hint[4:] if hint.startswith('use ') else hint})")
-    if value < least:
-        raise UserError(f"{name}={value}: {hint}")
-
-
-def _number(name: str, value: object, low: float, high: float | None, hint: str, shown: str = "") -> None:
-    """Raises UserError unless ``value`` is a real number in [low, high] (``shown``: its format in the message)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name}={value!r}: use a number ({hint[4:] if hint.startswith('use ') else hint})")
-    if not low <= value <= (high if high is not None else float("inf")):
-        raise UserError(f"{name}={value:{shown}}: {hint}")
 
 
 @dataclass(frozen=True)
@@ -62,11 +49,9 @@ class ExplainStyle:
 
     def check(self) -> None:
         """Raises UserError for a bad option (the class is checked against a graph's labels when a run starts)."""
-        from camexport.runtime.visualize import check_style  # matplotlib: not for reading the defaults
-
         _whole("top_k", self.top_k, 1, "use 1 or more")
         _number("alpha", self.alpha, 0.0, 1.0, "use a value between 0 and 1")
-        check_style(self.alpha, self.colormap)
+        checks.colormap("colormap", self.colormap)
         if self.overlay_format is not None and self.overlay_format not in OVERLAY_FORMATS:
             raise UserError(f"overlay_format={self.overlay_format!r}: use one of {', '.join(OVERLAY_FORMATS)}")
         if self.overlay_max_side is not None:

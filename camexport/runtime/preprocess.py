@@ -14,10 +14,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from camexport.contract import Preprocessing
 from camexport.errors import UserError
+
+_ORIENTATION = 0x0112  # the EXIF tag
 
 _FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -28,11 +30,14 @@ _FILTERS = {
 
 
 def open_image(source: str | Path | bytes | Image.Image, name: str | None = None, mode: str = "RGB") -> Image.Image:
-    """Opens a file or an image file's bytes (or takes a PIL image) and converts it to 8-bit ``mode``.
+    """Opens a file or an image file's bytes (or takes a PIL image), turns it upright and converts it to 8-bit
+    ``mode``, by the rules the browser page and the Node.js example follow too (docs/runtimes.md, "Decoding"):
 
-    ``mode`` is ``RGB`` (grayscale, palette, 16-bit and CMYK images are converted; an alpha channel is
-    dropped), ``L`` (colour images become grayscale by ITU-R 601-2 luma, as Pillow converts them) or ``RGBA``
-    (a four-band image, taken as it is).
+    - the EXIF orientation is applied (``ImageOps.exif_transpose``);
+    - 16-bit samples become their high byte (Pillow reads 16-bit colour PNGs so; 16-bit grayscale likewise);
+    - ``mode`` ``RGB``: grayscale is repeated, a palette looked up, alpha and transparency dropped, CMYK converted
+      by Pillow's formula; ``L``: colour becomes ITU-R 601-2 luma as Pillow converts it; ``RGBA``: a four-band
+      image (RGBA, or CMYK's bands as data) taken as it is.
 
     Raises:
         UserError: the file is missing or not a readable image (messages call it ``name``, or its path), or a
@@ -48,10 +53,11 @@ def open_image(source: str | Path | bytes | Image.Image, name: str | None = None
             image.load()
         except (OSError, ValueError) as exc:
             raise UserError(f"{name}: not a readable image ({str(exc)[:120]})") from None
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        top = array.max() if array.size and array.max() > 0 else 1.0
-        image = Image.fromarray((array / top * 255.0).round().astype(np.uint8), mode="L")
+    if image.getexif().get(_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: the high byte, as Pillow reads colour
+        array = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
+        image = Image.fromarray(array.astype(np.uint8), mode="L")
     if mode == "RGBA" and image.mode not in ("RGBA", "CMYK"):
         raise UserError(
             f"{name or 'image'}: the image has {len(image.getbands())} band(s) ({image.mode}), the graph takes 4 "
@@ -59,7 +65,11 @@ def open_image(source: str | Path | bytes | Image.Image, name: str | None = None
         )
     if image.mode == "CMYK" and mode == "RGBA":
         return Image.merge("RGBA", image.split())  # four bands of data, not a colour space to convert
-    return image if image.mode == mode else image.convert(mode)  # an image already in mode is used as it is
+    if image.mode == mode:  # an image already in mode is used as it is
+        return image
+    with warnings.catch_warnings():  # a palette's transparency is dropped on purpose (Pillow warns about it)
+        warnings.simplefilter("ignore", UserWarning)
+        return image.convert(mode)
 
 
 _OPENING = threading.Lock()  # warnings filters are process-wide: one opener changes them at a time

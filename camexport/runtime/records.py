@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from camexport._util import write_atomically
+from camexport._util import first_line, sweep_staged, write_atomically
 from camexport.contract import GraphSpec
 from camexport.errors import UserError
 
@@ -115,12 +115,26 @@ def schema_for(spec: GraphSpec) -> pa.Schema:
 
 
 def read_predictions(path: Path) -> list[dict]:
-    """The JSON lines of a ``predictions.jsonl``; a last line cut short by a kill is left out."""
+    """The JSON lines of a ``predictions.jsonl``; a last line cut short by a kill is left out.
+
+    Raises:
+        UserError: a whole line that is not a JSON record with an ``image`` (the file was edited or damaged).
+    """
     lines = []
     with path.open("rb") as file:
-        for raw in file:
-            if raw.endswith(b"\n"):
-                lines.append(json.loads(raw))
+        for number, raw in enumerate(file, 1):
+            if not raw.endswith(b"\n"):
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+                raise UserError(
+                    f"{path}: line {number} is not a record of 'camexport explain' (the file is damaged); delete "
+                    "that line to resume without it, or pass `overwrite` to explain every image again"
+                )
+            lines.append(record)
     return lines
 
 
@@ -159,6 +173,9 @@ class RecordLog:
                 f"{earlier[0]}: an earlier run's output; pass `resume` to finish that run, `overwrite` to "
                 "replace it, or choose another `out_dir`"
             )
+        if resume or overwrite:  # what a killed run was writing when it died
+            sweep_staged(out)
+            (out / f".{PREDICTIONS}.new").unlink(missing_ok=True)
         self.done: set[str] = set()
         self.earlier_files: list[str] = []
         if resume:
@@ -170,7 +187,12 @@ class RecordLog:
         self._jsonl = None
 
     def _check_same_graph(self, spec: GraphSpec) -> None:
-        stored = next(iter(self._sources()), None)
+        try:
+            stored = next(iter(self._sources()), None)
+        except (pa.ArrowException, OSError) as exc:
+            raise UserError(
+                f"{self.cams}: damaged ({first_line(exc)}); pass `overwrite` to explain every image again"
+            ) from None
         if stored is None:
             return
         props = stored.schema.metadata or {}

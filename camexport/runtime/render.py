@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from camexport._util import in_order
-from camexport.contract import GraphSpec
+from camexport import checks
+from camexport._util import first_line, in_order
+from camexport.contract import PREFIX, GraphSpec
 from camexport.errors import CamExportError, UserError
 from camexport.runtime.options import ExplainStyle
 from camexport.runtime.outputs import failure_line, output_folder, unique_stem, write_overlay
@@ -53,14 +55,14 @@ def render(source: str | Path, out_dir: str | Path | None = None, style: Explain
     Raises:
         UserError: no ``cams.parquet`` there (or an unfinished run), a file that is not one, a bad style.
     """
+    source = checks.path("source", source, "an explain output folder or its cams.parquet")
+    out_dir = None if out_dir is None else checks.path("out_dir", out_dir, "the folder for the overlays")
     style = style or ExplainStyle()
+    if not isinstance(style, ExplainStyle):
+        raise UserError(f"style={type(style).__name__}: pass an ExplainStyle")
     style.check()
-    cams = _cams_file(Path(source))
-    try:
-        parquet = pq.ParquetFile(cams)
-        spec = GraphSpec.from_props({k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()})
-    except (pa.ArrowException, OSError) as exc:
-        raise UserError(f"{cams}: not a cams.parquet written by 'camexport explain' ({exc})") from None
+    cams = _cams_file(source)
+    parquet, spec = open_cams(cams)
     out = output_folder(out_dir if out_dir is not None else cams.parent)
     summary = RenderSummary()
     height, width = spec.preprocessing.image_size
@@ -95,10 +97,62 @@ def _cams_file(source: Path) -> Path:
     return cams
 
 
+_REWRITE = "run 'camexport explain' on its photos again with --overwrite to write it anew"
+
+
+def open_cams(cams: Path) -> tuple[pq.ParquetFile, GraphSpec]:
+    """``cams.parquet`` opened and checked whole before anything is drawn: camexport's metadata in its schema, the
+    columns ``render`` reads, and each row's ``cam`` as long as its ``cam_shape`` says.
+
+    Raises:
+        UserError: not Parquet, not written by ``camexport explain``, or damaged (named by row).
+    """
+    try:
+        parquet = pq.ParquetFile(cams)
+        props = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(
+            f"{cams}: not a cams.parquet written by 'camexport explain' (unreadable as Parquet: {first_line(exc)}); "
+            f"pass the cams.parquet of an explain run's folder, or {_REWRITE}"
+        ) from None
+    if not any(key.startswith(PREFIX) for key in props):
+        raise UserError(
+            f"{cams}: not a cams.parquet written by 'camexport explain' (a Parquet file without camexport's "
+            "metadata); pass the cams.parquet of an explain run's folder"
+        )
+    spec = GraphSpec.from_props(props, cams)
+    missing = [name for name in _COLUMNS if name not in parquet.schema_arrow.names]
+    if missing:
+        raise UserError(f"{cams}: damaged: no {', '.join(missing)} column; {_REWRITE}")
+    try:
+        _check_rows(parquet, cams)
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{cams}: damaged ({first_line(exc)}); {_REWRITE}") from None
+    return parquet, spec
+
+
+def _check_rows(parquet: pq.ParquetFile, cams: Path) -> None:
+    """Raises UserError at the first row whose ``cam`` does not hold as many values as its ``cam_shape`` says."""
+    row = 0
+    for batch in parquet.iter_batches(batch_size=4096, columns=list(_COLUMNS)):
+        sizes = pc.list_value_length(batch.column("cam")).to_pylist()
+        shapes = batch.column("cam_shape").to_pylist()
+        for i, image in enumerate(batch.column("image").to_pylist()):
+            if not shapes[i] or sizes[i] != int(np.prod(shapes[i])):
+                raise UserError(
+                    f"{cams}: damaged: row {row + i} ({image}) holds {sizes[i]} cam values for a cam_shape of "
+                    f"{shapes[i]}; {_REWRITE}"
+                )
+        row += batch.num_rows
+
+
+_COLUMNS = ("image", "cam_shape", "cam")
+
+
 def _rows(parquet: pq.ParquetFile, out: Path, style: ExplainStyle) -> Iterator[_Row]:
     suffix = style.overlay_suffix
     taken: set[str] = set()
-    for batch in parquet.iter_batches(batch_size=256, columns=["image", "cam_shape", "cam"]):
+    for batch in parquet.iter_batches(batch_size=256, columns=list(_COLUMNS)):
         shapes, flat = batch.column("cam_shape").to_pylist(), batch.column("cam")
         for i, image in enumerate(batch.column("image").to_pylist()):
             cam = flat[i].values.to_numpy().reshape(shapes[i])

@@ -89,16 +89,19 @@ class ExplainRun:
 
 
 class Interrupted(CamExportError):
-    """Ctrl-C (SIGINT) stopped a run; the finished batches are recorded and merged."""
+    """Ctrl-C (SIGINT, exit status 130) or SIGTERM (143) stopped a run; the finished batches are recorded and
+    merged."""
 
     exit_code = 130
 
-    def __init__(self, summary: ExplainSummary, predictions: Path) -> None:
+    def __init__(self, summary: ExplainSummary, predictions: Path, terminated: bool = False) -> None:
+        stopped = "terminated (SIGTERM)" if terminated else "interrupted"
         super().__init__(
-            f"interrupted after {summary.explained} image(s); the records are in {predictions}: run the same "
+            f"{stopped} after {summary.explained} image(s); the records are in {predictions}: run the same "
             "command with `resume` to finish"
         )
         self.summary = summary
+        self.exit_code = 143 if terminated else 130
 
 
 class NothingExplained(CamExportError):

@@ -44,6 +44,7 @@ try:
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
     from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
     from starlette.requests import ClientDisconnect
 except ImportError as exc:  # the run side without camexport[serve]
@@ -57,6 +58,7 @@ HeatmapKind = Literal["overlay", "cam", "none"]
 HEATMAP_KINDS: tuple[HeatmapKind, ...] = ("overlay", "cam", "none")
 IMAGE_TYPES = ("image/", "application/octet-stream", "multipart/form-data")
 ENDPOINTS = ("/explain", "/metadata", "/healthz", "/metrics")  # counted by name in /metrics; the rest as "other"
+_ROUTES = ("POST /explain", "GET /metadata", "GET /healthz", "GET /metrics")
 
 
 @dataclass(frozen=True)
@@ -326,6 +328,19 @@ def _routes(app: FastAPI, server: Server) -> None:
     @app.exception_handler(RequestError)
     async def refused(_request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def unrouted(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own refusals (no such path, a method the path does not take) in the ``{"error"}`` shape of
+        every other refusal, naming what the server does take."""
+        if exc.status_code == 404:
+            message = f"{request.url.path}: no such endpoint; use {', '.join(_ROUTES)}"
+        elif exc.status_code == 405:
+            allowed = exc.headers.get("Allow", "") if exc.headers else ""
+            message = f"{request.method} {request.url.path}: not allowed; use {allowed or 'another method'}"
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.post("/explain")
     async def explain(request: Request) -> JSONResponse:

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from camexport import checks
 from camexport._util import first_line
 from camexport.contract import IMAGE, TARGET_CLASS, GraphSpec, Preprocessing, Signature
 from camexport.errors import CamExportError, NonFiniteOutputError, UserError
@@ -22,10 +23,16 @@ from camexport.runtime.preprocess import heatmap_to_original, normalise, open_im
 from camexport.runtime.tasks import REGISTRY as TASKS
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# CUDA as camexport runs it: cuDNN's fixed default convolution algorithms (an exhaustive search may pick a
+# backward-data algorithm that adds with atomics, and ConvTranspose runs on backward-data), and no TF32, whose
+# 10-bit mantissa would move the maps by about 1e-3 away from the CPU's float32 (docs/runtimes.md).
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "DEFAULT", "use_tf32": "0"}
+Provider = str | tuple[str, dict[str, str]]
 
 
-def resolve_providers(provider: str) -> list[str]:
-    """Maps ``cpu``/``cuda`` to onnxruntime providers, checking that the build has them.
+def resolve_providers(provider: str) -> list[Provider]:
+    """Maps ``cpu``/``cuda`` to onnxruntime providers (CUDA with :data:`CUDA_OPTIONS`, then the CPU for any node
+    without a CUDA kernel), checking that the build has them.
 
     Raises:
         UserError: unknown provider, or CUDA asked of an onnxruntime build without it.
@@ -39,7 +46,7 @@ def resolve_providers(provider: str) -> list[str]:
             f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu in place of onnxruntime: "
             "pip uninstall -y onnxruntime && pip install 'camexport[gpu]'"
         )
-    return [wanted, "CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [wanted]
+    return [(wanted, dict(CUDA_OPTIONS)), "CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [wanted]
 
 
 class CamSession:
@@ -59,15 +66,16 @@ class CamSession:
     """
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int = 0, spin: bool = False) -> None:
-        self.path = Path(path)
-        if threads < 0:
-            raise UserError(f"threads={threads}: use 0 (onnxruntime's default) or a positive number")
+        self.path = checks.path("path", path, "a graph written by 'camexport build'")
+        checks.whole("threads", threads, 0, "use 0 for onnxruntime's default, or a positive number")
+        checks.flag("spin", spin)
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such graph; build one with 'camexport build MODEL'")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.log_severity_level = 3
+        options.use_deterministic_compute = True  # onnxruntime's GPU reductions without atomics (no effect on CPU)
         self.options, self.providers = options, resolve_providers(provider)
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
@@ -190,6 +198,8 @@ class CamSession:
         """
         if wanted is None:
             return -1
+        if isinstance(wanted, bool) or not isinstance(wanted, (str, int, np.integer)):
+            raise UserError(f"target={wanted!r}: pass a class index (an int, -1 for top-1) or a label (a str)")
         labels = self.spec.labels
         text = str(wanted).strip()
         if text.lstrip("-").isdigit():
@@ -241,10 +251,8 @@ class CamSession:
             UserError: a bad image (named by its path or position), class, ``top_k`` or ``batch_size``.
         """
         items = list(images) if isinstance(images, (list, tuple)) else [images]
-        if top_k < 1:
-            raise UserError(f"top_k={top_k}: use 1 or more")
-        if batch_size < 1:
-            raise UserError(f"batch_size={batch_size}: use 1 or more")
+        checks.whole("top_k", top_k, 1, "use 1 or more")
+        checks.whole("batch_size", batch_size, 1, "use 1 or more")
         index = self.class_index(target)
         if self.spec.provenance.random_weights:
             warnings.warn(random_weights_note(self), UserWarning, stacklevel=2)
@@ -273,6 +281,7 @@ class CamSession:
         """Image ``i`` of a batch's :meth:`run` outputs as an :class:`Explanation` of a ``photo_size`` photo, its
         classes ranked and its region chosen by the graph's task (:mod:`camexport.runtime.tasks`: a segmentation's
         classes by their share of the predicted pixels, its region the pixels predicted as the explained class)."""
+        checks.whole("top_k", top_k, 1, "use 1 or more")
         labels = self.spec.labels
         chosen = int(outputs["class_index"][i])
         probs = self.task.ranking(outputs, i)
@@ -333,6 +342,8 @@ class Explanation:
 
     def heatmap_at(self, width: int, height: int) -> np.ndarray:
         """The heatmap placed on the photo resized to ``width`` x ``height`` (e.g. a downscaled overlay)."""
+        checks.whole("width", width, 1, "use a positive number of pixels")
+        checks.whole("height", height, 1, "use a positive number of pixels")
         return heatmap_to_original(self.input_heatmap, self.preprocessing, width, height)
 
 

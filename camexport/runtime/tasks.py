@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from camexport import checks
 from camexport.contract import CLASSIFICATION, REGION, SEGMENTATION, SEGMENTATION_TASK, GraphSpec, TaskSpec
 from camexport.errors import UserError
 
@@ -70,7 +71,7 @@ class Segmentation:
         height, width = spec.preprocessing.image_size
         if region is None:
             return {REGION.name: np.full((batch, height, width), -1.0, dtype=np.float32)}
-        region = np.asarray(region, dtype=np.float32)
+        region = checks.array("region", region, np.float32, "pass float pixel weights [H, W] or [N, H, W]")
         region = np.broadcast_to(region, (batch, *region.shape)) if region.ndim == 2 else region
         if region.shape != (batch, height, width):
             raise UserError(

@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageFilter
 
+from camexport import checks
 from camexport.contract import FLAT_MAP, Preprocessing
 from camexport.errors import UserError
 from camexport.runtime.options import ExplainStyle
@@ -16,10 +17,8 @@ from camexport.runtime.preprocess import placed_heatmap
 
 def check_style(alpha: float, colormap: str) -> None:
     """Raises UserError for an alpha outside [0, 1] or a colormap matplotlib does not know."""
-    if not 0.0 <= alpha <= 1.0:
-        raise UserError(f"alpha={alpha}: use a value between 0 and 1")
-    if colormap not in colormaps:
-        raise UserError(f"colormap={colormap!r}: not a matplotlib colormap; try jet, viridis, inferno or turbo")
+    checks.number("alpha", alpha, 0.0, 1.0, "use a value between 0 and 1")
+    checks.colormap("colormap", colormap)
 
 
 def overlay(
@@ -48,9 +47,16 @@ def overlay(
         UserError: unknown colormap, alpha outside [0, 1], or a heatmap of another size.
     """
     check_style(alpha, colormap)
+    if not isinstance(image, Image.Image):
+        raise UserError(f"image={type(image).__name__}: pass a PIL image (open_image opens files, bytes and arrays)")
     photo = image if image.mode == "RGB" else image.convert("RGB")
+    heatmap = checks.array("heatmap", heatmap, np.float32, "pass an array [height, width] of values in [0, 1]")
     if heatmap.shape != (photo.height, photo.width):
-        raise UserError(f"heatmap is {heatmap.shape[1]}x{heatmap.shape[0]}, image {photo.width}x{photo.height}")
+        shown = "x".join(map(str, heatmap.shape[::-1])) if heatmap.ndim == 2 else f"of shape {list(heatmap.shape)}"
+        raise UserError(
+            f"heatmap is {shown}, image {photo.width}x{photo.height}; pass the heatmap at the photo's size "
+            "(Explanation.heatmap, or heatmap_at(width, height) for a resized photo)"
+        )
     blended = Image.blend(photo, colourise(heatmap, colormap), alpha)
     if mask is not None:
         blended = Image.composite(blended, photo, Image.fromarray(np.asarray(mask, dtype=bool)))

@@ -1,20 +1,21 @@
-// Explains one PNG photo with a graph built by `camexport build`, using onnxruntime-node.
+// Explains one photo (PNG or JPEG) with a graph built by `camexport build`, using onnxruntime-node.
 //
-//   node explain.mjs GRAPH.onnx PHOTO.png OUT_PREFIX
+//   node explain.mjs GRAPH.onnx PHOTO OUT_PREFIX
 //
 // Writes OUT_PREFIX.npy (the heatmap, float32 [H, W] in [0, 1], at the graph's input size),
 // OUT_PREFIX.png (the heatmap as a grey image) and OUT_PREFIX.json (top-1 label, probability, class
 // explained); prints the top-1 label. The graph's own metadata (camexport.* props) gives the labels,
 // the input size, resize and interpolation and, for a float32 graph, the mean and std; a `--input uint8`
 // graph takes the pixels as they are. The photo is resized (shorter side to camexport.resize_size, the
-// graph's filter) and centre-cropped by ../web/camexport.mjs exactly as Pillow does it in Python.
+// graph's filter) and centre-cropped by ../web/camexport.mjs exactly as Pillow does it in Python, after
+// ../web/decode.mjs has decoded it to the bytes Python decodes (EXIF orientation, 16-bit, palettes, CMYK).
 import fs from "node:fs";
 import path from "node:path";
 import ort from "onnxruntime-node";
-import pngjs from "pngjs";
+import { encode as encodePng } from "fast-png";
 import { channelsOf, imageInput, readMetadata, toPixels, topK } from "../web/camexport.mjs";
-
-const { PNG } = pngjs;
+import { decodeImage } from "../web/decode.mjs";
+import { nodeCodecs } from "./codecs.mjs";
 
 function fail(message) {
   console.error(`explain.mjs: error: ${message}`);
@@ -30,18 +31,20 @@ function metadata(file) {
   }
 }
 
-// The photo resized and centre-cropped exactly as Pillow does it in Python (camexport.mjs).
-function photoPixels(file, meta) {
-  let png;
+// The photo decoded (decode.mjs), resized and centre-cropped exactly as Pillow does it in Python (camexport.mjs).
+async function photoPixels(file, meta) {
+  if (!fs.existsSync(file)) fail(`${file}: no such file`);
+  const fourBands = channelsOf(meta) === 4;
+  let image;
   try {
-    png = PNG.sync.read(fs.readFileSync(file));
+    image = await decodeImage(new Uint8Array(fs.readFileSync(file)), file, await nodeCodecs(), fourBands);
   } catch (error) {
-    fail(`${file}: not a readable PNG (${error.message})`);
+    fail(error.message);
   }
-  if (channelsOf(meta) === 4 && !png.alpha) {
-    fail(`${file}: the PNG has no fourth band, the graph takes 4 channels; pass a four-band (RGBA) PNG`);
+  if (fourBands && image.bands !== 4) {
+    fail(`${file}: the photo has ${image.bands} band(s), the graph takes 4 channels; pass a four-band (RGBA) PNG`);
   }
-  return toPixels(new Uint8Array(png.data.buffer, png.data.byteOffset, png.data.length), png.width, png.height, meta);
+  return toPixels(image.rgba, image.width, image.height, meta);
 }
 
 function imageTensor(pixels, meta) {
@@ -62,20 +65,17 @@ function writeNpy(file, data, shape) {
 }
 
 function writeGreyPng(file, data, [height, width]) {
-  const png = new PNG({ width, height });
-  for (let i = 0; i < width * height; i++) {
-    const v = Math.round(Math.min(Math.max(data[i], 0), 1) * 255);
-    png.data.set([v, v, v, 255], i * 4);
-  }
-  fs.writeFileSync(file, PNG.sync.write(png));
+  const grey = new Uint8Array(width * height);
+  for (let i = 0; i < width * height; i++) grey[i] = Math.round(Math.min(Math.max(data[i], 0), 1) * 255);
+  fs.writeFileSync(file, encodePng({ width, height, data: grey, channels: 1, depth: 8 }));
 }
 
 async function main() {
   const [graph, photo, prefix] = process.argv.slice(2);
-  if (!graph || !photo || !prefix) fail("usage: node explain.mjs GRAPH.onnx PHOTO.png OUT_PREFIX");
+  if (!graph || !photo || !prefix) fail("usage: node explain.mjs GRAPH.onnx PHOTO OUT_PREFIX");
   if (!fs.existsSync(graph)) fail(`${graph}: no such graph; build one with 'camexport build'`);
   const meta = metadata(graph);
-  const pixels = photoPixels(photo, meta);
+  const pixels = await photoPixels(photo, meta);
   const session = await ort.InferenceSession.create(graph);
   const topOne = new ort.Tensor("int64", BigInt64Array.from([-1n]), [1]); // -1: explain the top-1 class
   const outputs = await session.run({ image: imageTensor(pixels, meta), target_class: topOne });

@@ -2,7 +2,10 @@
 // Grad-CAM++ overlay out. onnxruntime-web runs the graph: WebGPU where the browser offers it, else WebAssembly
 // (threaded when the page is cross-origin isolated). Every failure is shown on the page as one line.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.all.min.mjs";
-import { colourise, geometry, imageInput, readMetadata, toPixels, topK } from "./camexport.mjs";
+import { decode as decodePng } from "fast-png"; // mapped to ./node_modules by index.html's import map
+import decodeJpeg from "./node_modules/@jsquash/jpeg/decode.js";
+import { channelsOf, colourise, geometry, imageInput, readMetadata, toPixels, topK } from "./camexport.mjs";
+import { cmykCodec, decodeImage, sniff } from "./decode.mjs";
 
 const $ = (id) => document.getElementById(id);
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
@@ -10,8 +13,23 @@ ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardw
 ort.env.logLevel = "error";
 
 const state = { session: null, meta: null, backend: null };
-// What the page showed last, for scripts that drive it (tests/e2e/test_web.py): the numbers behind the pixels.
-window.camexport = { ready: false, result: null, error: null };
+// What the page showed last, for scripts that drive it (tests/e2e/test_web.py): the numbers behind the pixels; and
+// the page's decoder, which those scripts compare with Python's on the fixtures (tests/image_fixtures.py).
+window.camexport = { ready: false, result: null, error: null, decode: decodeUrl };
+
+// PNG and JPEG are decoded to the bytes Python decodes (decode.mjs); libvips (13 MB of WebAssembly) is fetched only
+// for a CMYK JPEG.
+const codecs = {
+  png: (bytes) => decodePng(bytes),
+  jpeg: (bytes) => decodeJpeg(bytes),
+  cmyk: cmykCodec(async () => (await import("./node_modules/wasm-vips/lib/vips-es6.js")).default({ dynamicLibraries: [] })),
+};
+
+async function decodeUrl(url) {
+  const response = await fetch(url);
+  const image = await decodeImage(new Uint8Array(await response.arrayBuffer()), url.split("/").pop(), codecs);
+  return { width: image.width, height: image.height, rgba: Array.from(image.rgba) };
+}
 
 function status(text) {
   $("status").textContent = text;
@@ -61,13 +79,26 @@ async function loadGraph(bytes, name) {
   status(`Graph ready (${created.backend}). Pick a photo.`);
 }
 
+// A photo → {bitmap (to draw), rgba, width, height}. PNG and JPEG as Python decodes them (decode.mjs); any other
+// format (WebP, GIF, BMP) by the browser, whose decoding Python's may not match.
 async function decode(file) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  const fourBands = channelsOf(state.meta) === 4;
+  if (sniff(bytes)) {
+    const image = await decodeImage(bytes, file.name, codecs, fourBands);
+    if (fourBands && image.bands !== 4) {
+      throw new Error(`${file.name}: the photo has ${image.bands} band(s), the graph takes 4 channels; pick a four-band (RGBA) PNG`);
+    }
+    const pixels = new ImageData(new Uint8ClampedArray(image.rgba), image.width, image.height);
+    return { bitmap: await createImageBitmap(pixels), rgba: image.rgba, width: image.width, height: image.height };
+  }
   try {
-    const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+    const bitmap = await createImageBitmap(new Blob([bytes]), { colorSpaceConversion: "none", premultiplyAlpha: "none" });
     const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
     const context = canvas.getContext("2d", { willReadFrequently: true });
     context.drawImage(bitmap, 0, 0);
-    return { bitmap, rgba: context.getImageData(0, 0, bitmap.width, bitmap.height).data };
+    const rgba = new Uint8Array(context.getImageData(0, 0, bitmap.width, bitmap.height).data.buffer);
+    return { bitmap, rgba, width: bitmap.width, height: bitmap.height };
   } catch {
     throw new Error(`${file.name}: not an image this browser can decode; pick a JPEG, PNG, WebP, GIF or BMP photo`);
   }
@@ -77,9 +108,9 @@ async function explain(file) {
   clearError();
   if (!state.session) throw new Error("no graph loaded yet; pick a .onnx graph written by 'camexport build' first");
   status(`Explaining ${file.name}…`);
-  const { bitmap, rgba } = await decode(file);
+  const { bitmap, rgba, width, height } = await decode(file);
   const meta = state.meta;
-  const pixels = toPixels(new Uint8Array(rgba.buffer), bitmap.width, bitmap.height, meta);
+  const pixels = toPixels(rgba, width, height, meta);
   const input = imageInput(pixels, meta);
   const started = performance.now();
   const outputs = await state.session.run({

@@ -1,11 +1,14 @@
 // Drives the page in a real browser (Debian's chromium, headless, through playwright-core; no browser download):
 //
 //   node drive.mjs PAGE_URL PHOTO OUT.json [SCREENSHOT.png]
+//   node drive.mjs PAGE_URL --decode OUT.json URL...
 //
 // Opens the page, waits for its graph (?graph=...), picks PHOTO in the photo input as a person would (unless the
 // graph failed), waits for
 // the answer or the error, and writes what the page showed: the top-5 text, the explained class, the error
-// line, and the heatmap numbers behind the overlay (window.camexport). Set CHROMIUM to another browser binary.
+// line, and the heatmap numbers behind the overlay (window.camexport). With --decode, it decodes each image URL
+// (relative to the page) with the page's own decoder and writes {URL: {width, height, rgba}}. Set CHROMIUM to
+// another browser binary.
 import fs from "node:fs";
 import { chromium } from "playwright-core";
 
@@ -26,6 +29,15 @@ try {
   page.on("pageerror", (error) => console_.push(String(error)));
   await page.goto(url);
   await page.waitForFunction(() => window.camexport?.ready, null, { timeout: 120_000 });
+  if (photo === "--decode") {
+    const decoded = {};
+    for (const image of process.argv.slice(5)) {
+      decoded[image] = await page.evaluate((address) => window.camexport.decode(address).catch((e) => ({ error: e.message })), image);
+    }
+    fs.writeFileSync(out, JSON.stringify({ decoded, console: console_ }));
+    await browser.close();
+    process.exit(0);
+  }
   if (!(await page.evaluate(() => window.camexport.error))) {
     await page.setInputFiles("#photo-file", photo); // unless the graph itself failed: then that error stands
   }

@@ -1,3 +1,3 @@
 """The build side's tests (torch): graphs built once per session, and the eager reference (tests/building.py)."""
 
-from building import efficientnet_graph, graph_dir, resnet18_random  # noqa: F401 - fixtures for this folder
+from building import efficientnet_graph, resnet18_random  # noqa: F401 - fixtures for this folder

@@ -52,6 +52,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     nan["fc.bias"][0] = float("nan")
     torch.save(nan, root / "nan.pth")
     (root / "junk.pth").write_bytes(b"junk")
+    torch.save(torchvision.models.resnet18(), root / "whole.pth")  # the module pickled, not its state_dict
     return {"root": root}
 
 
@@ -78,6 +79,12 @@ BUILD = [
     ("weights-missing", "build resnet18 --weights {root}/none.pth", 2, "none.pth: no such file"),
     ("weights-junk", "build resnet18 --weights {root}/junk.pth", 2, "cannot read the checkpoint"),
     ("weights-pickle", "build resnet18 --weights {root}/plain.pth", 2, "refused it: Unsupported operand"),
+    (
+        "weights-whole-module",
+        "build resnet18 --weights {root}/whole.pth",
+        2,
+        "refused it: Unsupported global: GLOBAL torchvision.models.resnet.ResNet was not an allowed global by default)",
+    ),
     ("weights-nan", "build resnet18 --weights {root}/nan.pth", 2, "1 tensor(s) hold NaN or Inf: fc.bias"),
     ("weights-other-shape", "build resnet18 --weights {root}/ten.pth", 2, "fc.weight (10, 512) vs (1000, 512)"),
     ("weights-offline", "build resnet18", 2, "--weights random"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from building import reference
+from building import built_graph, reference
 
 from camexport.builder.sources import load_model
 from camexport.runtime.preprocess import normalise, to_pixels
@@ -20,16 +20,7 @@ from camexport.runtime.session import CamSession
 def test_torchvision_segmentation_matches_the_eager_reference_on_a_photo(graph_dir: Path, model: str) -> None:
     """Built (validated at build time on random inputs, a rectangle and an empty region), then compared on a real
     photo with the default region and with a given one, against the eager Seg-Grad-CAM written separately."""
-    from dataclasses import replace
-
-    from camexport.builder.pipeline import BuildOptions, build
-
-    graph = graph_dir / f"{model}-seg.onnx"
-    if not graph.exists():
-        build(
-            replace(BuildOptions(model=model, weights="random", image_size=(96, 96)), output=graph), log=lambda _: None
-        )
-    session = CamSession(graph)
+    session = CamSession(built_graph(graph_dir, model, None, "gradcampp", image_size=(96, 96)))
     assert session.spec.labels[0] == "__background__" and session.spec.background == 0
     assert session.spec.layer.startswith("backbone.")
     prep = session.spec.preprocessing

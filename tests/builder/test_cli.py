@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from support import start
 
 from camexport.cli import main
 
@@ -245,3 +246,30 @@ def test_image_size_help_reads_h_w(capsys, command: str) -> None:
         main([command, "--help"])
     text = capsys.readouterr().out
     assert "--image-size H [W]" in text and "[H [W] ...]" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_build_stopped_while_validating_leaves_nothing_and_says_so(tmp_path: Path, stop: str) -> None:
+    """SIGTERM (how Slurm and Kubernetes stop a job) as Ctrl-C: while the graph is staged and validated, the build
+    stops, removes its staging folder (tens of MB for a real model) and the folder it made, and says one line."""
+    import signal
+    import time
+
+    out = tmp_path / "graphs" / "g.onnx"
+    argv = [sys.executable, "-m", "camexport.cli", "build", "resnet18", "--weights", "random", "--output", str(out)]
+    process = start(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:  # the build says when validation starts; the staged graph is then on disk
+        lines.append(line)
+        if line.startswith("validate"):
+            break
+    deadline = time.monotonic() + 30
+    while not list(out.parent.glob(".g.onnx.*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(out.parent.glob(".g.onnx.*")), "".join(lines)
+    process.send_signal(getattr(signal, stop))
+    _, err = process.communicate(timeout=120)
+    expected = (143, "camexport: terminated (SIGTERM)\n") if stop == "SIGTERM" else (130, "camexport: interrupted\n")
+    assert (process.returncode, err) == expected
+    assert not out.parent.exists()  # neither the staged graph nor the folder the build made

@@ -167,3 +167,86 @@ def test_the_exported_io_is_checked_against_the_spec() -> None:
             onnx.load(str(ROOT / "tests" / "runtime" / "graphs" / "linear.onnx")).graph,
             spec_of("feat", ("gradcampp",), (16, 16), classes=3),
         )
+
+
+SCATTERING_NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.feat = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        a = self.feat(x).flatten(2)
+        index = (a.argmax(dim=2, keepdim=True) % 3).expand(-1, -1, 5)  # duplicate indices
+        summed = a.new_zeros(a.shape[0], a.shape[1], 3).scatter_add(2, index, a[..., :5])
+        return self.head(summed.sum(dim=2))
+
+
+def factory(num_classes=3):
+    return Net()
+"""
+
+
+def test_a_scatter_with_a_reduction_is_refused_naming_the_node(tmp_path: Path, capsys) -> None:
+    """A network that itself scatter-adds after the layer: build names the node and the reason, writes nothing."""
+    from test_cli import run_cli
+
+    (tmp_path / "net.py").write_text(SCATTERING_NET)
+    out = tmp_path / "graphs" / "g.onnx"
+    code, _, err = run_cli(
+        capsys,
+        "build",
+        f"{tmp_path / 'net.py'}:factory",
+        "--weights",
+        "random",
+        "--layer",
+        "feat",
+        "--image-size",
+        "8",
+        "8",
+        "--output",
+        str(out),
+    )
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "ScatterElements node '" in err and "run to run" in err
+    assert not out.parent.exists()
+
+
+@pytest.mark.parametrize("op", ["ScatterND", "ScatterElements", "RandomUniformLike"])
+def test_check_deterministic_finds_the_node_in_subgraphs_too(op: str) -> None:
+    from camexport.builder.export import check_deterministic
+    from camexport.errors import UnsupportedModelError
+
+    inputs = {"ScatterND": ["x", "i", "u"], "ScatterElements": ["x", "i", "u"], "RandomUniformLike": ["x"]}[op]
+    reduction = {"reduction": "add"} if op.startswith("Scatter") else {}
+    inner = helper.make_graph(
+        [helper.make_node(op, inputs, ["y"], name="the_culprit", **reduction)],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["z"])],
+        "other",
+        [],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+    )
+    cond = helper.make_node("If", ["c"], ["out"], then_branch=inner, else_branch=other)
+    graph = helper.make_graph(
+        [cond],
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )
+    with pytest.raises(UnsupportedModelError, match=f"holds {op} node 'the_culprit'"):
+        check_deterministic(helper.make_model(graph))
+    check_deterministic(helper.make_model(helper.make_graph([], "empty", [], [])))  # nothing to refuse
+    if op.startswith("Scatter"):  # without a reduction each index is written once (slice assignment): allowed
+        plain = helper.make_node(op, inputs, ["y"], name="assignment", reduction="none")
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        check_deterministic(helper.make_model(helper.make_graph([plain], "g", [], [out])))

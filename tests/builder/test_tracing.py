@@ -175,3 +175,91 @@ def test_avg_pool_backward_matches_autograd(size, kernel, stride, padding, ceil_
     (expected,) = torch.autograd.grad(y, x, grad)
     got = avg_pool2d_backward(grad, x.detach(), [kernel], [stride], [padding], ceil_mode, count_include_pad, None)
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding", "dilation", "ceil_mode"),
+    [
+        (8, 2, 2, 0, 1, False),
+        (9, 3, 2, 1, 1, False),
+        (9, 3, 2, 0, 1, True),
+        (10, 3, 1, 1, 2, False),
+        (7, 3, 2, 1, 1, True),
+    ],
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_backward_matches_autograd_without_a_scatter(size, kernel, stride, padding, dilation, ceil_mode, ties):
+    """Overlapping windows (stride < kernel) share inputs; with ties (an image of zeros but for two peaks, each the
+    maximum of the windows that hold it) one input takes several windows' gradients, which must all
+    arrive, exactly."""
+    from camexport.builder.decompositions import max_pool2d_with_indices_backward
+
+    x = torch.randn(2, 3, size, size + 1, dtype=torch.float64)
+    if ties:
+        x = torch.zeros_like(x)
+        x[..., 3, 3] = x[..., 4, 4] = 1.0
+    x.requires_grad_(True)
+    args = ([kernel] * 2, [stride] * 2, [padding] * 2, [dilation] * 2, ceil_mode)
+    y, indices = torch.ops.aten.max_pool2d_with_indices(x, *args)
+    grad = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, grad)
+    got = max_pool2d_with_indices_backward(grad, x.detach(), *args, indices)
+    assert (got - expected).abs().max() <= 1e-12
+    if ties and stride < kernel:
+        plane = indices[0, 0].flatten()
+        assert len(plane.unique()) < len(plane)  # a peak won several windows
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bilinear-corners", "nearest", "nearest-exact"])
+@pytest.mark.parametrize(
+    "call",
+    [{"size": (17, 6)}, {"size": (12, 18)}, {"scale_factor": 1.7}, {"scale_factor": (3, 0.5)}, {"scale_factor": 2}],
+)
+def test_resizing_as_matrix_products_matches_pytorch(mode: str, call: dict) -> None:
+    """Bilinear (half-pixel or corner-aligned) and nearest upsampling and downsampling as U_H·x·U_Wᵀ, against
+    F.interpolate in float64, to rounding; and the same gradient, since the products are linear."""
+    from camexport.builder.decompositions import resize_as_products
+
+    kwargs = {"mode": mode.removesuffix("-corners"), **call}
+    if mode.startswith("bilinear"):
+        kwargs["align_corners"] = mode.endswith("corners")
+    for shape in [(2, 3, 6, 9), (1, 2, 7, 7), (1, 1, 1, 4)]:
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        want = torch.nn.functional.interpolate(x, **kwargs)
+        got = resize_as_products(x, **kwargs)
+        assert got.shape == want.shape and (got - want).abs().max() <= 1e-12
+        grad = torch.randn_like(want)
+        (expected,) = torch.autograd.grad(want, x, grad)
+        (ours,) = torch.autograd.grad(got, x, grad)
+        assert (ours - expected).abs().max() <= 1e-12
+
+
+def test_other_resizes_are_left_to_pytorch() -> None:
+    from camexport.builder.decompositions import resize_as_products
+
+    x = torch.randn(1, 2, 5, 5)
+    assert resize_as_products(x, size=(9, 9), mode="bicubic") is None
+    assert resize_as_products(x, size=(9, 9), mode="bilinear", antialias=True) is None
+    assert resize_as_products(torch.randn(1, 2, 5), size=9, mode="linear") is None
+
+
+@pytest.mark.parametrize(
+    ("shape", "dim", "start", "end", "step"),
+    [((2, 7, 5), 1, 1, None, 1), ((2, 7, 5), -1, 0, 3, 1), ((2, 9, 4), 1, 2, 8, 3), ((3, 6), 0, -2, None, 1)],
+)
+def test_slice_and_select_backward_match_autograd_without_a_scatter(shape, dim, start, end, step) -> None:
+    """A class token dropped (x[:, 1:]), a crop, a strided slice, a negative start; and x.select (x[:, 0])."""
+    from camexport.builder.decompositions import select_backward, slice_backward
+
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    index = [slice(None)] * len(shape)
+    index[dim] = slice(start, end, step)
+    y = x[tuple(index)]
+    grad = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, grad)
+    stop = end if end is not None else 2**63 - 1
+    assert torch.equal(slice_backward(grad, list(shape), dim, start, stop, step), expected)
+    picked = x.select(dim, -1)
+    grad = torch.randn_like(picked)
+    (expected,) = torch.autograd.grad(picked, x, grad)
+    assert torch.equal(select_backward(grad, list(shape), dim, -1), expected)

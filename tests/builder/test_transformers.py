@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from building import reference
+from building import built_graph, reference
 
 from camexport.builder.layers import token_grid
 from camexport.builder.layouts import ChannelsLast, Layout, Tokens, Windows
@@ -139,11 +139,9 @@ def _reference_map(tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_timm_vit_tokens(tmp_path: Path) -> None:
+def test_timm_vit_tokens(graph_dir: Path) -> None:
     """timm's ViT (fused attention, its own block names): blocks[-1].norm1, class token dropped."""
-    out = tmp_path / "timm_vit.onnx"
-    build(BuildOptions(model="timm:vit_tiny_patch16_224", weights="random", output=out), log=lambda _: None)
-    session = CamSession(out)
+    session = CamSession(built_graph(graph_dir, "timm:vit_tiny_patch16_224", None, "gradcampp"))
     assert session.spec.layer == "blocks.11.norm1" and session.spec.preprocessing.image_size == (224, 224)
     module = load_model("timm:vit_tiny_patch16_224", "random").module
     image = np.random.default_rng(11).standard_normal((3, 3, 224, 224)).astype(np.float32)

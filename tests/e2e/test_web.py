@@ -19,7 +19,7 @@ from PIL import Image
 from support import script_module
 
 from camexport.contract import Preprocessing
-from camexport.runtime.preprocess import to_pixels
+from camexport.runtime.preprocess import open_image, to_pixels
 from camexport.runtime.samples import sample_photo
 from camexport.runtime.session import CamSession
 
@@ -41,10 +41,12 @@ def _install_chromium() -> None:
 
 @pytest.fixture(scope="module")
 def web_example() -> Path:
-    """The page with its npm dependencies (``npm ci``: onnxruntime-web, playwright-core; no browser download)."""
+    """The page with its npm dependencies (``npm ci``: onnxruntime-web, the decoders, playwright-core; no browser
+    download)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js and npm are not installed on this machine")
-    wanted = [WEB / "node_modules" / name for name in ("onnxruntime-web", "playwright-core")]
+    names = ("onnxruntime-web", "playwright-core", "fast-png", "@jsquash/jpeg", "wasm-vips")
+    wanted = [WEB / "node_modules" / name for name in names]
     if not all(path.is_dir() for path in wanted):
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB, check=True, timeout=600)
     return WEB
@@ -155,3 +157,25 @@ def test_the_javascript_resize_and_crop_equal_pillows(
     subprocess.run(["node", "--input-type=module", "-e", script], cwd=web_example, check=True, timeout=120)
     ours = np.fromfile(tmp_path / "pixels.bin", dtype=np.uint8).reshape(224, 224, channels)
     assert np.array_equal(ours, to_pixels(photo, prep))
+
+
+@pytest.mark.slow
+def test_the_page_decodes_every_fixture_to_pythons_bytes(page: str, web_example: Path, graph_dir: Path) -> None:
+    """The page's own decoder (decode.mjs with its codecs, as a picked photo goes) on tests/image_fixtures.py's files:
+    16-bit, palette with transparency, alpha, EXIF orientations, progressive and CMYK JPEG, one pixel. Every byte
+    equals Python's (whose own known answers are tests/runtime/test_decoding.py's)."""
+    from image_fixtures import write_fixtures
+
+    known = write_fixtures(graph_dir)  # served at /graphs/ beside the graphs
+    out = graph_dir / "decoded.json"
+    command = ["node", "drive.mjs", page, "--decode", str(out), *(f"graphs/{name}" for name in sorted(known))]
+    env = {**os.environ, "CHROMIUM": CHROMIUM}
+    result = subprocess.run(command, cwd=web_example, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = json.loads(out.read_text())
+    assert shown["console"] == [], shown["console"]
+    for name in sorted(known):
+        decoded = shown["decoded"][f"graphs/{name}"]
+        assert "error" not in decoded, (name, decoded)
+        rgba = np.array(decoded["rgba"], dtype=np.uint8).reshape(decoded["height"], decoded["width"], 4)
+        assert np.array_equal(rgba[..., :3], np.asarray(open_image(graph_dir / name))), name

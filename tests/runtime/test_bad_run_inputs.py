@@ -10,19 +10,32 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from support import assert_one_line
 
+from camexport.errors import UserError
+from camexport.runtime.explain import explain
 from camexport.runtime.records import Record, RecordLog
+from camexport.runtime.render import render
 from camexport.runtime.session import CamSession
+from camexport.runtime.visualize import overlay
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory, graphs: dict[str, Path]) -> dict[str, Path]:
     """The committed graphs, photos and broken files, made once."""
     root = tmp_path_factory.mktemp("kit")
-    for name, source in (("graph", "linear"), ("foreign", "plain"), ("newer", "contract4"), ("short", "short-labels")):
+    copies = (
+        ("graph", "linear"),
+        ("foreign", "plain"),
+        ("newer", "contract4"),
+        ("short", "short-labels"),
+        ("seg", "segmenter"),
+    )
+    for name, source in copies:
         shutil.copy(graphs[source], root / f"{name}.onnx")
     (root / "photos").mkdir()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "photos" / "red.png")
@@ -43,7 +56,34 @@ def kit(tmp_path_factory: pytest.TempPathFactory, graphs: dict[str, Path]) -> di
         (root / "empty" / name).rename(root / "othergraph" / name)
     (root / "notparquet").mkdir()
     (root / "notparquet" / "cams.parquet").write_text("not parquet")
+    _damaged_runs(root)
     return {"root": root, "graph": root / "graph.onnx"}
+
+
+def _damaged_runs(root: Path) -> None:
+    """An explain run's folder (``run``) and copies damaged as a disk, a kill or a hand edit damages them."""
+    from camexport.runtime.options import RunOptions
+
+    explain(CamSession(root / "graph.onnx"), root / "photos", root / "run", options=RunOptions(log=lambda _: None))
+    table = pq.read_table(root / "run" / "cams.parquet")
+    shape = table.schema.get_field_index("cam_shape")
+    kind = table.schema.field(shape).type
+    damaged = {
+        "noshape": table.drop_columns(["cam_shape"]),
+        "mismatch": pa.concat_tables(
+            [table, table.set_column(shape, "cam_shape", pa.array([[3, 3]] * len(table), kind))]
+        ),
+        "foreignparquet": pa.table({"image": ["x.png"], "score": [0.5]}),
+    }
+    for name, damage in damaged.items():
+        (root / name).mkdir()
+        pq.write_table(damage, root / name / "cams.parquet")
+    for name in ("badjson", "truncated"):
+        shutil.copytree(root / "run", root / name)
+    with (root / "badjson" / "predictions.jsonl").open("a") as file:
+        file.write("{not json\n")
+    whole = (root / "truncated" / "cams.parquet").read_bytes()
+    (root / "truncated" / "cams.parquet").write_bytes(whole[: len(whole) // 2])
 
 
 # (id, argv with {root} and {graph} to fill in, exit status, a fragment of the one error line)
@@ -80,6 +120,17 @@ EXPLAIN = [
     ("render-not-parquet", "render {root}/notparquet", 2, "not a cams.parquet written by 'camexport explain'"),
     ("render-format", "render {root}/othergraph --format gif", 2, "--format gif: use one of jpg, png, webp"),
     ("render-alpha", "render {root}/othergraph --alpha -1", 2, "--alpha -1.0: use a value between 0 and 1"),
+    ("render-no-cam-shape", "render {root}/noshape", 2, "damaged: no cam_shape column; run 'camexport explain'"),
+    (
+        "render-cam-shape-mismatch",
+        "render {root}/mismatch",
+        2,
+        "damaged: row 1 ({root}/photos/red.png) holds 64 cam values for a cam_shape of [3, 3]",
+    ),
+    ("render-foreign-parquet", "render {root}/foreignparquet", 2, "a Parquet file without camexport's metadata"),
+    ("render-truncated", "render {root}/truncated", 2, "(unreadable as Parquet: "),
+    ("resume-bad-json", "explain {graph} {root}/photos --out {root}/badjson --resume", 2, "line 2 is not a record"),
+    ("resume-truncated-parquet", "explain {graph} {root}/photos --out {root}/truncated --resume", 2, "damaged ("),
 ]
 OTHERS = [
     ("evaluate-steps", "evaluate {graph} {root}/photos --steps 1", 2, "--steps 1: use 2 or more"),
@@ -103,4 +154,61 @@ def test_the_matrix_holds_forty_kinds_or_more() -> None:
 @pytest.mark.parametrize(("argv", "code", "fragment"), [case[1:] for case in MATRIX], ids=[c[0] for c in MATRIX])
 def test_a_bad_input_is_one_line(kit, tmp_path: Path, monkeypatch, capsys, argv: str, code: int, fragment: str):
     monkeypatch.chdir(tmp_path)  # default outputs (explained/) would land here
-    assert_one_line(argv, code, fragment, kit, tmp_path, capsys)
+    before = {p: p.read_bytes() for p in kit["root"].rglob("*") if p.is_file()}
+    assert_one_line(
+        argv.replace("{root}/photos/red.png", str(kit["root"] / "photos" / "red.png")),
+        code,
+        fragment.format(**kit),
+        kit,
+        tmp_path,
+        capsys,
+    )
+    assert {p: p.read_bytes() for p in kit["root"].rglob("*") if p.is_file()} == before  # nothing earlier lost
+
+
+# The Python API's counterpart: (id, a call on the committed graphs, a fragment of the UserError's one line). Each
+# argument is checked before any work (no graph run, no folder made).
+API = [
+    ("session-none", lambda k: CamSession(None), "path=None: pass the path of a graph"),
+    ("session-int", lambda k: CamSession(123), "path=123: pass the path of a graph"),
+    ("threads-str", lambda k: CamSession(k["graph"], threads="2"), "threads='2': use a whole number"),
+    ("threads-float", lambda k: CamSession(k["graph"], threads=1.5), "threads=1.5: use a whole number"),
+    ("spin-str", lambda k: CamSession(k["graph"], spin="no"), "spin='no': use True or False"),
+    ("top-k-str", lambda k: CamSession(k["graph"]).explain(k["photo"], top_k="3"), "top_k='3': use a whole number"),
+    ("top-k-none", lambda k: CamSession(k["graph"]).explain(k["photo"], top_k=None), "top_k=None: use a whole"),
+    ("top-k-float", lambda k: CamSession(k["graph"]).explain(k["photo"], top_k=2.5), "top_k=2.5: use a whole"),
+    ("batch-float", lambda k: CamSession(k["graph"]).explain(k["photo"], batch_size=2.5), "batch_size=2.5: use a"),
+    ("batch-str", lambda k: CamSession(k["graph"]).explain(k["photo"], batch_size="8"), "batch_size='8': use a"),
+    ("target-float", lambda k: CamSession(k["graph"]).explain(k["photo"], target=1.5), "target=1.5: pass a class"),
+    ("region-str", lambda k: CamSession(k["seg"]).run(np.zeros((1, 3, 16, 16), np.float32), region="all"), "region="),
+    ("alpha-str", lambda k: overlay(k["image"], np.zeros((30, 40)), alpha="0.5"), "alpha='0.5': use a number"),
+    ("overlay-no-image", lambda k: overlay(None, np.zeros((30, 40))), "image=NoneType: pass a PIL image"),
+    ("overlay-size", lambda k: overlay(k["image"], np.zeros((3, 4))), "heatmap is 4x3, image 40x30; pass the"),
+    ("explain-out-none", lambda k: explain(CamSession(k["graph"]), k["photo"], None), "out=None: pass the path"),
+    ("explain-sources-int", lambda k: explain(CamSession(k["graph"]), 3, k["root"] / "o"), "sources=3: pass an"),
+    ("render-none", lambda k: render(None), "source=None: pass the path of an explain output folder"),
+    ("render-out-int", lambda k: render(k["root"] / "run", out_dir=3), "out_dir=3: pass the path"),
+    ("heatmap-at-str", lambda k: CamSession(k["graph"]).explain(k["photo"])[0].heatmap_at("3", 4), "width='3'"),
+]
+
+
+@pytest.mark.parametrize(("call", "fragment"), [case[1:] for case in API], ids=[case[0] for case in API])
+def test_a_bad_api_argument_is_one_user_error(kit, tmp_path: Path, monkeypatch, call, fragment: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    fill = {**kit, "seg": kit["root"] / "seg.onnx", "photo": kit["root"] / "photos" / "red.png"}
+    fill["image"] = Image.open(fill["photo"])
+    before = sorted(kit["root"].rglob("*"))
+    with pytest.raises(UserError) as caught:
+        call(fill)
+    message = str(caught.value)
+    assert fragment in message and "\n" not in message, message
+    assert sorted(kit["root"].rglob("*")) == before and list(tmp_path.iterdir()) == []
+
+
+def test_a_string_source_is_one_path_not_its_characters(kit, tmp_path: Path) -> None:
+    from camexport.runtime.options import RunOptions
+
+    summary = explain(
+        CamSession(kit["graph"]), str(kit["root"] / "photos" / "red.png"), tmp_path / "o", options=RunOptions(log=print)
+    )
+    assert summary.explained == 1 and summary.failures == []

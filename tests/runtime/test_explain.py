@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from matplotlib import colormaps
 from PIL import Image
+from support import start
 
 from camexport.cli import main
 from camexport.runtime.explain import explain
@@ -301,7 +302,8 @@ def _start_and_stop(graph: Path, photos: Path, out: Path, signal_number: int) ->
     """Starts ``camexport explain`` in its own process and sends it ``signal_number`` once it has recorded
     at least 3 images."""
     argv = [sys.executable, "-m", "camexport.cli", "explain", str(graph), str(photos), "--out", str(out)]
-    process = subprocess.Popen([*argv, "--batch-size", "2", "--quiet"], stderr=subprocess.PIPE, text=True)
+    argv += ["--batch-size", "2", "--quiet"]
+    process = start(argv, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if (out / "predictions.jsonl").exists() and len(read_predictions(out / "predictions.jsonl")) >= 3:
@@ -312,7 +314,7 @@ def _start_and_stop(graph: Path, photos: Path, out: Path, signal_number: int) ->
     return subprocess.CompletedProcess(argv, process.returncode, "", err)
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_a_run_stopped_midway_keeps_what_it_finished_and_resumes(
     session: CamSession, tmp_path: Path, signal_number: int
 ) -> None:
@@ -323,13 +325,18 @@ def test_a_run_stopped_midway_keeps_what_it_finished_and_resumes(
     assert 3 <= len(kept) < 300, f"the run should be stopped midway: rc {stopped.returncode}, {stopped.stderr[-800:]}"
     for line in kept:  # every recorded image's overlay is whole
         Image.open(line["overlay"]).verify()
-    if signal_number == signal.SIGINT:  # Ctrl-C: one line, exit 130, and the records merged already
-        assert stopped.returncode == 130 and "Traceback" not in stopped.stderr
-        assert f"interrupted after {len(kept)} image(s)" in stopped.stderr and "--resume" in stopped.stderr
+    if signal_number != signal.SIGKILL:  # Ctrl-C or SIGTERM: one line, exit 130 or 143, the records merged already
+        stopped_by = "interrupted" if signal_number == signal.SIGINT else "terminated (SIGTERM)"
+        assert stopped.returncode == 128 + signal_number and "Traceback" not in stopped.stderr, stopped.stderr
+        assert stopped.stderr.count("camexport: error: ") == 1 and stopped.stderr.endswith("\n")
+        assert f"{stopped_by} after {len(kept)} image(s)" in stopped.stderr and "--resume" in stopped.stderr
         assert pq.read_table(out / "cams.parquet").column("image").to_pylist() == [line["image"] for line in kept]
+        assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary left
     else:
         assert stopped.returncode == -signal.SIGKILL
-    assert main(["explain", str(session.path), str(tmp_path / "in"), "--out", str(out), "--resume", "--quiet"]) == 0
+    argv = ["explain", str(session.path), str(tmp_path / "in"), "--out", str(out), "--resume"]
+    assert main([*argv, "--quiet"]) == 0
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # a killed run's temporaries swept
     images = [line["image"] for line in read_predictions(out / "predictions.jsonl")]
     assert images == sorted(map(str, (tmp_path / "in").iterdir()))  # each once, in order
     table = pq.read_table(out / "cams.parquet")

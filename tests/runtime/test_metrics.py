@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import start
 
 from camexport.errors import UserError
 from camexport.runtime.metrics import (
@@ -248,3 +250,43 @@ def test_pointing_game_hits_within_the_tolerance() -> None:
     assert pointing_game(heatmap, [(50, 30, 60, 40), (25, 5, 35, 15)], tolerance=0)
     with pytest.raises(UserError, match="at least one box"):
         pointing_game(heatmap, [])
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_an_evaluation_stopped_midway_says_so_and_writes_no_scores(
+    graphs: dict[str, Path], tmp_path: Path, stop: str
+) -> None:
+    """SIGTERM as Ctrl-C: one line, exit 143 (130), and no scores file (half an evaluation is no score)."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    first = tmp_path / "in" / "p000.jpg"
+    Image.effect_noise((2400, 1800), 60).convert("RGB").save(first)  # tens of milliseconds to decode, each
+    for i in range(1, 400):
+        shutil.copyfile(first, tmp_path / "in" / f"p{i:03d}.jpg")
+    out = tmp_path / "scores.json"
+    argv = [sys.executable, "-m", "camexport.cli", "evaluate", str(graphs["linear"]), str(tmp_path / "in")]
+    process = start([*argv, "--steps", "50", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _reads_from(process.pid, tmp_path / "in") and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)  # until the evaluation is under way: it has a photo open (400 such photos take seconds)
+    assert process.poll() is None, process.communicate()[1]
+    process.send_signal(getattr(signal, stop))
+    _, err = process.communicate(timeout=60)
+    expected = (143, "camexport: terminated (SIGTERM)\n") if stop == "SIGTERM" else (130, "camexport: interrupted\n")
+    assert (process.returncode, err.splitlines(keepends=True)[-1]) == expected and "Traceback" not in err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["in"]
+
+
+def _reads_from(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` has a file of ``folder`` open (Linux's /proc)."""
+    try:
+        return any(os.readlink(fd).startswith(str(folder)) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # a descriptor closed while we looked
+        return False

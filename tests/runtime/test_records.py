@@ -124,3 +124,25 @@ def test_a_folder_of_another_graph_is_not_resumed(tmp_path: Path) -> None:
     other = dataclasses.replace(INFO, layer="other")
     with pytest.raises(UserError, match=r"holds a run of another graph \(toy at features\)"):
         RecordLog(tmp_path, other, resume=True)
+
+
+def test_resume_sweeps_what_a_killed_run_was_writing_and_nothing_else(tmp_path: Path) -> None:
+    """A SIGKILL mid-write leaves write_atomically's hidden staging folders (an overlay's, cams.parquet's) and an
+    overwrite's fresh predictions file; resume and overwrite remove those, and leave anything else hidden alone."""
+    import tempfile
+
+    log = RecordLog(tmp_path, INFO)
+    log.append([_record("a.png", 1)])
+    log.finish()
+    overlay = Path(tempfile.mkdtemp(dir=tmp_path, prefix=".p024_cam.jpg."))
+    (overlay / "p024_cam.jpg").write_bytes(b"half a jpeg")
+    empty = Path(tempfile.mkdtemp(dir=tmp_path, prefix=".cams.parquet."))
+    (tmp_path / ".predictions.jsonl.new").write_text("")
+    kept = [tmp_path / ".git", tmp_path / ".notes.abcdefgh", tmp_path / ".config.12345678"]
+    kept[0].mkdir()
+    kept[1].mkdir()
+    (kept[1] / "mine.txt").write_text("not a staged file")
+    kept[2].write_text("a file, not a staging folder")
+    RecordLog(tmp_path, INFO, resume=True)
+    assert not overlay.exists() and not empty.exists() and not (tmp_path / ".predictions.jsonl.new").exists()
+    assert all(path.exists() for path in kept)

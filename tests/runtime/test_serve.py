@@ -175,7 +175,12 @@ def test_metadata_health_and_metrics(client: TestClient, session: CamSession) ->
     text = client.get("/metrics").text
     assert re.search(r'camexport_requests_total\{endpoint="/explain",status="400"\} [1-9]', text)
     assert "process_resident_memory_bytes" in text and "camexport_graph_run_seconds_bucket" in text
-    assert client.get("/nowhere").status_code == 404
+    nowhere = client.get("/nowhere")
+    assert nowhere.status_code == 404 and nowhere.json() == {
+        "error": "/nowhere: no such endpoint; use POST /explain, GET /metadata, GET /healthz, GET /metrics"
+    }
+    wrong = client.get("/explain")
+    assert wrong.status_code == 405 and wrong.json() == {"error": "GET /explain: not allowed; use POST"}
 
 
 def _start(graph: Path, *flags: str) -> tuple[subprocess.Popen, int]:

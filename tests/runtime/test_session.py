@@ -190,3 +190,22 @@ def test_a_contract_1_graph_with_its_default_target_still_runs(graphs: dict[str,
         mine, theirs = old.run(image, target), session.run(image, target)
         assert mine["class_index"].tolist() == theirs["class_index"].tolist()
         np.testing.assert_array_equal(mine["heatmap"], theirs["heatmap"])
+
+
+def test_cuda_runs_with_fixed_algorithms_and_no_tf32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA provider as camexport asks for it (whether or not this machine has one): cuDNN's default
+    algorithms, no TF32, and the CPU behind it; every session computes deterministically where a provider asks."""
+    import onnxruntime as ort
+
+    from camexport.runtime import session as module
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert module.resolve_providers("cuda") == [
+        ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "DEFAULT", "use_tf32": "0"}),
+        "CPUExecutionProvider",
+    ]
+    assert module.resolve_providers("cpu") == ["CPUExecutionProvider"]
+
+
+def test_sessions_compute_deterministically(session: CamSession) -> None:
+    assert session.options.use_deterministic_compute
