@@ -134,8 +134,10 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_layers(commands: argparse._SubParsersAction) -> None:
-    layers = commands.add_parser("layers", help="list a model's candidate layers (4-D outputs) with their shapes")
-    layers.add_argument("model", help="as for build")
+    layers = commands.add_parser(
+        "layers", help="list a model's candidate layers (feature maps, token sequences) with their shapes"
+    )
+    layers.add_argument("model", help="as for build, or an .onnx file (its tensors, with the op that writes each)")
     layers.add_argument(
         "--image-size",
         type=int,
@@ -144,7 +146,7 @@ def _add_layers(commands: argparse._SubParsersAction) -> None:
         metavar="H [W]",
         help="input size H [W] (default: the model's)",
     )
-    layers.add_argument("--all", action="store_true", help="list every module, not only 4-D feature maps")
+    layers.add_argument("--all", action="store_true", help="list every module (or tensor), not only the candidates")
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -319,6 +321,11 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _layers(args: argparse.Namespace) -> int:
+    if args.model.lower().endswith(".onnx"):
+        from camexport.builder.onnx_file import describe_onnx_layers
+
+        print("\n".join(describe_onnx_layers(args.model, args.image_size, everything=args.all)))
+        return 0
     from camexport.builder.layers import describe_layers, input_channels
     from camexport.builder.sources import load_model
 

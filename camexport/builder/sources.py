@@ -428,6 +428,11 @@ def load_model(
     overrides = overrides or ModelOverrides()
     if overrides.num_classes is not None and overrides.num_classes < 1:
         raise UserError(f"num_classes={overrides.num_classes}: use a positive number")
+    if name.lower().endswith(".onnx"):
+        raise UserError(
+            f"{name}: an ONNX file; this camexport builds from PyTorch models only (torchvision, timm, a factory), "
+            f"and 'camexport layers {name}' lists the file's candidate layers"
+        )
     source = next((source for source in SOURCES if source.accepts(name)), None)
     if source is None:
         known = [known for source in SOURCES for known in source.names()]
