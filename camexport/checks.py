@@ -66,3 +66,9 @@ def colormap(name: str, value: object) -> None:
 
     if not isinstance(value, str) or value not in colormaps:
         raise UserError(f"{name}={value!r}: not a matplotlib colormap; try jet, viridis, inferno or turbo")
+
+
+def style(alpha: object, colormap_name: object) -> None:
+    """Raises UserError for an overlay's alpha outside [0, 1] or a colormap matplotlib does not know."""
+    number("alpha", alpha, 0.0, 1.0, "use a value between 0 and 1")
+    colormap("colormap", colormap_name)

@@ -86,18 +86,21 @@ def _flipped_transposed(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return swapped.flip(list(range(2, 2 + len(kernel))))
 
 
+def _spread(grad: torch.Tensor, axis: int, step: int) -> torch.Tensor:
+    """``grad`` with ``step − 1`` zeros between neighbours along ``axis``: its length h becomes s·(h − 1) + 1."""
+    if step <= 1:
+        return grad
+    size, shape = grad.shape[axis], list(grad.shape)
+    zeros = grad.new_zeros([*shape[: axis + 1], step - 1, *shape[axis + 1 :]])
+    spread = torch.cat([grad.unsqueeze(axis + 1), zeros], dim=axis + 1)
+    return spread.reshape([*shape[:axis], size * step, *shape[axis + 1 :]]).narrow(axis, 0, step * (size - 1) + 1)
+
+
 def _zero_inserted(grad: torch.Tensor, stride: Sequence[int], extra: Sequence[int]) -> torch.Tensor:
     """``grad`` [N, C, *h] with ``s − 1`` zeros between neighbours along each strided axis and ``extra`` zeros
     after the last: [N, C, *(s·(h − 1) + 1 + extra)], the grid a strided convolution's input gradient lives on."""
     for d, step in enumerate(stride):
-        axis, size = 2 + d, grad.shape[2 + d]
-        if step > 1:
-            shape = list(grad.shape)
-            zeros = grad.new_zeros([*shape[: axis + 1], step - 1, *shape[axis + 1 :]])
-            spread = torch.cat([grad.unsqueeze(axis + 1), zeros], dim=axis + 1)
-            grad = spread.reshape([*shape[:axis], size * step, *shape[axis + 1 :]]).narrow(
-                axis, 0, step * (size - 1) + 1
-            )
+        grad = _spread(grad, 2 + d, step)
         if extra[d]:
             pads = [0, 0] * (len(stride) - 1 - d) + [0, extra[d]]
             grad = aten.constant_pad_nd.default(grad, pads, 0.0)
@@ -333,15 +336,7 @@ def slice_backward(
     size = input_sizes[dim]
     if isinstance(start, int) and isinstance(size, int):
         start = min(max(start + size if start < 0 else start, 0), size)
-    if step > 1:
-        length = grad_output.shape[dim]
-        shape = list(grad_output.shape)
-        zeros = grad_output.new_zeros([*shape[: dim + 1], step - 1, *shape[dim + 1 :]])
-        spread = torch.cat([grad_output.unsqueeze(dim + 1), zeros], dim=dim + 1)
-        grad_output = spread.reshape([*shape[:dim], length * step, *shape[dim + 1 :]]).narrow(
-            dim, 0, step * (length - 1) + 1
-        )
-    return _placed(grad_output, dim, start, size)
+    return _placed(_spread(grad_output, dim, step), dim, start, size)
 
 
 def select_backward(grad_output: torch.Tensor, input_sizes: Sequence[int], dim: int, index: int) -> torch.Tensor:
@@ -414,10 +409,9 @@ def avg_pool2d_backward(
 ) -> torch.Tensor:
     """Each output gradient, divided by its window's divisor, spread over the window: a transposed
     depthwise convolution with a kernel of ones (cropped where ``ceil_mode`` windows overhang)."""
-    kernel = list(kernel_size) if len(kernel_size) == 2 else [kernel_size[0]] * 2
-    steps = list(stride) if stride else kernel
-    steps = steps if len(steps) == 2 else [steps[0]] * 2
-    pads = list(padding) if len(padding) == 2 else [padding[0]] * 2
+    kernel = _pair(kernel_size)
+    steps = _pair(stride) if stride else kernel
+    pads = _pair(padding)
     channels = int(input.shape[1])
     ones = torch.ones(channels, 1, kernel[0], kernel[1], dtype=grad_output.dtype)
     if _is_symbolic(*input.shape[-2:]):  # --dynamic-size: only windows that never overhang keep one divisor

@@ -153,21 +153,18 @@ def probe_tensors(model: onnx.ModelProto, image: OnnxImage, size: tuple[int, int
     """Every float tensor the graph computes, in the order its nodes run, with its shape at batch 1."""
     import onnxruntime as ort
 
-    probed = onnx.ModelProto()
-    probed.CopyFrom(model)
     writers = {out: node.op_type for node in model.graph.node for out in node.output if out}
-    outputs = {value.name for value in probed.graph.output}
-    probed.graph.output.extend(
-        helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in writers if name not in outputs
-    )
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor, as written
     try:
-        session = ort.InferenceSession(probed.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception:  # an output that is not float (a Shape's int64): declare each output's own type instead
+        session = _session_with_outputs(model, list(writers), options)
+    except Exception:  # an output that is not float (a Shape's int64): only those shape inference calls float
+        inferred = onnx.shape_inference.infer_shapes(model)
+        types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+        floats = [name for name in writers if types.get(name) == onnx.TensorProto.FLOAT]
         try:
-            session = _typed_session(model, writers, options)
+            session = _session_with_outputs(model, floats, options)
         except Exception as exc:  # onnxruntime's own exception types
             raise UserError(
                 f"onnxruntime cannot load the file ({first_line(exc)[:200]}); check the file with onnx.checker"
@@ -192,18 +189,15 @@ def probe_tensors(model: onnx.ModelProto, image: OnnxImage, size: tuple[int, int
     return [OnnxTensor(name, shapes[name], writers[name], kind) for name, kind in kinds.items()]
 
 
-def _typed_session(model: onnx.ModelProto, writers: dict[str, str], options):
+def _session_with_outputs(model: onnx.ModelProto, names: Sequence[str], options):
+    """An onnxruntime session of ``model`` that also outputs the float tensors ``names``."""
     import onnxruntime as ort
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
     probed = onnx.ModelProto()
     probed.CopyFrom(model)
     outputs = {value.name for value in probed.graph.output}
     probed.graph.output.extend(
-        helper.make_tensor_value_info(name, types[name], None)
-        for name in writers
-        if name not in outputs and types.get(name) == onnx.TensorProto.FLOAT
+        helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names if name not in outputs
     )
     return ort.InferenceSession(probed.SerializeToString(), options, providers=["CPUExecutionProvider"])
 

@@ -50,8 +50,7 @@ class ExplainStyle:
     def check(self) -> None:
         """Raises UserError for a bad option (the class is checked against a graph's labels when a run starts)."""
         _whole("top_k", self.top_k, 1, "use 1 or more")
-        _number("alpha", self.alpha, 0.0, 1.0, "use a value between 0 and 1")
-        checks.colormap("colormap", self.colormap)
+        checks.style(self.alpha, self.colormap)
         if self.overlay_format is not None and self.overlay_format not in OVERLAY_FORMATS:
             raise UserError(f"overlay_format={self.overlay_format!r}: use one of {', '.join(OVERLAY_FORMATS)}")
         if self.overlay_max_side is not None:

@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from camexport import checks
 from camexport.errors import RequestError, UserError
 
 try:
@@ -52,7 +53,7 @@ except ImportError as exc:  # the run side without camexport[serve]
 from camexport.runtime.batching import BatchStats, DynamicBatcher
 from camexport.runtime.options import ExplainStyle, ServeOptions
 from camexport.runtime.session import CamSession, Explanation
-from camexport.runtime.visualize import check_style, overlay_on_photo
+from camexport.runtime.visualize import overlay_on_photo
 
 HeatmapKind = Literal["overlay", "cam", "none"]
 HEATMAP_KINDS: tuple[HeatmapKind, ...] = ("overlay", "cam", "none")
@@ -101,7 +102,7 @@ class ExplainQuery:
             raise UserError(f"heatmap={self.heatmap!r}: use one of {', '.join(HEATMAP_KINDS)}")
         if not 1 <= self.max_side <= 8192:
             raise UserError(f"max_side={self.max_side}: use 1..8192 pixels")
-        check_style(self.alpha, self.colormap)
+        checks.style(self.alpha, self.colormap)
 
 
 def _number(params: dict[str, str], name: str, default: float, kind: type) -> int | float:

@@ -15,12 +15,6 @@ from camexport.runtime.options import ExplainStyle
 from camexport.runtime.preprocess import placed_heatmap
 
 
-def check_style(alpha: float, colormap: str) -> None:
-    """Raises UserError for an alpha outside [0, 1] or a colormap matplotlib does not know."""
-    checks.number("alpha", alpha, 0.0, 1.0, "use a value between 0 and 1")
-    checks.colormap("colormap", colormap)
-
-
 def overlay(
     image: Image.Image,
     heatmap: np.ndarray,
@@ -46,7 +40,7 @@ def overlay(
     Raises:
         UserError: unknown colormap, alpha outside [0, 1], or a heatmap of another size.
     """
-    check_style(alpha, colormap)
+    checks.style(alpha, colormap)
     if not isinstance(image, Image.Image):
         raise UserError(f"image={type(image).__name__}: pass a PIL image (open_image opens files, bytes and arrays)")
     photo = image if image.mode == "RGB" else image.convert("RGB")

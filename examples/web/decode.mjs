@@ -73,15 +73,21 @@ function cmykToRgba(cmyk) {
 
 // The number of components in the JPEG's frame header (SOFn), or 0.
 function frameComponents(bytes) {
-  let at = 2;
-  while (at + 4 <= bytes.length && bytes[at] === 0xff) {
-    const marker = bytes[at + 1];
-    const length = (bytes[at + 2] << 8) | bytes[at + 3];
+  for (const { marker, body } of jpegSegments(bytes)) {
     const frame = marker >= 0xc0 && marker <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(marker);
-    if (frame && at + 9 < bytes.length) return bytes[at + 9];
-    at += 2 + length;
+    if (frame && body.length > 5) return body[5];
   }
   return 0;
+}
+
+// A JPEG's marker segments before its image data: {marker, body}, body the bytes after the length.
+function* jpegSegments(bytes) {
+  let at = 2;
+  while (at + 4 <= bytes.length && bytes[at] === 0xff && bytes[at + 1] !== 0xda) {
+    const length = (bytes[at + 2] << 8) | bytes[at + 3];
+    yield { marker: bytes[at + 1], body: bytes.subarray(at + 4, at + 2 + length) };
+    at += 2 + length;
+  }
 }
 
 // fast-png's result → RGBA bytes, by Pillow's rules (see the top of this file).
@@ -152,14 +158,8 @@ function orientation(bytes, kind) {
 }
 
 function jpegExif(bytes) {
-  let at = 2;
-  while (at + 4 <= bytes.length && bytes[at] === 0xff) {
-    const marker = bytes[at + 1];
-    const length = (bytes[at + 2] << 8) | bytes[at + 3];
-    if (marker === 0xda) return null; // the image data: no EXIF before it
-    const body = bytes.subarray(at + 4, at + 2 + length);
+  for (const { marker, body } of jpegSegments(bytes)) {
     if (marker === 0xe1 && String.fromCharCode(...body.subarray(0, 6)) === "Exif\0\0") return body.subarray(6);
-    at += 2 + length;
   }
   return null;
 }
