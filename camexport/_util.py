@@ -26,23 +26,65 @@ class Terminated(KeyboardInterrupt):
     one line, exit status 143 (128 + 15) where Ctrl-C's is 130."""
 
 
+class _Stops:
+    """The main thread's stop signals: how deep it is in :func:`signals_held` blocks, and the stop that arrived
+    there (raised when the outermost block ends)."""
+
+    depth = 0
+    pending: KeyboardInterrupt | None = None
+
+
+def _stop(exc: KeyboardInterrupt) -> None:
+    if _Stops.depth:
+        _Stops.pending = _Stops.pending or exc
+        return
+    raise exc
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (once: a second SIGTERM while the
-    first unwinds is ignored, so that the cleanup finishes). Outside the main thread it changes nothing."""
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread and Ctrl-C KeyboardInterrupt, both
+    held back while a :func:`signals_held` block runs (once: a second SIGTERM while the first unwinds is ignored,
+    so that the cleanup finishes). Outside the main thread it changes nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(_signum: int, _frame: object) -> None:
+    def on_term(_signum: int, _frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated
+        _stop(Terminated())
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    def on_int(_signum: int, _frame: object) -> None:
+        _stop(KeyboardInterrupt())
+
+    interruptible = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not where a shell ignores it
+    previous = signal.signal(signal.SIGTERM, on_term), signal.getsignal(signal.SIGINT)
+    if interruptible:
+        signal.signal(signal.SIGINT, on_int)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Within the block, a stop signal (under :func:`sigterm_as_interrupt`) waits and is raised as the block ends:
+    for steps that must finish once begun, such as a record's line and its log line (third-party code such as
+    tqdm's write lock breaks when an exception lands between its lock and its ``try``). Blocks nest; outside the
+    main thread it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _Stops.depth += 1
+    try:
+        yield
+    finally:
+        _Stops.depth -= 1
+        if not _Stops.depth and _Stops.pending is not None:
+            exc, _Stops.pending = _Stops.pending, None
+            raise exc
 
 
 @contextlib.contextmanager

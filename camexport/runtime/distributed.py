@@ -161,8 +161,7 @@ def explain_with_ray(run: ExplainRun, todo: list[Path], bar: tqdm, batch_size: i
     for table in explained.iter_batches(batch_format="pyarrow", batch_size=None):
         failed = table.column("error").is_valid()
         for message in table.filter(failed).column("error").to_pylist():
-            run.fail(message)
-        bar.update(int(pc.sum(failed).as_py() or 0))
+            run.fail(message, bar)
         records = [Record.from_row(row) for row in table.filter(pc.invert(failed)).to_pylist()]
         for record in records:  # the actors wrote to the resolved folder; the records name it as the user did
             record.overlay = str(run.out / Path(record.overlay).name) if record.overlay else None

@@ -44,6 +44,7 @@ class _Batch:
     items: list[_Prepared]
     results: list[Explanation]
     drawn: list[Future]  # each: (overlay path, heatmap path), or an exception
+    error: str | None = None  # why the graph failed on the whole batch
 
 
 class PixelBudget:
@@ -119,8 +120,7 @@ class Stages:
                 batch = []
             item = future.result()
             if isinstance(item, str):
-                self.run.fail(item)
-                bar.update(1)
+                self.run.fail(item, bar)
                 continue
             batch.append(item)
             if len(batch) == batch_size:
@@ -155,9 +155,8 @@ class Stages:
             results = session.explain_prepared([(item.photo, item.array) for item in batch], style.target, style.top_k)
         except CamExportError as exc:
             for item in batch:
-                self.run.fail(f"{item.path}: {exc}")
                 self.budget.give(item.pixels)
-            return _Batch(batch, [], [])
+            return _Batch(batch, [], [], error=str(exc))
         drawn = []
         for item, result in zip(batch, results, strict=True):
             item.array = None  # the graph has it; only the photo is still needed
@@ -174,18 +173,18 @@ class Stages:
 
     def record(self, batch: _Batch, bar: tqdm) -> None:
         """Appends one batch's records (in order), once its files are written."""
+        for item in batch.items if batch.error else []:
+            self.run.fail(f"{item.path}: {batch.error}", bar)
         records = []
         for item, result, drawn in zip(batch.items, batch.results, batch.drawn, strict=True):
             try:
                 picture, heatmap = drawn.result()
             except (OSError, ValueError) as exc:  # a full disk; a photo too large for the format (WebP: 16383 px)
-                self.run.fail(
-                    f"{item.path}: cannot write its files ({getattr(exc, 'strerror', None) or first_line(exc)})"
-                )
+                why = getattr(exc, "strerror", None) or first_line(exc)
+                self.run.fail(f"{item.path}: cannot write its files ({why})", bar)
                 continue
             records.append(Record.of(str(item.path), picture, heatmap, result))
         self.run.report(records, bar)
-        bar.update(len(batch.items) - len(records))
 
 
 def _wait(future: Future, seconds: float = 0.05) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from camexport._util import signals_held
 from camexport.errors import CamExportError
 from camexport.runtime.options import ExplainStyle
 from camexport.runtime.records import Record, RecordLog
@@ -69,7 +70,12 @@ class ExplainRun:
     stems: set[str] = field(default_factory=set)
 
     def report(self, records: list[Record], bar: tqdm) -> None:
-        """Records explained images (appended and flushed), counts them, and logs one line each."""
+        """Records explained images (appended and flushed), counts them, and logs one line each: all of it or, when a
+        stop signal arrives midway, all of it before the stop."""
+        with signals_held():
+            self._report(records, bar)
+
+    def _report(self, records: list[Record], bar: tqdm) -> None:
         self.records.append(records)
         for record in records:
             self.summary.written += [Path(w) for w in (record.overlay, record.heatmap) if w]
@@ -82,10 +88,13 @@ class ExplainRun:
                 )
         bar.update(len(records))
 
-    def fail(self, message: str) -> None:
-        self.summary.failures.append(message)
-        with tqdm.external_write_mode(file=sys.stderr):
-            print(f"error: {message}", file=sys.stderr)
+    def fail(self, message: str, bar: tqdm) -> None:
+        """Counts one image that failed and logs its line."""
+        with signals_held():
+            self.summary.failures.append(message)
+            with tqdm.external_write_mode(file=sys.stderr):
+                print(f"error: {message}", file=sys.stderr)
+            bar.update(1)
 
 
 class Interrupted(CamExportError):
