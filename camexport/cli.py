@@ -80,10 +80,15 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     build = commands.add_parser("build", help="trace, export and validate one explaining ONNX graph (camexport[build])")
     build.add_argument(
         "model",
-        help="a torchvision classifier (resnet18, ...), efficientnet_lite0, timm:ARCH, or your own factory "
-        "package.module:factory / path/to/file.py:factory (this imports and runs your code)",
+        help="a torchvision classifier (resnet18, ...), efficientnet_lite0, timm:ARCH, your own factory "
+        "package.module:factory / path/to/file.py:factory (this imports and runs your code), or an ONNX classifier "
+        "file model.onnx",
     )
-    build.add_argument("--layer", help="dotted module name (layer4, layer3, layer4.1.conv2); default: last 4-D map")
+    build.add_argument(
+        "--layer",
+        help="dotted module name (layer4, layer3, layer4.1.conv2), or a tensor of an ONNX file as 'camexport layers "
+        "FILE.onnx' lists it; default: last 4-D map",
+    )
     build.add_argument(
         "--method",
         default=DEFAULT_METHOD,

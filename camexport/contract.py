@@ -303,6 +303,8 @@ class Preprocessing:
         image_size: (H, W) of the network input, i.e. of the centre crop.
         resize_size: length of the shorter image side after resizing, before the centre crop.
         interpolation: resampling filter for the resize: ``bilinear``, ``bicubic``, ``nearest`` or ``lanczos``.
+        known: False for a graph built from an ONNX file without ``--mean``/``--std``: the graph takes its input
+            as the file does, ``mean`` 0 and ``std`` 1 hold the place, and an image file is refused (arrays go in).
     """
 
     mean: tuple[float, ...]
@@ -310,6 +312,7 @@ class Preprocessing:
     image_size: tuple[int, int]
     resize_size: int
     interpolation: str
+    known: bool = True
 
     @property
     def channels(self) -> int:
@@ -541,6 +544,11 @@ METADATA: tuple[MetadataKey, ...] = (
     MetadataKey("image_size", "JSON [H, W]", "the network input's size (the centre crop)"),
     MetadataKey("resize_size", "JSON integer", "the shorter side after resizing, before the centre crop"),
     MetadataKey("interpolation", "text", "the resize's filter: bilinear, bicubic, nearest or lanczos"),
+    MetadataKey(
+        "preprocessing_known",
+        "JSON bool",
+        "false: built from an ONNX file without --mean/--std; images are refused until it is rebuilt with them",
+    ),
     MetadataKey("input", "text", f"the image input: {' or '.join(INPUT_KINDS)}"),
     MetadataKey("dynamic_size", "JSON bool", "the graph takes any image height and width"),
     MetadataKey("background", "JSON integer or null", "a segmentation graph's background class"),
@@ -579,6 +587,7 @@ def _written(spec: GraphSpec) -> dict[str, str]:
         "image_size": json.dumps(list(prep.image_size)),
         "resize_size": json.dumps(prep.resize_size),
         "interpolation": prep.interpolation,
+        "preprocessing_known": json.dumps(prep.known),
         "input": spec.input,
         "dynamic_size": json.dumps(spec.dynamic_size),
         "background": json.dumps(spec.background),
@@ -613,6 +622,7 @@ def _read(cls: type[GraphSpec], props: Mapping[str, str], contract: int) -> Grap
             image_size=(int(size[0]), int(size[1])),
             resize_size=int(json.loads(props.get("resize_size", str(max(size))))),
             interpolation=props.get("interpolation", "bilinear"),
+            known=bool(json.loads(props.get("preprocessing_known", "true"))),
         ),
         provenance=Provenance(
             model=props["model"],

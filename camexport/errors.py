@@ -51,6 +51,11 @@ class UnsupportedModelError(CamExportError):
     """The model or layer needs an operation that camexport cannot put into an ONNX graph yet."""
 
 
+class UnsupportedFileError(UserError):
+    """An ONNX file holds an op, an opset or a form (quantized, a batch fixed in its shapes) that camexport cannot
+    import; the message names the node and what to do."""
+
+
 class ValidationError(CamExportError):
     """The built graph's outputs differ from the eager reference beyond tolerance."""
 

@@ -162,9 +162,9 @@ def _window_layout(model: nn.Module, name: str, shape: tuple[int, ...]) -> Windo
         from torchvision.models.maxvit import PartitionAttentionLayer
     except ImportError:  # pragma: no cover - torchvision is a dependency
         return None
-    parts = name.split(".")
+    parts, modules = name.split("."), dict(model.named_modules())
     for cut in range(len(parts) - 1, 0, -1):
-        owner = model.get_submodule(".".join(parts[:cut]))
+        owner = modules.get(".".join(parts[:cut]))
         if isinstance(owner, PartitionAttentionLayer):
             p, (grid_h, grid_w) = owner.p, owner.grid_size
             gh, gw = grid_h // p, grid_w // p
@@ -357,14 +357,17 @@ def _shapes(model: nn.Module, layer: str, image: torch.Tensor) -> dict[str, tupl
         shapes.setdefault(layer, out.shape)
 
     handles = [model.get_submodule(layer).register_forward_hook(output)]
+    modules = dict(model.named_modules())
     for end in range(1, len(parts)):
         name = ".".join(parts[:end])
+        if name not in modules:  # a name's dots that are no module's (an ONNX file's tensor names)
+            continue
 
         def record(_m: nn.Module, args: tuple, name: str = name) -> None:
             if args and isinstance(args[0], torch.Tensor):
                 shapes.setdefault(name, args[0].shape)
 
-        handles.append(model.get_submodule(name).register_forward_pre_hook(record))
+        handles.append(modules[name].register_forward_pre_hook(record))
     try:
         with torch.no_grad():
             model(image)

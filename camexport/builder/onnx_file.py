@@ -41,6 +41,7 @@ class OnnxImage:
     channels: int
     height: int | None
     width: int | None
+    batch: int | None = None  # None: symbolic
 
     def shape(self, size: tuple[int, int] | None) -> tuple[int, int, int, int]:
         """The input's shape at batch 1 (the given size where the file's is symbolic)."""
@@ -124,7 +125,7 @@ def image_input(model: onnx.ModelProto, path: str | Path) -> OnnxImage:
             f"{path}: its input {value.name} {_shape_text(value)} has no channel axis of 1, 3 or 4 (second or last); "
             "camexport explains image models"
         )
-    return OnnxImage(value.name, _IMAGE_TYPES[tensor.elem_type], layout, channels, height, width)
+    return OnnxImage(value.name, _IMAGE_TYPES[tensor.elem_type], layout, channels, height, width, dims[0])
 
 
 def logits_output(model: onnx.ModelProto, path: str | Path) -> str:

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -71,8 +71,8 @@ class BuildOptions:
 
     Attributes:
         model: a model source's name (:mod:`camexport.builder.sources`): a torchvision name, ``timm:ARCH``,
-            ``efficientnet_lite0`` or a factory ``package.module:factory`` / ``file.py:factory``.
-        layer: dotted module name; None picks the default layer.
+            ``efficientnet_lite0``, a factory ``package.module:factory`` / ``file.py:factory``, or ``FILE.onnx``.
+        layer: dotted module name (a tensor's name for an ONNX file); None picks the default layer.
         methods: the CAM methods, the first being the plain ``heatmap``/``cam`` outputs.
         weights: ``"default"``, ``"random"`` or a state_dict path.
         seed: seed of random weights and validation inputs.
@@ -119,6 +119,14 @@ class BuildOptions:
             raise UserError(f"input={self.input!r}: unknown; use one of {', '.join(INPUT_KINDS)}")
         check_opset(self.opset)
         check_output(self.output_path())
+        if self.model.lower().endswith(".onnx"):
+            if self.output_path().resolve() == Path(self.model).resolve():
+                raise UserError(f"output={self.output_path()}: that is the model file itself; write the graph apart")
+            if self.dynamic_size:
+                raise DynamicSizeError(
+                    "`dynamic_size`: a graph from an ONNX file has one image size (its file's computation may hold "
+                    "it); build without `dynamic_size`, with `image_size` where the file's size is free"
+                )
 
 
 def default_file_name(model: str, methods: tuple[str, ...]) -> str:
@@ -127,8 +135,11 @@ def default_file_name(model: str, methods: tuple[str, ...]) -> str:
 
 
 def model_slug(name: str) -> str:
-    """A file-safe name: ``timm:resnet50`` → ``timm-resnet50``, ``nets/my.py:build`` → ``my-build``."""
-    if ":" in name and not name.startswith("timm:"):
+    """A file-safe name: ``timm:resnet50`` → ``timm-resnet50``, ``nets/my.py:build`` → ``my-build``,
+    ``zoo/resnet50-v1-7.onnx`` → ``resnet50-v1-7``."""
+    if name.lower().endswith(".onnx"):
+        name = Path(name).stem
+    elif ":" in name and not name.startswith("timm:"):
         location, _, attribute = name.rpartition(":")
         name = f"{Path(location).stem if location.endswith('.py') else location.rsplit('.', 1)[-1]}-{attribute}"
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "model"
@@ -325,7 +336,7 @@ def _choose_layer(job: _Build, task: str) -> None:
     options, module, prep = job.options, job.loaded.module, job.loaded.preprocessing
     size, default_size, channels = prep.image_size, job.default_size, prep.channels
     layers = job.layers
-    wanted = options.layer
+    wanted = options.layer or job.loaded.default_layer
     if wanted is None and size != default_size:  # the default layer is the one for the model's own size
         try:
             probed = probe_layers(module, default_size, options.model, channels)
@@ -422,6 +433,12 @@ def _write_validated(job: _Build, temporary: Path) -> None:
         explained = Explained(job.loaded.module, job.spec, job.layer.layout)
         job.results = validate(CamSession(temporary, threads=VALIDATION_THREADS), explained, _cases(job))
     _log_results(job)
+    if job.loaded.check_graph is not None:
+        with _step("check", "check against the source file, by finite differences", job.timings, job.log):
+            checked = job.loaded.check_graph(temporary, job.spec, job.layer.layout, job.options.seed)
+        for line in checked.lines():
+            job.log(line)
+        job.summary["source_check"] = asdict(checked)
     job.summary.update(_summary(job, files))
 
 

@@ -19,6 +19,7 @@ source.
 from __future__ import annotations
 
 import difflib
+import functools
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,8 +31,9 @@ from torch import nn
 
 from camexport._util import first_line, quiet, sha256_of
 from camexport.builder.factory import load_factory_model
+from camexport.builder.layouts import Layout
 from camexport.builder.weights import Weighted, choose, finish, load_state_dict_strict, read_checkpoint, seeded
-from camexport.contract import Preprocessing
+from camexport.contract import GraphSpec, Preprocessing
 from camexport.errors import UnknownModelError, UserError, WeightsError
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
@@ -59,6 +61,9 @@ class LoadedModel:
         weights: a human-readable description of where the weights came from.
         random_weights: the weights are a seeded random initialisation.
         background: a segmentation model's background class (``__background__`` in its labels), if any.
+        default_layer: the layer the source prefers (an ONNX file's, by its tensors); None: the module's default.
+        check_graph: the source's own check of a built graph (graph, spec, layout, seed), whose ``lines()`` the
+            build logs: an ONNX file's graph against the file.
     """
 
     name: str
@@ -68,6 +73,8 @@ class LoadedModel:
     weights: str
     random_weights: bool = False
     background: int | None = None
+    default_layer: str | None = None
+    check_graph: Callable[[Path, GraphSpec, Layout, int], object] | None = None
 
     @classmethod
     def of(cls, name: str, weighted: Weighted, labels: list[str], preprocessing: Preprocessing) -> LoadedModel:
@@ -297,10 +304,15 @@ def _load_timm(spec: str, weights: str, seed: int, num_classes: int | None) -> L
 
 def _apply_overrides(loaded: LoadedModel, overrides: ModelOverrides) -> LoadedModel:
     prep = loaded.preprocessing
+    if not prep.known and (overrides.mean is None) != (overrides.std is None):
+        raise UserError(
+            f"{loaded.name}: give both `mean` and `std` (its preprocessing is unknown), or neither to take its input "
+            "as the file does"
+        )
     if overrides.mean is not None:
-        prep = replace(prep, mean=tuple(overrides.mean))
+        prep = replace(prep, mean=tuple(overrides.mean), known=True)
     if overrides.std is not None:
-        prep = replace(prep, std=tuple(overrides.std))
+        prep = replace(prep, std=tuple(overrides.std), known=True)
     if len(prep.mean) != len(prep.std) or not prep.mean:
         raise UserError(
             f"mean has {len(prep.mean)} value(s) and std {len(prep.std)}: give `mean` and `std` with one value per "
@@ -398,7 +410,41 @@ class TorchvisionClassifier:
         return _load_torchvision(name, weights, seed, num_classes)
 
 
+class OnnxFile:
+    """``path/to/model.onnx``: a classifier file (its own weights and classes; its preprocessing from ``mean`` and
+    ``std``, or unknown, so that image files are refused until they are given; a uint8 input takes pixels as
+    they are). Each computed tensor is a layer, by its name in the file."""
+
+    def accepts(self, name: str) -> bool:
+        return name.lower().endswith(".onnx")
+
+    def names(self) -> list[str]:
+        return []
+
+    def load(self, name, weights, seed, num_classes):
+        from camexport.builder.onnx_check import check_against_file
+        from camexport.builder.onnx_import import load_onnx_file
+
+        module, described, default = load_onnx_file(name, weights, num_classes)
+        channels, size = module.image.channels, module.image.shape(None)
+        height, width = (size[1], size[2]) if module.image.layout == "NHWC" else (size[2], size[3])
+        pixels = module.image.dtype == "uint8"
+        preprocessing = Preprocessing(
+            mean=(0.0,) * channels,
+            std=(1 / 255 if pixels else 1.0,) * channels,
+            image_size=(height, width),
+            resize_size=round(max(height, width) / 0.875),
+            interpolation="bilinear",
+            known=pixels,
+        )
+        loaded = LoadedModel(name, finish(module), [], preprocessing, described)
+        loaded.default_layer = default
+        loaded.check_graph = functools.partial(check_against_file, name)
+        return loaded
+
+
 SOURCES: tuple[ModelSource, ...] = (
+    OnnxFile(),
     Timm(),
     Factory(),
     EfficientNetLite0(),
@@ -428,11 +474,6 @@ def load_model(
     overrides = overrides or ModelOverrides()
     if overrides.num_classes is not None and overrides.num_classes < 1:
         raise UserError(f"num_classes={overrides.num_classes}: use a positive number")
-    if name.lower().endswith(".onnx"):
-        raise UserError(
-            f"{name}: an ONNX file; this camexport builds from PyTorch models only (torchvision, timm, a factory), "
-            f"and 'camexport layers {name}' lists the file's candidate layers"
-        )
     source = next((source for source in SOURCES if source.accepts(name)), None)
     if source is None:
         known = [known for source in SOURCES for known in source.names()]

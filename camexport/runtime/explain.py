@@ -56,6 +56,7 @@ def explain(
     """
     started = time.perf_counter()
     out = checks.path("out", out, "the output folder")
+    session.require_preprocessing()
     style, options, executor = _checked(session, style or ExplainStyle(), options or RunOptions(), executor or Local())
     paths, skipped = collect_images(_sources(sources))
     if not paths:

@@ -309,7 +309,8 @@ async def _first_file(request: Request, body: bytes) -> bytes:
 
 
 def create_app(session: CamSession, options: ServeOptions) -> FastAPI:
-    """The FastAPI application over one loaded graph."""
+    """The FastAPI application over one loaded graph (one whose preprocessing is known: it takes images)."""
+    session.require_preprocessing()
     server = Server(session, options)
 
     @contextlib.asynccontextmanager

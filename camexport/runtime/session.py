@@ -214,6 +214,15 @@ class CamSession:
             raise UserError(f"target={text!r}: not a label of this graph; {hint}")
         return matches[0]
 
+    def require_preprocessing(self) -> None:
+        """Raises UserError for a graph whose preprocessing is unknown (built from an ONNX file without
+        ``--mean``/``--std``): images cannot become its input; arrays for :meth:`run` still can."""
+        if not self.spec.preprocessing.known:
+            raise UserError(
+                f"{self.path}: built from an ONNX file without --mean/--std, so how an image becomes its input is "
+                "unknown; rebuild it with --mean and --std (those the file's model was trained with)"
+            )
+
     def prepare(self, image: ImageLike, name: str = "image") -> tuple[Image.Image, np.ndarray]:
         """One image (PIL image, file path, the bytes of a file, or uint8/float array [H, W], [H, W, 1|3|4]) → (photo,
         graph input).
@@ -224,6 +233,7 @@ class CamSession:
         Raises:
             UserError: unreadable file, or an array of the wrong shape or with NaN/Inf values.
         """
+        self.require_preprocessing()
         photo = as_photo(image, name, self.spec.preprocessing.image_mode or "RGB")
         pixels = to_pixels(photo, self.spec.preprocessing)
         return photo, pixels if self.spec.takes_pixels else normalise(pixels, self.spec.preprocessing)

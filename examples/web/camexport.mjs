@@ -70,6 +70,9 @@ export function readMetadata(bytes, name = "the graph") {
   if (!CONTRACTS.includes(contract)) {
     throw new Error(`${name}: the graph follows camexport graph contract '${contract}', this program reads contracts ${CONTRACTS.join(" and ")}; rebuild the graph`);
   }
+  if (props["camexport.preprocessing_known"] === "false") {
+    throw new Error(`${name}: built from an ONNX file without --mean/--std, so how an image becomes its input is unknown; rebuild it with --mean and --std (those the file's model was trained with)`);
+  }
   const size = JSON.parse(props["camexport.image_size"]);
   return {
     contract,

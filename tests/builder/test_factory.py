@@ -145,6 +145,8 @@ def test_read_labels_formats(tmp_path: Path) -> None:
         ("timm:resnet50", "timm-resnet50"),
         ("nets/my.py:build", "my-build"),
         ("pkg.models:make_net", "models-make_net"),
+        ("zoo/resnet50-v1-7.onnx", "resnet50-v1-7"),
+        ("/tmp/Model.ONNX", "Model"),
     ],
 )
 def test_model_slug(name: str, slug: str) -> None:

@@ -1,6 +1,8 @@
 """``camexport layers FILE.onnx``: the candidate layers of ONNX files the suite writes — torchvision exports at
 opsets 11 and 17, a Keras-style NHWC file, a Caffe2-era file (opset 9, weights in Constant nodes, LRN, Dropout, a
-Softmax output), a token graph — with the default each should get; and bad files, one line each."""
+Softmax output), a token graph — with the default each should get; and the files ``layers`` and ``build`` refuse
+(not ONNX, cut short, external data missing, no image input, several outputs, an op it cannot import, quantized, a
+batch held in its shapes, opset 6) and the options a file does not take, one line each, exit 2, nothing written."""
 
 from __future__ import annotations
 
@@ -10,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
-import torchvision
 from onnx import TensorProto, helper, numpy_helper
+from onnx_files import keras_style
 from support import assert_one_line
 
 from camexport.builder.onnx_file import describe_onnx_layers, image_input, probe_tensors, read_onnx
@@ -20,88 +21,9 @@ from camexport.builder.onnx_file import describe_onnx_layers, image_input, probe
 FLOAT = TensorProto.FLOAT
 
 
-def _export(module: torch.nn.Module, path: Path, size: int, opset: int) -> Path:
-    example = (torch.randn(1, 3, size, size),)
-    axes = {"image": {0: "batch"}, "logits": {0: "batch"}}
-    torch.onnx.export(module.eval(), example, str(path), input_names=["image"], output_names=["logits"],
-                      dynamic_axes=axes, opset_version=opset, dynamo=False)  # fmt: skip
-    return path
-
-
-def _weight(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> onnx.NodeProto:
-    """A weight as a Constant node, as Caffe2-era files hold them."""
-    value = numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
-    return helper.make_node("Constant", [], [name], value=value)
-
-
-def _caffe2_era(path: Path) -> Path:
-    rng = np.random.default_rng(9)
-    nodes = [
-        _weight("w1", (8, 3, 3, 3), rng),
-        _weight("w2", (16, 8, 3, 3), rng),
-        _weight("fc", (5, 16), rng),
-        _weight("fc_bias", (5,), rng),
-        helper.make_node("Conv", ["data", "w1"], ["conv1"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["conv1"], ["relu1"]),
-        helper.make_node("LRN", ["relu1"], ["norm1"], size=3),
-        helper.make_node("MaxPool", ["norm1"], ["pool1"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Dropout", ["pool1"], ["drop1"], ratio=0.5),
-        helper.make_node("Conv", ["drop1", "w2"], ["conv2"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["conv2"], ["relu2"]),
-        helper.make_node("AveragePool", ["relu2"], ["pool2"], kernel_shape=[16, 16]),
-        helper.make_node("Flatten", ["pool2"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "fc", "fc_bias"], ["scores"], transB=1),
-        helper.make_node("Softmax", ["scores"], ["prob"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "caffe2", [helper.make_tensor_value_info("data", FLOAT, [1, 3, 32, 32])],
-        [helper.make_tensor_value_info("prob", FLOAT, [1, 5])],
-    )  # fmt: skip
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)]), str(path))
-    return path
-
-
-def _keras_style(path: Path, outputs: int = 1, image: tuple = ("N", 32, 32, 3)) -> Path:
-    """NHWC in, a Transpose to NCHW for the convolutions and back, as tf2onnx writes Keras models."""
-    rng = np.random.default_rng(4)
-    weights = [
-        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.1).astype(np.float32), "k1"),
-        numpy_helper.from_array((rng.standard_normal((8, 8, 3, 3)) * 0.1).astype(np.float32), "k2"),
-        numpy_helper.from_array((rng.standard_normal((8, 4)) * 0.1).astype(np.float32), "dense"),
-        numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
-    ]
-    nodes = [
-        helper.make_node("Transpose", ["input_1"], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", ["nchw", "k1"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "k2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
-        helper.make_node("Relu", ["c2"], ["r2"]),
-        helper.make_node("Transpose", ["r2"], ["nhwc"], perm=[0, 2, 3, 1]),
-        helper.make_node("ReduceMean", ["nhwc", "axes"], ["pooled"], keepdims=0),
-        helper.make_node("MatMul", ["pooled", "dense"], ["dense_1"]),
-    ]
-    outs = [helper.make_tensor_value_info("dense_1", FLOAT, ["N", 4])]
-    if outputs == 2:
-        outs.append(helper.make_tensor_value_info("pooled", FLOAT, ["N", 8]))
-    graph = helper.make_graph(nodes, "keras", [helper.make_tensor_value_info("input_1", FLOAT, list(image))], outs,
-                              initializer=weights)  # fmt: skip
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("onnx_files")
-    vit = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5
-    )
-    return {
-        "resnet18": _export(torchvision.models.resnet18(), folder / "resnet18.onnx", 224, 17),
-        "squeezenet": _export(torchvision.models.squeezenet1_1(), folder / "squeezenet.onnx", 224, 11),
-        "vit": _export(vit, folder / "vit.onnx", 32, 17),
-        "keras": _keras_style(folder / "keras.onnx"),
-        "caffe2": _caffe2_era(folder / "caffe2.onnx"),
-    }
+def files(onnx_files: dict[str, Path]) -> dict[str, Path]:
+    return onnx_files
 
 
 @pytest.mark.slow
@@ -139,10 +61,24 @@ def test_the_listing_reads_layouts_and_skips_attention_scores(files) -> None:
 
 
 def test_a_symbolic_size_runs_at_the_size_given(tmp_path: Path) -> None:
-    path = _keras_style(tmp_path / "any.onnx", image=("N", "H", "W", 3))
+    path = keras_style(tmp_path / "any.onnx", image=("N", "H", "W", 3))
     model = read_onnx(path)
     shapes = {t.name: t.shape for t in probe_tensors(model, image_input(model, path), (40, 24))}
     assert shapes["nhwc"] == (1, 20, 12, 8) and shapes["dense_1"] == (1, 4)
+
+
+def _single(path: Path, nodes: list, opset: int = 13, inits: list | None = None, batch: object = "N") -> Path:
+    """A file of one image input [batch, 3, 8, 8] and one logits output [batch, 4]."""
+    graph = helper.make_graph(
+        nodes, "bad", [helper.make_tensor_value_info("x", FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", FLOAT, [batch, 4])], initializer=inits or [],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    return path
+
+
+def _int64(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, np.int64), name)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +95,20 @@ def bad(tmp_path_factory: pytest.TempPathFactory, files) -> dict[str, Path]:
         [helper.make_tensor_value_info("y", FLOAT, ["N", 10])],
     )  # fmt: skip
     onnx.save(helper.make_model(table), str(root / "table.onnx"))
-    _keras_style(root / "two.onnx", outputs=2)
+    keras_style(root / "two.onnx", outputs=2)
+    w = numpy_helper.from_array(np.ones((4, 3, 8, 8), np.float32), "w")
+    conv = helper.make_node("Conv", ["x", "w"], ["c"])
+    _single(root / "topk.onnx", [conv, helper.make_node("Flatten", ["c"], ["f"]),
+            helper.make_node("Hardmax", ["f"], ["y"], name="pick")], inits=[w])  # fmt: skip
+    scale, zero = numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(0), "z")
+    _single(root / "qdq.onnx", [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="quant"),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+            helper.make_node("Conv", ["d", "w"], ["c"]), helper.make_node("Flatten", ["c"], ["y"])],
+            inits=[w, scale, zero])  # fmt: skip
+    _single(root / "fixed.onnx", [conv, helper.make_node("Reshape", ["c", "shape"], ["y"])],
+            inits=[w, _int64("shape", [1, 4])], batch=1)  # fmt: skip
+    _single(root / "old.onnx", [conv, helper.make_node("Flatten", ["c"], ["y"])], opset=6, inits=[w])
+    keras_style(root / "keras.onnx")
     return {"root": root, "caffe2": files["caffe2"]}
 
 
@@ -170,7 +119,15 @@ BAD = [
     ("external-data-missing", "layers {root}/external.onnx", "external data file, weights.bin, which is not beside"),
     ("no-image-input", "layers {root}/table.onnx", "its input is x [N, 10], not an image"),
     ("several-outputs", "layers {root}/two.onnx", "2 outputs (dense_1 [N, 4], pooled [N, 8])"),
-    ("build-from-onnx", "build {caffe2}", "an ONNX file; this camexport builds from PyTorch models only"),
+    ("unsupported-op", "build {root}/topk.onnx", "node 'pick' is a Hardmax (opset 13), which camexport cannot import"),
+    ("quantized", "build {root}/qdq.onnx", "the model is quantized"),
+    ("batch-in-shapes", "build {root}/fixed.onnx", "its batch is fixed at 1 and its computation holds it"),
+    ("opset-6", "build {root}/old.onnx", "opset 6; camexport imports opset 7 and later"),
+    ("weights", "build {root}/keras.onnx --weights random", "--weights random: an ONNX file holds its own weights"),
+    ("half-preprocessing", "build {root}/keras.onnx --mean 0.5 0.5 0.5", "give both --mean and --std"),
+    ("onto-itself", "build {root}/keras.onnx --output {root}/keras.onnx", "that is the model file itself"),
+    ("other-size", "build {root}/keras.onnx --image-size 48", "cannot run on 48x48 images (the file takes 32x32"),
+    ("dynamic-size", "build {root}/keras.onnx --dynamic-size", "a graph from an ONNX file has one image size"),
 ]
 
 

@@ -16,6 +16,14 @@ from camexport._util import Terminated, signals_held, sigterm_as_interrupt
     ("signal_number", "raised"), [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)]
 )
 def test_a_stop_inside_a_held_block_waits_for_its_end(signal_number: int, raised: type) -> None:
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C, also where the suite
+    try:  # runs in the background (a shell starts it with SIGINT ignored)
+        _stop_in_a_held_block(signal_number, raised)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_in_a_held_block(signal_number: int, raised: type) -> None:
     steps: list[str] = []
     with pytest.raises(raised), sigterm_as_interrupt(), signals_held():
         os.kill(os.getpid(), signal_number)
