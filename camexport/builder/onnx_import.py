@@ -92,8 +92,9 @@ def _constant(node: onnx.NodeProto) -> torch.Tensor:
 
 class OnnxModule(nn.Module):
     """The file's forward pass: the image [N, C, H, W] (transposed to the file's [N, H, W, C] where it takes
-    that, cast to uint8 where it takes pixels) in, the logits out (a final Softmax's input, where the file ends
-    with one: ``softmax_dropped``). Each computed node is a submodule named by its first output tensor."""
+    that, rounded to whole pixel values where it takes uint8) in, the logits out (a final Softmax's input, where
+    the file ends with one: ``softmax_dropped``). Each computed node is a submodule named by its first output
+    tensor."""
 
     def __init__(self, model: onnx.ModelProto, image: OnnxImage, logits: str, path: str) -> None:
         super().__init__()
@@ -106,9 +107,13 @@ class OnnxModule(nn.Module):
         self.steps: list[str] = []
         for node in model.graph.node:
             self._add(node, constants)
+        self._keep(constants)
+
+    def _keep(self, constants: dict[str, torch.Tensor]) -> None:
+        """Weights become buffers (make_fx takes them as inputs, export binds them back); integer constants (shapes,
+        axes, indices) and small float ones (a padding's 2.0, an epsilon) stay numpy: numbers known while tracing.
+        Each node's attribute-like inputs (:data:`STATIC_INPUTS`) that are constants are fixed on the node."""
         used = {name for step in self.steps for name in self._modules[step].inputs}
-        # Weights are buffers (make_fx takes them as inputs, export binds them back); integer constants (shapes,
-        # axes, indices) and small float ones (a padding's 2.0, an epsilon) stay numpy: numbers known while tracing.
         self.constant_names: dict[str, str] = {}
         self.fixed: dict[str, np.ndarray] = {}
         for key in self.steps:
@@ -118,14 +123,14 @@ class OnnxModule(nn.Module):
                 i: constants[n].numpy().copy() for i, n in enumerate(module.inputs) if i in wanted and n in constants
             }
         for i, name in enumerate(n for n in constants if n in used or n == self.logits):
-            if constants[name].is_floating_point() and constants[name].numel() > SMALL:
+            value = constants[name]
+            if value.is_floating_point() and value.numel() > SMALL:
                 buffer = f"constant_{i}"
                 while buffer in self._modules:  # a tensor of the file may hold the name
                     buffer += "_"
-                self.register_buffer(buffer, constants[name])
+                self.register_buffer(buffer, value)
                 self.constant_names[name] = buffer
             else:
-                value = constants[name]
                 self.fixed[name] = (value.float() if value.dtype == torch.float64 else value).numpy().copy()
 
     def _add(self, node: onnx.NodeProto, constants: dict[str, torch.Tensor]) -> None:
