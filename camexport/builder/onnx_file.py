@@ -110,7 +110,7 @@ def image_input(model: onnx.ModelProto, path: str | Path) -> OnnxImage:
         )
     value = inputs[0]
     tensor = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]  # -1: free
     if tensor.elem_type not in _IMAGE_TYPES or len(dims) != 4:
         raise UserError(
             f"{path}: its input is {value.name} {_shape_text(value)}, not an image; camexport explains models with "
@@ -181,7 +181,8 @@ def probe_tensors(model: onnx.ModelProto, image: OnnxImage, size: tuple[int, int
         ) from None
     shapes = {name: tuple(np.shape(v)) for name, v in zip(names, values, strict=True)}
     height, width = feed.shape[1:3] if image.layout == "NHWC" else feed.shape[2:4]
-    kinds = {name: _kind(shapes[name], height, width) for name in writers if name in shapes}
+    kinds = {name: _kind(shapes[name], height, width) if writers[name] != "Constant" else "other" for name in writers
+             if name in shapes}  # fmt: skip
     # An attention's scores [N, heads, T, T] are no map: T is a token count of the graph.
     counts = {shapes[name][1] for name, kind in kinds.items() if kind == "tokens"}
     for name, kind in kinds.items():
@@ -205,12 +206,16 @@ def _session_with_outputs(model: onnx.ModelProto, names: Sequence[str], options)
 
 def _kind(shape: Sequence[int], height: int, width: int) -> str:
     """``map`` for [1, C, h, w] or [1, h, w, C] whose grid follows the image (h <= H and w <= W, the same stride
-    both ways, h and w at least 2), ``tokens`` for [1, T, D] with T a grid of the image's proportions plus up to 4
+    both ways, h and w at least 2; or [1, C, h, w] whose strides differ by axis but divide the image exactly, as a
+    text model's), ``tokens`` for [1, T, D] with T a grid of the image's proportions plus up to 4
     prefix tokens, else ``other``."""
     if len(shape) == 4 and shape[0] == 1:
         for h, w in ((shape[2], shape[3]), (shape[1], shape[2])):
             if 2 <= h <= height and 2 <= w <= width and abs(height / h - width / w) <= max(height / h, width / w) / 4:
                 return "map"
+        h, w = shape[2], shape[3]  # strides that differ by axis (a text model's 48 x 192 → 2 x 96): read as NCHW
+        if 2 <= h <= height and 2 <= w <= width and height % h == 0 and width % w == 0:
+            return "map"
     if len(shape) == 3 and shape[0] == 1 and shape[1] >= 4 and shape[2] >= 8:
         for prefix in range(5):
             grid = shape[1] - prefix

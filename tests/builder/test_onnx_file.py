@@ -135,3 +135,19 @@ BAD = [
 def test_a_bad_file_is_one_line(bad, tmp_path: Path, monkeypatch, capsys, argv: str, fragment: str) -> None:
     monkeypatch.chdir(tmp_path)
     assert_one_line(argv, 2, fragment, bad, tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "kind"),
+    [
+        ((1, 200, 2, 96), (48, 192), "map"),  # PP-OCR's text-direction classifier: strides 24 and 2
+        ((1, 16, 16, 8), (32, 32), "map"),  # NHWC, the same stride both ways
+        ((1, 8, 5, 7), (32, 32), "other"),  # strides that differ and divide nothing: no grid of the image
+        ((1, 512, 1, 1), (224, 224), "other"),  # pooled
+        ((1, 197, 768), (224, 224), "tokens"),
+    ],
+)
+def test_what_counts_as_a_map(shape: tuple, size: tuple, kind: str) -> None:
+    from camexport.builder.onnx_file import _kind
+
+    assert _kind(shape, *size) == kind
