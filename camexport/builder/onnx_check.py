@@ -42,8 +42,8 @@ from camexport._util import first_line
 from camexport.builder import reference
 from camexport.builder.layouts import Layout
 from camexport.builder.methods import REGISTRY as METHODS
-from camexport.builder.onnx_file import OnnxImage, image_input, read_onnx
-from camexport.builder.onnx_import import OnnxModule
+from camexport.builder.onnx_file import OnnxImage, image_input, read_onnx, session_with_outputs
+from camexport.builder.onnx_import import explained_score
 from camexport.contract import METHODS as METHOD_SPECS
 from camexport.contract import GraphSpec
 from camexport.errors import ValidationError
@@ -84,16 +84,16 @@ def check_against_file(path: str, graph: Path, spec: GraphSpec, layout: Layout, 
     """
     model = read_onnx(path)
     image = image_input(model, path)
-    module = OnnxModule(model, image, model.graph.output[0].name, path)
-    cut = _Cut(model, spec.layer, module.logits)
-    full = _session(model, [module.logits, spec.layer, *cut.reads])
+    score = explained_score(model, model.graph.output[0].name)  # the file read again, not imported again
+    cut = _Cut(model, spec.layer, score)
+    full = _session(model, [score, spec.layer, *cut.reads])
     session = CamSession(graph, threads=1)
     rng = np.random.default_rng(seed + 777)
     worst = {"logits": 0.0, "activations": 0.0, "gradients": 0.0, "heatmaps": 0.0}
     for _ in range(INPUTS):
         feed, x = _inputs(spec, image, rng)
         out = session.run(feed, target_class=-1)
-        logits, layer, *reads = _run(full, [module.logits, spec.layer, *cut.reads], {image.name: x}, image.batch)
+        logits, layer, *reads = _run(full, [score, spec.layer, *cut.reads], {image.name: x}, image.batch)
         worst["logits"] = max(worst["logits"], _relative(out["logits"], logits))
         file_map = reference.as_map(torch.from_numpy(layer), layout).numpy()
         worst["activations"] = max(worst["activations"], _relative(out["activations"], file_map))
@@ -121,17 +121,9 @@ def _session(model: onnx.ModelProto, names: list[str]):
 
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
-    probed = onnx.ModelProto()
-    probed.CopyFrom(model)
-    present = {value.name for value in probed.graph.output}
-    probed.graph.output.extend(
-        onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None)
-        for name in dict.fromkeys(names)
-        if name not in present
-    )
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.log_severity_level = 1, 3
-    return ort.InferenceSession(probed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session_with_outputs(model, names, options, types)
 
 
 def _inputs(spec: GraphSpec, image: OnnxImage, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

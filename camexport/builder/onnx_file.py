@@ -43,10 +43,16 @@ class OnnxImage:
     width: int | None
     batch: int | None = None  # None: symbolic
 
+    def size(self, given: tuple[int, int] | None) -> tuple[int, int]:
+        """(H, W): the file's, the given size where the file's is symbolic, else :data:`DEFAULT_SIZE`."""
+        return (
+            self.height or (given[0] if given else DEFAULT_SIZE),
+            self.width or (given[1] if given else DEFAULT_SIZE),
+        )
+
     def shape(self, size: tuple[int, int] | None) -> tuple[int, int, int, int]:
         """The input's shape at batch 1 (the given size where the file's is symbolic)."""
-        height = self.height or (size[0] if size else DEFAULT_SIZE)
-        width = self.width or (size[1] if size else DEFAULT_SIZE)
+        height, width = self.size(size)
         if self.layout == "NHWC":
             return (1, height, width, self.channels)
         return (1, self.channels, height, width)
@@ -159,13 +165,13 @@ def probe_tensors(model: onnx.ModelProto, image: OnnxImage, size: tuple[int, int
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor, as written
     try:
-        session = _session_with_outputs(model, list(writers), options)
+        session = session_with_outputs(model, list(writers), options)
     except Exception:  # an output that is not float (a Shape's int64): only those shape inference calls float
         inferred = onnx.shape_inference.infer_shapes(model)
         types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
         floats = [name for name in writers if types.get(name) == onnx.TensorProto.FLOAT]
         try:
-            session = _session_with_outputs(model, floats, options)
+            session = session_with_outputs(model, floats, options)
         except Exception as exc:  # onnxruntime's own exception types
             raise UserError(
                 f"onnxruntime cannot load the file ({first_line(exc)[:200]}); check the file with onnx.checker"
@@ -191,15 +197,18 @@ def probe_tensors(model: onnx.ModelProto, image: OnnxImage, size: tuple[int, int
     return [OnnxTensor(name, shapes[name], writers[name], kind) for name, kind in kinds.items()]
 
 
-def _session_with_outputs(model: onnx.ModelProto, names: Sequence[str], options):
-    """An onnxruntime session of ``model`` that also outputs the float tensors ``names``."""
+def session_with_outputs(model: onnx.ModelProto, names: Sequence[str], options, types: dict[str, int] | None = None):
+    """An onnxruntime session of ``model`` that also outputs the tensors ``names``, declared of ``types`` (by name;
+    float where not given)."""
     import onnxruntime as ort
 
     probed = onnx.ModelProto()
     probed.CopyFrom(model)
     outputs = {value.name for value in probed.graph.output}
     probed.graph.output.extend(
-        helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names if name not in outputs
+        helper.make_tensor_value_info(name, (types or {}).get(name) or onnx.TensorProto.FLOAT, None)
+        for name in dict.fromkeys(names)
+        if name not in outputs
     )
     return ort.InferenceSession(probed.SerializeToString(), options, providers=["CPUExecutionProvider"])
 

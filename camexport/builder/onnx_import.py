@@ -82,6 +82,12 @@ def check_supported(model: onnx.ModelProto, path: str) -> int:
     return opset
 
 
+def explained_score(model: onnx.ModelProto, logits: str) -> str:
+    """The tensor whose class score is explained: the logits, or a final Softmax's (LogSoftmax's) input."""
+    writer = next((node for node in model.graph.node if logits in node.output), None)
+    return writer.input[0] if writer is not None and writer.op_type in ("Softmax", "LogSoftmax") else logits
+
+
 def _constant(node: onnx.NodeProto) -> torch.Tensor:
     attr = node.attribute[0]
     if attr.name == "value":
@@ -100,9 +106,8 @@ class OnnxModule(nn.Module):
         super().__init__()
         opset = check_supported(model, path)
         self.image, self.opset = image, opset
-        writers = {out: node for node in model.graph.node for out in node.output if out}
-        self.softmax_dropped = logits in writers and writers[logits].op_type in ("Softmax", "LogSoftmax")
-        self.logits = writers[logits].input[0] if self.softmax_dropped else logits
+        self.logits = explained_score(model, logits)
+        self.softmax_dropped = self.logits != logits
         constants = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer}
         self.steps: list[str] = []
         for node in model.graph.node:
@@ -208,8 +213,7 @@ def _check_free_batch(module: OnnxModule, image: OnnxImage, path: str) -> None:
     Raises:
         UnsupportedFileError: the module fails on a batch of 2, naming how to re-export the file.
     """
-    size = image.shape(None)
-    channels_first = (2, image.channels, *size[2:]) if image.layout == "NCHW" else (2, image.channels, *size[1:3])
+    channels_first = (2, image.channels, *image.size(None))
     try:
         with torch.no_grad():
             module(torch.zeros(channels_first))

@@ -426,8 +426,7 @@ class OnnxFile:
         from camexport.builder.onnx_import import load_onnx_file
 
         module, described, default = load_onnx_file(name, weights, num_classes)
-        channels, size = module.image.channels, module.image.shape(None)
-        height, width = (size[1], size[2]) if module.image.layout == "NHWC" else (size[2], size[3])
+        channels, (height, width) = module.image.channels, module.image.size(None)
         pixels = module.image.dtype == "uint8"
         preprocessing = Preprocessing(
             mean=(0.0,) * channels,
