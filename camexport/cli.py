@@ -11,7 +11,15 @@ from pathlib import Path
 
 from camexport import __version__
 from camexport._util import Terminated, sigterm_as_interrupt
-from camexport.contract import DEFAULT_METHOD, INPUT_KINDS, METHODS, parse_methods
+from camexport.contract import (
+    DEFAULT_DETECTION_METHOD,
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_METHOD,
+    INPUT_KINDS,
+    MAX_DETECTIONS,
+    METHODS,
+    parse_methods,
+)
 from camexport.errors import CamExportError
 from camexport.runtime.options import (
     METRICS,
@@ -80,9 +88,9 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     build = commands.add_parser("build", help="trace, export and validate one explaining ONNX graph (camexport[build])")
     build.add_argument(
         "model",
-        help="a torchvision classifier (resnet18, ...), efficientnet_lite0, timm:ARCH, your own factory "
-        "package.module:factory / path/to/file.py:factory (this imports and runs your code), or an ONNX classifier "
-        "file model.onnx",
+        help="a torchvision classifier (resnet18, ...), segmenter or detector (ssdlite320_mobilenet_v3_large, ...), "
+        "efficientnet_lite0, timm:ARCH, your own factory package.module:factory / path/to/file.py:factory (this "
+        "imports and runs your code), or an ONNX classifier file model.onnx",
     )
     build.add_argument(
         "--layer",
@@ -91,8 +99,8 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     )
     build.add_argument(
         "--method",
-        default=DEFAULT_METHOD,
-        help=f"{', '.join(METHODS)} (default {DEFAULT_METHOD}), or several comma-separated (one graph, one pass, "
+        help=f"{', '.join(METHODS)} (default {DEFAULT_METHOD}; for detectors {DEFAULT_DETECTION_METHOD}, whose "
+        "element-wise map separates detections of one class), or several comma-separated (one graph, one pass, "
         "outputs heatmap_<method> each; the first is the default heatmap)",
     )
     build.add_argument(
@@ -123,6 +131,20 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         "--class-maps",
         action="store_true",
         help="with reciprocam: also output every class's map (class_maps [N,K,h,w]) from the same masked pass",
+    )
+    build.add_argument(
+        "--max-detections",
+        type=int,
+        default=DEFAULT_MAX_DETECTIONS,
+        metavar="M",
+        help=f"detectors: the detections the graph returns and explains, the best after NMS (default "
+        f"{DEFAULT_MAX_DETECTIONS}, at most {MAX_DETECTIONS})",
+    )
+    build.add_argument(
+        "--score-threshold",
+        type=float,
+        metavar="S",
+        help="detectors: the score a detection must exceed (default: the detector's own)",
     )
     build.add_argument("--output", type=Path, help="graph file (default: models/<model>-<method>[+<method>...].onnx)")
     build.add_argument("--labels", type=Path, help="class names: a JSON list or one name per line")
@@ -291,7 +313,7 @@ def _build(args: argparse.Namespace) -> int:
     options = BuildOptions(
         model=args.model,
         layer=args.layer,
-        methods=parse_methods(args.method),
+        methods=parse_methods(args.method) if args.method else None,
         weights=args.weights,
         seed=args.seed,
         image_size=args.image_size,
@@ -301,6 +323,8 @@ def _build(args: argparse.Namespace) -> int:
         dynamic_size=args.dynamic_size,
         input=args.input,
         class_maps=args.class_maps,
+        max_detections=args.max_detections,
+        score_threshold=args.score_threshold,
     )
     build(options, log=lambda line: print(line, flush=True))
     return 0
@@ -331,10 +355,15 @@ def _layers(args: argparse.Namespace) -> int:
 
         print("\n".join(describe_onnx_layers(args.model, args.image_size, everything=args.all)))
         return 0
+    from camexport.builder.detection import describe_detector_layers
+    from camexport.builder.detectors import is_detector
     from camexport.builder.layers import describe_layers, input_channels
     from camexport.builder.sources import load_model
 
     loaded = load_model(args.model, "random")
+    if is_detector(loaded.module):
+        print("\n".join(describe_detector_layers(loaded, args.image_size, everything=args.all)))
+        return 0
     size = args.image_size or loaded.preprocessing.image_size
     channels = input_channels(loaded.module) or loaded.preprocessing.channels
     print("\n".join(describe_layers(loaded.module, size, args.model, everything=args.all, channels=channels)))

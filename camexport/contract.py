@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 from camexport.errors import ContractError, UserError
@@ -34,7 +34,9 @@ from camexport.errors import ContractError, UserError
 # Contract 3: a segmentation graph: logits [N, K, H, W], a ``region`` input and a ``segmentation`` output.
 # Classifier graphs stay contract 2, so readers of contract 2 still read every classifier graph and refuse a
 # segmentation graph with one line instead of misreading its logits. A task's record names its version.
-READABLE_CONTRACTS = (1, 2, 3)  # contract 1 graphs still run: an explicit target_class overrides their default
+# Contract 4: a detection graph: ``boxes``, ``scores`` and ``labels`` of M detection slots, and a map and a gradient
+# per slot ([N, M, ...]) in place of the logits and the class.
+READABLE_CONTRACTS = (1, 2, 3, 4)  # contract 1 graphs still run: an explicit target_class overrides their default
 
 PREFIX = "camexport."
 
@@ -105,11 +107,20 @@ AXES = {
     "W": "input width (`width`, dynamic, in a `--dynamic-size` graph)",
     "K": "classes: the length of the metadata's labels",
     "D": "the explained layer's channels",
+    "4": "a box's coordinates: x1, y1, x2, y2",
+    "M": "detection slots: the graph's `max_detections` (an empty slot has score 0 and label −1)",
     "h": "the explained map's height",
     "w": "the explained map's width",
 }
 BATCH_DIM, TARGET_DIM, HEIGHT_DIM, WIDTH_DIM = "batch", "target_batch", "height", "width"
-_NOUNS = {"C": "channels", "H": "rows", "W": "columns", "K": "classes"}  # the axes the metadata fixes
+_NOUNS = {
+    "C": "channels",
+    "H": "rows",
+    "W": "columns",
+    "K": "classes",
+    "M": "detection slots",
+    "4": "coordinates",
+}  # the axes the metadata fixes
 
 IMAGE = TensorSpec(
     "image", "float32", ("batch", "C", "H", "W"), "the image, normalised as the metadata's mean and std say"
@@ -136,6 +147,18 @@ CLASS_MAPS = TensorSpec(
     ("batch", "K", "h", "w"),
     "`--class-maps` graphs: every class's map from the same pass (each class's probability per masked position)",
 )
+BOXES = TensorSpec(
+    "boxes", "float32", ("batch", "M", "4"), "each detection's box (x1, y1, x2, y2) in the input's pixels"
+)
+SCORES = TensorSpec(
+    "scores", "float32", ("batch", "M"), "each detection's score, as the detector reports it; the explained score"
+)
+LABELS = TensorSpec("labels", "int64", ("batch", "M"), "each detection's class, −1 for an empty slot")
+DETECTION_HEATMAP = TensorSpec("heatmap", "float32", ("batch", "M", "H", "W"), "each detection's `cam`, as `heatmap`")
+DETECTION_CAM = TensorSpec("cam", "float32", ("batch", "M", "h", "w"), "each detection's raw map")
+DETECTION_GRADIENTS = TensorSpec(
+    "gradients", "float32", ("batch", "M", "D", "h", "w"), "g = ∂s/∂A for each detection's score s"
+)
 PER_METHOD = ("heatmap", "cam")  # a graph of several methods has ``heatmap_<m>`` and ``cam_<m>`` for each
 
 
@@ -146,18 +169,20 @@ class TaskSpec:
     Attributes:
         name: the task's name, ``camexport.task`` in the metadata.
         contract: the contract version its graphs follow.
-        logits: the network's output as the graph returns it.
+        predictions: the network's outputs as the graph returns them, first (the logits and the class explained).
         score: what ``y_c``, the explained score, is (for the docs).
         inputs: the inputs the task adds after ``image`` and ``target_class``.
         outputs: the outputs it adds after the maps.
+        maps: the heatmap, the raw map, A and g, in that order (a detection graph's are per detection).
     """
 
     name: str
     contract: int
-    logits: TensorSpec
+    predictions: tuple[TensorSpec, ...]
     score: str
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
+    maps: tuple[TensorSpec, ...] = (HEATMAP, CAM, ACTIVATIONS, GRADIENTS)
 
 
 REGION = TensorSpec(
@@ -171,19 +196,29 @@ SEGMENTATION = TensorSpec("segmentation", "int64", ("batch", "H", "W"), "each pi
 CLASSIFICATION = TaskSpec(
     name="classification",
     contract=2,
-    logits=TensorSpec("logits", "float32", ("batch", "K"), "the network's logits"),
+    predictions=(TensorSpec("logits", "float32", ("batch", "K"), "the network's logits"), CLASS_INDEX),
     score="the explained class's logit (pre-softmax)",
 )
 SEGMENTATION_TASK = TaskSpec(
     name="segmentation",
     contract=3,
-    logits=TensorSpec("logits", "float32", ("batch", "K", "H", "W"), "the network's logits per pixel"),
+    predictions=(
+        TensorSpec("logits", "float32", ("batch", "K", "H", "W"), "the network's logits per pixel"),
+        CLASS_INDEX,
+    ),
     score="the class's logits summed over the region (Seg-Grad-CAM, Vinogradova et al., AAAI 2020, eq. 1)",
     inputs=(REGION,),
     outputs=(SEGMENTATION,),
 )
-TASKS: dict[str, TaskSpec] = {task.name: task for task in (CLASSIFICATION, SEGMENTATION_TASK)}
-Task = Literal["classification", "segmentation"]
+DETECTION_TASK = TaskSpec(
+    name="detection",
+    contract=4,
+    predictions=(BOXES, SCORES, LABELS),
+    score="each detection's score for its box and class, as the detector reports it (ODAM, Zhao et al., ICLR 2023)",
+    maps=(DETECTION_HEATMAP, DETECTION_CAM, ACTIVATIONS, DETECTION_GRADIENTS),
+)
+TASKS: dict[str, TaskSpec] = {task.name: task for task in (CLASSIFICATION, SEGMENTATION_TASK, DETECTION_TASK)}
+Task = Literal["classification", "segmentation", "detection"]
 
 
 @dataclass(frozen=True)
@@ -253,6 +288,10 @@ METHODS: dict[str, MethodSpec] = {
     )
 }
 DEFAULT_METHOD = "gradcampp"
+# A detector's default: HiResCAM's element-wise map, which ODAM (Zhao et al., ICLR 2023) uses to separate the
+# detections of one class. Grad-CAM++'s and Grad-CAM's channel weights are global, so two detections of the same
+# kind of object get the same map, over both (tests/runtime/test_detection.py shows either known answer).
+DEFAULT_DETECTION_METHOD = "hirescam"
 
 
 def parse_methods(spec: str) -> tuple[str, ...]:
@@ -350,6 +389,26 @@ class Preprocessing:
         return (left * sx, top * sy, right * sx, bottom * sy)
 
 
+# A detection graph's slots: the default M, and the most (the graph carries M copies of the network after the layer).
+DEFAULT_MAX_DETECTIONS, MAX_DETECTIONS = 10, 100
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What a detection graph keeps of the detector's output.
+
+    Attributes:
+        max_detections: M, the detection slots: the M best detections after non-maximum suppression.
+        score_threshold: a detection's score must exceed it (the detector's own ``score_thresh`` by default).
+        iou_threshold: non-maximum suppression's IoU above which the lower-scored box of a class goes (the
+            detector's own).
+    """
+
+    max_detections: int
+    score_threshold: float
+    iou_threshold: float
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Where a graph comes from, for humans and for ``--resume`` (a run is resumed with the same graph only).
@@ -385,6 +444,7 @@ class GraphSpec:
         masked_block: the module whose input ReciproCAM masks along with the layer's output (a transformer
             block around its first normalisation: its skip connection), or None.
         class_maps: the graph outputs every class's map (:data:`CLASS_MAPS`; a method with ``every_class``).
+        detection: a detection graph's slots and thresholds (None for other tasks).
         contract: the contract version; None takes the task's.
     """
 
@@ -399,6 +459,7 @@ class GraphSpec:
     background: int | None = None
     masked_block: str | None = None
     class_maps: bool = False
+    detection: Detection | None = None
     contract: int | None = None
 
     def __post_init__(self) -> None:
@@ -429,9 +490,10 @@ class GraphSpec:
     def outputs(self) -> tuple[TensorSpec, ...]:
         """The outputs in graph order: the logits, the class, the first method's maps, A and g; for several
         methods each one's ``heatmap_<m>`` and ``cam_<m>``; ``class_maps`` if asked; then the task's."""
-        outputs = (self.task_spec.logits, CLASS_INDEX, HEATMAP, CAM, ACTIVATIONS, GRADIENTS)
+        task = self.task_spec
+        outputs = task.predictions + task.maps
         if len(self.methods) > 1:
-            outputs += tuple(per_method(spec, m) for m in self.methods for spec in (HEATMAP, CAM))
+            outputs += tuple(per_method(spec, m) for m in self.methods for spec in task.maps[:2])
         if self.class_maps:
             outputs += (CLASS_MAPS,)
         return outputs + self.task_spec.outputs
@@ -456,8 +518,9 @@ class GraphSpec:
         """One axis of :data:`AXES` in this graph: a number, a symbolic dimension's name, or None (any size)."""
         height, width = self.preprocessing.image_size
         size = {"H": HEIGHT_DIM, "W": WIDTH_DIM} if self.dynamic_size else {"H": height, "W": width}
-        known = {"batch": BATCH_DIM, "target_batch": TARGET_DIM, "C": self.preprocessing.channels}
-        return {**known, **size, "K": len(self.labels)}.get(name)
+        known = {"batch": BATCH_DIM, "target_batch": TARGET_DIM, "C": self.preprocessing.channels, "4": 4}
+        slots = {"M": self.detection.max_detections} if self.detection else {}
+        return {**known, **size, **slots, "K": len(self.labels)}.get(name)
 
     def dims(self, tensor: TensorSpec) -> tuple[int | str | None, ...]:
         """``tensor``'s dimensions in this graph (see :meth:`axis`)."""
@@ -554,6 +617,11 @@ METADATA: tuple[MetadataKey, ...] = (
     MetadataKey("background", "JSON integer or null", "a segmentation graph's background class"),
     MetadataKey("masked_block", "JSON text or null", "the block whose input ReciproCAM masks along with the layer"),
     MetadataKey("class_maps", "JSON bool", "the graph outputs `class_maps`"),
+    MetadataKey(
+        "detection",
+        "JSON object or null",
+        "a detection graph's `max_detections`, `score_threshold` and `iou_threshold`",
+    ),
     MetadataKey("weights", "text", "where the weights came from"),
     MetadataKey("random_weights", "JSON bool", "the weights are a seeded random initialisation"),
     MetadataKey("version", "text", "the camexport that built the graph"),
@@ -593,6 +661,7 @@ def _written(spec: GraphSpec) -> dict[str, str]:
         "background": json.dumps(spec.background),
         "masked_block": json.dumps(spec.masked_block),
         "class_maps": json.dumps(spec.class_maps),
+        "detection": json.dumps(None if spec.detection is None else asdict(spec.detection)),
         "weights": source.weights,
         "random_weights": json.dumps(source.random_weights),
         "version": source.version,
@@ -611,6 +680,9 @@ def _read(cls: type[GraphSpec], props: Mapping[str, str], contract: int) -> Grap
     if kind not in INPUT_KINDS or task not in TASKS:
         raise ValueError(f"input kind {kind!r}, task {task!r}")
     background = json.loads(props.get("background", "null"))
+    detection = _detection(json.loads(props.get("detection", "null")))
+    if (detection is None) != (task != DETECTION_TASK.name):
+        raise ValueError(f"task {task!r} with detection slots {detection}")
     return cls(
         task=task,
         layer=props["layer"],
@@ -635,8 +707,15 @@ def _read(cls: type[GraphSpec], props: Mapping[str, str], contract: int) -> Grap
         background=None if background is None else int(background),
         masked_block=_optional_name(json.loads(props.get("masked_block", "null"))),
         class_maps=bool(json.loads(props.get("class_maps", "false"))),
+        detection=detection,
         contract=contract,
     )
+
+
+def _detection(value: object) -> Detection | None:
+    if value is None:
+        return None
+    return Detection(int(value["max_detections"]), float(value["score_threshold"]), float(value["iou_threshold"]))
 
 
 def _optional_name(value: object) -> str | None:

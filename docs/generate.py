@@ -23,12 +23,9 @@ from pathlib import Path
 
 from camexport.cli import _parser
 from camexport.contract import (
-    ACTIVATIONS,
     AXES,
     CAM,
-    CLASS_INDEX,
     CLASS_MAPS,
-    GRADIENTS,
     HEATMAP,
     IMAGE,
     METADATA,
@@ -59,8 +56,8 @@ def tensors() -> str:
     ]
     for task in TASKS.values():
         rows += [_row("input", tensor, f"{task.name} graphs") for tensor in task.inputs]
-    rows += [_row("output", task.logits, f"{task.name} graphs") for task in TASKS.values()]
-    rows += [_row("output", tensor, "every graph") for tensor in (CLASS_INDEX, HEATMAP, CAM, ACTIVATIONS, GRADIENTS)]
+    for task in TASKS.values():
+        rows += [_row("output", tensor, f"{task.name} graphs") for tensor in (*task.predictions, *task.maps)]
     for kind in (HEATMAP, CAM):
         tensor = TensorSpec(f"{kind.name}_<m>", kind.dtype, kind.axes, f"as `{kind.name}`, for method m")
         rows.append(_row("output", tensor, "graphs of several methods, one per method"))

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,3 +104,17 @@ def channel_photos(folder: Path) -> Path:
     fourth[:150, :200] = 0
     Image.fromarray(np.dstack([rgb, fourth]), "RGBA").save(folder / "rgbn.png")
     return folder
+
+
+BLOBS = ((18, 17), (45, 46))  # (row, column) of the two red blobs in a 64 x 64 photo
+
+
+def red_blobs(size: int = 64) -> np.ndarray:
+    """Float [size, size, 3] in [0, 1]: gray with two red Gaussian blobs (σ 5 pixels at 64) at :data:`BLOBS`."""
+    yy, xx = np.mgrid[0:size, 0:size] * (64 / size)
+    image = np.full((size, size, 3), 0.5)
+    for cy, cx in BLOBS:
+        bump = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 5.0**2))
+        image[..., 0] = np.maximum(image[..., 0], 0.5 + 0.5 * bump)
+        image[..., 1:] -= 0.4 * bump[..., None]
+    return image

@@ -14,19 +14,16 @@ Usage (from the repository root): python -m benchmarks.onnx_files.onnx_files [--
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
-from benchmarks.harness.machine import machine, machine_line
+from benchmarks.harness.machine import machine_line
+from benchmarks.harness.studies import interleaved_medians, run_study, sessions
 from camexport.builder.pipeline import BuildOptions, build
 from camexport.builder.sources import load_model
 
@@ -59,25 +56,13 @@ def _graphs(model: str, folder: Path) -> tuple[dict[str, Path], list[str]]:
 
 def _time(paths: dict[str, Path], batch: int, runs: int) -> dict[str, float]:
     """Median seconds per run of each graph on one random batch, interleaved."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    # Spinning threads fight over 2 cores: batch-1 times then swing between 18 and 50 ms run to run.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    running = sessions(paths)
     image = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     feeds = {
         k: {i.name: image if i.name == "image" else np.array([-1], np.int64) for i in s.get_inputs()}
-        for k, s in sessions.items()
+        for k, s in running.items()
     }
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    names = list(sessions)
-    for round_ in range(3 + runs):
-        for k in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            start = time.perf_counter()
-            sessions[k].run(None, feeds[k])
-            if round_ >= 3:
-                times[k].append(time.perf_counter() - start)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return interleaved_medians(running, feeds, runs, warmup=3)
 
 
 def _op_counts(path: Path) -> dict[str, int]:
@@ -99,16 +84,7 @@ def run(name: str, runs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--only", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
-    args = parser.parse_args()
-    OUT.mkdir(exist_ok=True)
-    info = machine()
-    for name in args.only:
-        result = run(name, args.runs) | {"machine": info}
-        (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    results = [json.loads((OUT / f"{n}.json").read_text()) for n in CONFIGS if (OUT / f"{n}.json").exists()]
+    args, results, info = run_study(__doc__.splitlines()[0], list(CONFIGS), 30, run, OUT)
     lines = [
         "# A graph built from an ONNX file: its cost over the file, beside the graph built from the code",
         "",

@@ -16,6 +16,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from camexport._util import first_line, quiet
+from camexport.builder.detectors import nms_to_onnx
 from camexport.builder.tracing import ExplainerModule, TracedExplainer, example_inputs
 from camexport.contract import (
     BATCH_DIM,
@@ -79,6 +80,7 @@ def to_onnx(traced: TracedExplainer, opset: int | None = None) -> onnx.ModelProt
                 output_names=list(spec.output_names),
                 optimize=True,
                 verbose=False,
+                custom_translation_table={torch.ops.camexport.batched_nms.default: nms_to_onnx},
             )
     except UserError:
         raise

@@ -302,10 +302,13 @@ def describe_layers(
     model_name: str = "the model",
     everything: bool = False,
     channels: int = 3,
+    chosen: str | None = None,
 ) -> list[str]:
-    """Lines for ``camexport layers``: each module's output shape in execution order, the default marked."""
+    """Lines for ``camexport layers``: each module's output shape in execution order, the default (``chosen``, or
+    the classifier's or segmenter's default) marked."""
     layers = probe_layers(model, image_size, model_name, channels)
-    chosen = default_layer(model, layers, count_logits(model, image_size, model_name, channels).task).name
+    if chosen is None:
+        chosen = default_layer(model, layers, count_logits(model, image_size, model_name, channels).task).name
     rows = [info for info in layers if everything or info.is_feature_map]
     shapes = ["-" if info.shape is None else "[N, " + ", ".join(map(str, info.shape[1:])) + "]" for info in rows]
     width = max((len(info.name) for info in rows), default=5)

@@ -25,6 +25,15 @@ from camexport import __version__
 from camexport._util import first_line, removing_new_folders, sha256_of, sweep_staged, write_atomically
 from camexport.builder.comparison import TOLERANCES, Case, CaseResult, results_as_dict
 from camexport.builder.coverage import uncovered_nodes
+from camexport.builder.detection import (
+    FD_CHECK,
+    default_detection_layer,
+    detection_layer,
+    detection_parts,
+    trace_detector,
+)
+from camexport.builder.detection import validate as validate_detections
+from camexport.builder.detectors import DETECTORS, Postprocess, is_detector
 from camexport.builder.export import (
     EXTERNAL_DATA_BYTES,
     check_opset,
@@ -41,7 +50,19 @@ from camexport.builder.sources import EFFICIENTNET_LITE0, LoadedModel, ModelOver
 from camexport.builder.tasks import REGISTRY as TASKS
 from camexport.builder.tracing import prepared, trace_explainer
 from camexport.builder.validation import Explained, other_sizes, random_cases, validate
-from camexport.contract import DEFAULT_METHOD, INPUT_KINDS, GraphSpec, InputKind, Provenance, check_methods
+from camexport.contract import (
+    DEFAULT_DETECTION_METHOD,
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_METHOD,
+    DETECTION_TASK,
+    INPUT_KINDS,
+    MAX_DETECTIONS,
+    Detection,
+    GraphSpec,
+    InputKind,
+    Provenance,
+    check_methods,
+)
 from camexport.contract import METHODS as METHOD_SPECS
 from camexport.errors import (
     CamExportError,
@@ -73,7 +94,8 @@ class BuildOptions:
         model: a model source's name (:mod:`camexport.builder.sources`): a torchvision name, ``timm:ARCH``,
             ``efficientnet_lite0``, a factory ``package.module:factory`` / ``file.py:factory``, or ``FILE.onnx``.
         layer: dotted module name (a tensor's name for an ONNX file); None picks the default layer.
-        methods: the CAM methods, the first being the plain ``heatmap``/``cam`` outputs.
+        methods: the CAM methods, the first being the plain ``heatmap``/``cam`` outputs; None: ``gradcampp``, and
+            for torchvision's detectors ``hirescam`` (:data:`camexport.contract.DEFAULT_DETECTION_METHOD`).
         weights: ``"default"``, ``"random"`` or a state_dict path.
         seed: seed of random weights and validation inputs.
         image_size: (H, W); None takes the weights' own.
@@ -83,11 +105,13 @@ class BuildOptions:
         dynamic_size: one graph for any image height and width.
         input: ``float32`` (normalised [N, C, H, W]) or ``uint8`` (pixels [N, H, W, C]).
         class_maps: also output every class's map (``class_maps`` [N, K, h, w]), from a method that gives them.
+        max_detections: a detector's graph: M, the detections it returns and explains, the best after NMS.
+        score_threshold: a detector's graph: the score a detection must exceed; None takes the detector's own.
     """
 
     model: str
     layer: str | None = None
-    methods: tuple[str, ...] = (DEFAULT_METHOD,)
+    methods: tuple[str, ...] | None = None
     weights: str | Path = "default"
     seed: int = 0
     image_size: tuple[int, int] | None = None
@@ -97,15 +121,18 @@ class BuildOptions:
     dynamic_size: bool = False
     input: InputKind = "float32"
     class_maps: bool = False
+    max_detections: int = DEFAULT_MAX_DETECTIONS
+    score_threshold: float | None = None
 
     def output_path(self) -> Path:
         """``output`` or ``models/<model>-<method>[+<method>...].onnx`` (the model name made file-safe)."""
-        return Path(self.output) if self.output else DEFAULT_OUTPUT_DIR / default_file_name(self.model, self.methods)
+        methods = self.methods or default_methods(self.model)
+        return Path(self.output) if self.output else DEFAULT_OUTPUT_DIR / default_file_name(self.model, methods)
 
     def check(self) -> None:
         """Raises UserError for a bad option, before any work."""
-        check_methods(self.methods)
-        if self.class_maps and not any(METHOD_SPECS[m].every_class for m in self.methods):
+        methods = check_methods(self.methods or default_methods(self.model))
+        if self.class_maps and not any(METHOD_SPECS[m].every_class for m in methods):
             able = ", ".join(name for name, spec in METHOD_SPECS.items() if spec.every_class)
             raise UserError(
                 "class_maps: every class's map comes from a gradient-free method's pass (a gradient method needs one "
@@ -118,6 +145,7 @@ class BuildOptions:
         if self.input not in INPUT_KINDS:
             raise UserError(f"input={self.input!r}: unknown; use one of {', '.join(INPUT_KINDS)}")
         check_opset(self.opset)
+        check_detection_options(self)
         check_output(self.output_path())
         if self.model.lower().endswith(".onnx"):
             if self.output_path().resolve() == Path(self.model).resolve():
@@ -127,6 +155,11 @@ class BuildOptions:
                     "`dynamic_size`: a graph from an ONNX file has one image size (its file's computation may hold "
                     "it); build without `dynamic_size`, with `image_size` where the file's size is free"
                 )
+
+
+def default_methods(model: str) -> tuple[str, ...]:
+    """The methods of a build that names none: Grad-CAM++, or for torchvision's detectors HiResCAM."""
+    return (DEFAULT_DETECTION_METHOD,) if model in DETECTORS else (DEFAULT_METHOD,)
 
 
 def default_file_name(model: str, methods: tuple[str, ...]) -> str:
@@ -272,18 +305,24 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
         UnsupportedModelError: the exporter cannot handle the model or layer.
         ValidationError: the graph disagrees with the eager reference.
     """
-    options = replace(options, methods=check_methods(options.methods))  # a list given by a caller becomes a tuple
+    # a list given by a caller becomes a tuple
+    options = replace(options, methods=check_methods(options.methods or default_methods(options.model)))
     job = _Build(options, log, options.output_path())
     with removing_new_folders(job.output.parent):  # a failed build leaves no empty folder behind
         options.check()
         with _step("load", f"load {options.model} (weights: {options.weights})", job.timings, log):
-            task = _load(job)
-            _choose_layer(job, task)
-        job.spec = _spec(job, task)
-        _describe(job)
-        _trace_and_export(job)
-        sweep_staged(job.output.parent, job.output.name)  # what an earlier build, killed while writing, left
-        write_atomically(job.output, lambda temporary: _write_validated(job, temporary))
+            job.loaded = load_model(options.model, options.weights, options.seed, options.overrides)
+            detects = is_detector(job.loaded.module)
+            check_detection_fit(options, detects)
+            if detects:
+                dense, post = _load_detector(job)
+            else:
+                task = _load(job)
+                _choose_layer(job, task)
+        if detects:
+            write_detection_graph(job, dense, post)
+        else:
+            _build_explainer(job, task)
     if job.summary["external_data"] is None:
         data_path(job.output).unlink(missing_ok=True)  # a previous, larger build's weights
     job.summary["timings_s"] = job.timings
@@ -294,10 +333,18 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> BuildRes
     return BuildResult(graph=job.output, report=report, layer=job.layer.name, summary=job.summary)
 
 
+def _build_explainer(job: _Build, task: str) -> None:
+    """A classifier's or a segmenter's graph, validated and written."""
+    job.spec = _spec(job, task)
+    _describe(job)
+    _trace_and_export(job)
+    sweep_staged(job.output.parent, job.output.name)  # what an earlier build, killed while writing, left
+    write_atomically(job.output, lambda temporary: _write_validated(job, temporary))
+
+
 def _load(job: _Build) -> str:
-    """The model with its weights, at the asked image size, with one label per logit; returns its task."""
-    options = job.options
-    loaded = load_model(options.model, options.weights, options.seed, options.overrides)
+    """The model at the asked image size, with one label per logit; returns its task."""
+    options, loaded = job.options, job.loaded
     job.default_size = loaded.preprocessing.image_size
     if options.image_size is not None:
         loaded.preprocessing = loaded.preprocessing.with_image_size(tuple(options.image_size))
@@ -354,7 +401,7 @@ def _choose_layer(job: _Build, task: str) -> None:
     job.layer = layer
 
 
-def _spec(job: _Build, task: str) -> GraphSpec:
+def _spec(job: _Build, task: str, detection: Detection | None = None) -> GraphSpec:
     """The graph's spec; each method checked to explain the layer (:attr:`Method.unfit`)."""
     options, loaded = job.options, job.loaded
     spec = GraphSpec(
@@ -368,6 +415,7 @@ def _spec(job: _Build, task: str) -> GraphSpec:
         dynamic_size=options.dynamic_size,
         background=loaded.background,
         class_maps=options.class_maps,
+        detection=detection,
     )
     for name in spec.methods:
         reason = METHODS[name].unfit(job.layer.layout, spec)
@@ -421,6 +469,101 @@ def _check_cuda_kernels(job: _Build) -> None:
         job.log(f"  CUDA kernels: {len(missing)} node(s) would run on the CPU under --provider cuda: {missing[0]}")
     else:
         job.log("  CUDA kernels: every node has one (onnxruntime's kernel table)")
+
+
+def check_detection_options(options: BuildOptions) -> None:
+    """Raises UserError for detection options out of range (before any work)."""
+    m, threshold = options.max_detections, options.score_threshold
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_DETECTIONS:
+        raise UserError(f"max_detections={m!r}: use a whole number from 1 to {MAX_DETECTIONS}")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 <= threshold < 1):
+        raise UserError(f"score_threshold={threshold!r}: use a number from 0 up to (not including) 1")
+
+
+def check_detection_fit(options: BuildOptions, detects: bool) -> None:
+    """Raises UserError for detection options given for another model, or options a detector's graph has not."""
+    if not detects:
+        if options.max_detections != DEFAULT_MAX_DETECTIONS or options.score_threshold is not None:
+            raise UserError(
+                f"max_detections/score_threshold: {options.model} is not a detector; leave them out "
+                f"(detectors: {', '.join(DETECTORS)}, or a factory's torchvision SSD, RetinaNet or FCOS)"
+            )
+        return
+    if options.dynamic_size or options.class_maps:
+        raise UserError(
+            "dynamic_size/class_maps: a detector's graph has one image size and no class maps; leave them out"
+        )
+    free = [m for m in options.methods if not METHOD_SPECS[m].gradient]
+    if free:
+        raise UserError(
+            f"methods={','.join(free)}: a detection is explained by its score's gradient; use gradient methods "
+            "(gradcampp, gradcam, hirescam, layercam, xgradcam)"
+        )
+
+
+def _load_detector(job: _Build):
+    """The dense detector and its post-processing at the asked size, and the explained layer."""
+    options = job.options
+    dense, post = detection_parts(job.loaded, options.image_size, options.max_detections, options.score_threshold)
+    job.loaded.preprocessing = replace(job.loaded.preprocessing, **_sized(options.image_size))
+    job.layer = detection_layer(dense, options.layer or default_detection_layer(dense))
+    labels = job.loaded.labels = job.loaded.labels or [f"class_{i}" for i in range(dense.classes)]
+    if len(labels) != dense.classes:
+        raise UserError(f"labels: {len(labels)} labels for a detector of {dense.classes} classes; pass one per class")
+    return dense, post
+
+
+def write_detection_graph(job: _Build, dense: nn.Module, post: Postprocess) -> None:
+    """A detector's graph (:mod:`camexport.builder.detection`), validated and written."""
+    options, log = job.options, job.log
+    job.spec = _spec(job, DETECTION_TASK.name, post.detection)
+    detection = post.detection
+    log(f"  weights: {job.loaded.weights}")
+    shape = ", ".join(map(str, job.layer.shape[1:]))
+    log(
+        f"  layer: {job.layer.name}, output [N, {shape}]; the {detection.max_detections} best detections over "
+        f"{detection.score_threshold:g} after NMS (IoU {detection.iou_threshold:g}), each explained"
+    )
+    with _step(
+        "trace", f"trace the detector, with each detection's backward pass to {job.layer.name}", job.timings, log
+    ):
+        with _traceable(False):
+            traced = trace_detector(dense, job.spec, post, options.seed)
+    with _step("export", "export to ONNX", job.timings, log), _within_protobuf_limit():
+        job.proto = finalise(to_onnx(traced, options.opset), job.spec)
+    _check_cuda_kernels(job)
+    sweep_staged(job.output.parent, job.output.name)
+    write_atomically(job.output, lambda temporary: _write_detection(job, temporary, dense))
+
+
+def _sized(image_size: tuple[int, int] | None) -> dict:
+    if image_size is None:
+        return {}
+    return {"image_size": tuple(image_size), "resize_size": min(image_size)}
+
+
+def _write_detection(job: _Build, temporary: Path, dense: nn.Module) -> None:
+    with _within_protobuf_limit():
+        files = save_graph(job.proto, temporary)
+    with _step("validate", "validate in onnxruntime against the detector and float64 references", job.timings, job.log):
+        session = CamSession(temporary, threads=VALIDATION_THREADS)
+        job.results, unreached = validate_detections(session, job.loaded.module, dense, job.options.seed + 1234)
+    for result in job.results:
+        checks = {c.name: c for c in result.checks}
+        labels = [job.loaded.labels[i] for i in result.class_index]
+        shown = ", ".join(labels[:4]) + (", ..." if len(labels) > 4 else "")
+        job.log(
+            f"  ok: {result.description}: {len(labels)} detection(s) [{shown}], gradients rel L2 "
+            f"{checks['gradients'].relative_l2:.1g}, finite differences {checks[FD_CHECK].max_abs_diff:.1g} of |g||v|, "
+            f"heatmap max diff {max(c.max_abs_diff for c in result.checks if c.name.startswith('heatmap')):.2g}"
+        )
+    if unreached:
+        job.log(
+            f"  warning: {unreached} detection(s) of the validation's first case have a zero gradient at "
+            f"{job.layer.name}: the layer does not reach their scores (a level of the pyramid after the levels "
+            "split?), so their maps are all zero; leave `layer` out for one every detection depends on"
+        )
+    job.summary.update(_summary(job, files))
 
 
 def _write_validated(job: _Build, temporary: Path) -> None:

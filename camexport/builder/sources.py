@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from camexport._util import first_line, quiet, sha256_of
+from camexport.builder.detectors import DETECTORS, family_of, is_detector, spread_scores
 from camexport.builder.factory import load_factory_model
 from camexport.builder.layouts import Layout
 from camexport.builder.weights import Weighted, choose, finish, load_state_dict_strict, read_checkpoint, seeded
@@ -183,7 +184,7 @@ def _torchvision_kwargs(name: str, weights: str, crop: int, num_classes: int | N
     if name in ("googlenet", "inception_v3"):
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = True
-    if name in segmentation_models():
+    if name in segmentation_models() or name in DETECTORS:
         kwargs["weights_backbone"] = None  # a random model's backbone is random too (the full weights carry theirs)
     if name.startswith("vit_") and weights != "default":
         kwargs["image_size"] = crop  # the DEFAULT weights' crop (518 for vit_h_14) sizes the position embedding
@@ -354,7 +355,7 @@ class Timm:
 
 class Factory:
     """``package.module:factory`` or ``path/to/file.py:factory``: your own model (ImageNet's preprocessing unless
-    ``mean``/``std`` say otherwise; labels ``class_<i>`` unless given)."""
+    ``mean``/``std`` say otherwise, a torchvision detector's its transform's; labels ``class_<i>`` unless given)."""
 
     def accepts(self, name: str) -> bool:
         return ":" in name
@@ -363,7 +364,10 @@ class Factory:
         return []
 
     def load(self, name, weights, seed, num_classes):
-        return LoadedModel.of(name, load_factory_model(name, weights, seed, num_classes), [], DEFAULT_PREPROCESSING)
+        weighted = load_factory_model(name, weights, seed, num_classes)
+        detects = is_detector(weighted.module)
+        preprocessing = detector_preprocessing(weighted.module) if detects else DEFAULT_PREPROCESSING
+        return LoadedModel.of(name, weighted, [], preprocessing)
 
 
 class EfficientNetLite0:
@@ -395,6 +399,46 @@ class TorchvisionSegmentation:
 
     def load(self, name, weights, seed, num_classes):
         return _load_segmentation(name, weights, seed, num_classes)
+
+
+# Detectors resize photos themselves (the shorter side to 800 for the FPN detectors); a camexport graph has one size:
+# an SSD's own fixed size, 512 for the others (their 800 costs 2.4x on a CPU; `image_size` chooses).
+FPN_DETECTOR_SIZE = 512
+
+
+def detector_preprocessing(detector: nn.Module) -> Preprocessing:
+    """A torchvision detector's input as its transform says: its mean and std, its fixed size (SSD) or
+    :data:`FPN_DETECTOR_SIZE` (square: the photo's centre, its shorter side resized to the size)."""
+    transform = detector.transform
+    fixed = getattr(transform, "fixed_size", None)
+    height, width = (fixed[1], fixed[0]) if fixed else (FPN_DETECTOR_SIZE, FPN_DETECTOR_SIZE)
+    mean, std = tuple(float(v) for v in transform.image_mean), tuple(float(v) for v in transform.image_std)
+    return Preprocessing(mean, std, (height, width), min(height, width), "bilinear")
+
+
+def _load_detector(name: str, weights: str, seed: int, num_classes: int | None) -> LoadedModel:
+    """A torchvision detector: its transform's preprocessing, COCO's labels; random weights with their class scores
+    spread (:func:`camexport.builder.detectors.spread_scores`)."""
+    import torchvision
+
+    preprocessing = detector_preprocessing(torchvision.models.get_model(name, weights=None, weights_backbone=None))
+    loaded = _load_torchvision(name, weights, seed, num_classes, preprocessing)
+    if loaded.random_weights:
+        spread_scores(loaded.module, family_of(loaded.module), preprocessing, seed)
+    return loaded
+
+
+class TorchvisionDetector:
+    """torchvision's one-stage object detectors (boxes, scores and labels per detection)."""
+
+    def accepts(self, name: str) -> bool:
+        return name in DETECTORS
+
+    def names(self) -> list[str]:
+        return list(DETECTORS)
+
+    def load(self, name, weights, seed, num_classes):
+        return _load_detector(name, weights, seed, num_classes)
 
 
 class TorchvisionClassifier:
@@ -448,6 +492,7 @@ SOURCES: tuple[ModelSource, ...] = (
     Factory(),
     EfficientNetLite0(),
     TorchvisionSegmentation(),
+    TorchvisionDetector(),
     TorchvisionClassifier(),
 )
 

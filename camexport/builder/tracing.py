@@ -41,7 +41,7 @@ TRACE_BATCH = 2
 
 
 @contextlib.contextmanager
-def _exportable() -> Iterator[None]:
+def exportable() -> Iterator[None]:
     """The math attention kernel (fused attention kernels have backward ops with no ONNX lowering) and the
     forward rewrites of :mod:`camexport.builder.decompositions`."""
     with sdpa_kernel([SDPBackend.MATH]), ForwardRewrites():
@@ -64,7 +64,7 @@ class _Network:
         if self.block is not None and entry is not None:
             handles.append(self.block.register_forward_pre_hook(lambda _m, args: (entry, *args[1:])))
         try:
-            with torch.no_grad(), _exportable():
+            with torch.no_grad(), exportable():
                 return functional_call(self.model, self.params, (image,))
         finally:
             for handle in handles:
@@ -121,7 +121,7 @@ def _gradient_pass(
     if network.block is not None:
         handles.append(network.block.register_forward_pre_hook(lambda _m, args: entries.append(args[0].detach())))
     try:
-        with torch.enable_grad(), _exportable():
+        with torch.enable_grad(), exportable():
             logits = functional_call(network.model, network.params, (image,))
             class_index, total = score(logits)
             (activations,) = captured
@@ -186,15 +186,24 @@ def trace_explainer(
     """
     names, state = model_state(model)
     explain = make_explain_function(model, spec, layout, names)
-    # Only the batch dimension is symbolic: a fully symbolic trace carries every spatial size as a
-    # sympy expression through the whole network (minutes for a Swin Transformer, seconds this way).
+    inputs = symbolic_inputs(spec, state, seed)
+    graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(*inputs)
+    return TracedExplainer(graph, state, names, spec)
+
+
+def symbolic_inputs(spec: GraphSpec, state: list[torch.Tensor], seed: int) -> list[object]:
+    """The traced function's inputs as fake tensors: the weights with fixed shapes, then the spec's inputs with the
+    axes it leaves open symbolic.
+
+    Only those axes are symbolic: a fully symbolic trace carries every spatial size as a sympy expression through
+    the whole network (minutes for a Swin Transformer, seconds this way).
+    """
     mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
-    inputs = [[mode.from_tensor(t, static_shapes=True) for t in state]]
+    inputs: list[object] = [[mode.from_tensor(t, static_shapes=True) for t in state]]
     for tensor, example in zip(spec.inputs, example_inputs(spec, seed), strict=True):
         dims = [_dynamism(axis, spec) for axis in tensor.axes]
         inputs.append(mode.from_tensor(example, symbolic_context=StatelessSymbolicContext(dynamic_sizes=dims)))
-    graph = make_fx(explain, tracing_mode="symbolic", decomposition_table=backward_decompositions())(*inputs)
-    return TracedExplainer(graph, state, names, spec)
+    return inputs
 
 
 def _dynamism(axis: str, spec: GraphSpec) -> DimDynamic:
@@ -212,7 +221,8 @@ def example_inputs(spec: GraphSpec, seed: int = 0) -> list[torch.Tensor]:
     else:
         image = torch.randn(TRACE_BATCH, channels, *size, generator=generator)
     target = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
-    return [image, target, *TASKS[spec.task].examples(TRACE_BATCH, size)]
+    extras = TASKS[spec.task].examples(TRACE_BATCH, size) if spec.task_spec.inputs else ()
+    return [image, target, *extras]
 
 
 def example_image(spec: GraphSpec, seed: int = 0) -> torch.Tensor:

@@ -187,6 +187,13 @@ def validate(session: CamSession, explained: Explained, cases: list[Case]) -> li
         ValidationError: any output of any case is over tolerance; the message names the worst one.
     """
     results = [check_outputs(_run(session, case), explained, case) for case in cases]
+    raise_worst(results)
+    return results
+
+
+def raise_worst(results: list[CaseResult]) -> None:
+    """Raises ValidationError naming the worst failed check of ``results`` (by its difference over its tolerance),
+    if any failed."""
     failures = [(r, c) for r in results for c in r.checks if not c.passed]
     if failures:
         result, check = max(failures, key=lambda rc: rc[1].max_abs_diff / max(rc[1].tolerance, 1e-12))
@@ -195,7 +202,6 @@ def validate(session: CamSession, explained: Explained, cases: list[Case]) -> li
             f"(tolerance {check.tolerance:.3g}, {check.over_tolerance_fraction:.2%} of elements over it) "
             f"on '{result.description}' ({len(failures)} output check(s) failed); the graph was not written"
         )
-    return results
 
 
 def _run(session: CamSession, case: Case) -> dict[str, np.ndarray]:

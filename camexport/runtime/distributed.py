@@ -17,6 +17,7 @@ file system, or paths a node can read); overlays and heatmaps go to ``out_dir`` 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -28,10 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from camexport.contract import GraphSpec
 from camexport.errors import CamExportError, UserError
 from camexport.runtime.options import ExplainStyle, Ray, RunOptions
 from camexport.runtime.outputs import failure_line, unique_stem, write_files
-from camexport.runtime.records import SCHEMA, Record
+from camexport.runtime.records import SCHEMA, Files, Record, records_for, schema_for
 from camexport.runtime.run import ExplainRun
 from camexport.runtime.session import CamSession
 
@@ -39,6 +41,11 @@ if TYPE_CHECKING:
     import ray.data
 
 ROWS = SCHEMA.append(pa.field("error", pa.string()))
+
+
+def rows_schema(spec: GraphSpec) -> pa.Schema:
+    """The rows a graph's explained images give: :data:`ROWS`, or a detection graph's (a row per detection)."""
+    return pa.schema([*schema_for(spec).remove_metadata(), pa.field("error", pa.string())])
 
 
 def _ray():
@@ -56,6 +63,7 @@ class Explainer:
 
     def __init__(self, graph: str, style: ExplainStyle, provider: str, threads: int, out_dir: str | None) -> None:
         self.session = CamSession(graph, provider=provider, threads=threads)
+        self.schema = rows_schema(self.session.spec)
         self.style, self.out_dir = style, None if out_dir is None else Path(out_dir)
         self.target = self.session.class_index(style.target)
 
@@ -63,35 +71,34 @@ class Explainer:
         paths = [str(p) for p in batch["path"]]
         stems = [str(s) for s in batch["stem"]] if "stem" in batch else [_stem(p) for p in paths]
         images = batch.get("image")
-        rows: list[dict] = [{"image": path, "error": None} for path in paths]
+        rows: list[list[dict]] = [[{"image": path, "error": None}] for path in paths]  # per image: its rows
         prepared, where = [], []
         for i, path in enumerate(paths):
             try:
                 prepared.append(self.session.prepare(path if images is None else images[i], path))
                 where.append(i)
             except CamExportError as exc:
-                rows[i]["error"] = failure_line(path, exc)
+                rows[i][0]["error"] = failure_line(path, exc)
         if prepared:
             self._explain(prepared, where, rows, stems)
-        return pa.Table.from_pylist(rows, schema=ROWS)
+        return pa.Table.from_pylist([row for image in rows for row in image], schema=self.schema)
 
-    def _explain(self, prepared: list, where: list[int], rows: list[dict], stems: list[str]) -> None:
+    def _explain(self, prepared: list, where: list[int], rows: list[list[dict]], stems: list[str]) -> None:
         style = self.style
         try:
             results = self.session.explain_prepared(prepared, self.target, style.top_k)
         except CamExportError as exc:
             for i in where:
-                rows[i]["error"] = f"{rows[i]['image']}: {exc}"
+                rows[i][0]["error"] = f"{rows[i][0]['image']}: {exc}"
             return
         for i, (photo, _), result in zip(where, prepared, results, strict=True):
+            image = rows[i][0]["image"]
             try:
-                files = (None, None)
-                if self.out_dir is not None:
-                    files = write_files(self.out_dir, stems[i], photo, result, self.style)
+                files = Files() if self.out_dir is None else write_files(self.out_dir, stems[i], photo, result, style)
             except (OSError, ValueError) as exc:
-                rows[i]["error"] = f"{rows[i]['image']}: cannot write its files ({exc})"
+                rows[i][0]["error"] = f"{image}: cannot write its files ({exc})"
                 continue
-            rows[i].update(Record.of(rows[i]["image"], *files, result).as_row())
+            rows[i] = [{**r.as_row(self.schema), "error": None} for r in records_for(image, files, result)]
 
 
 def _stem(path: str) -> str:
@@ -119,7 +126,8 @@ def explain_dataset(
         out_dir: where actors write the overlays and heatmaps the style asks for (None: no files).
 
     Returns:
-        One row per input, in order when the Dataset context preserves order: :data:`ROWS`.
+        One row per input (a detection graph: one per detection), in order when the Dataset context preserves
+        order: :data:`ROWS` (:func:`rows_schema`).
     """
     ray = _ray()
     style, options = style or ExplainStyle(), options or Ray()
@@ -164,9 +172,10 @@ def explain_with_ray(run: ExplainRun, todo: list[Path], bar: tqdm, batch_size: i
             run.fail(message, bar)
         records = [Record.from_row(row) for row in table.filter(pc.invert(failed)).to_pylist()]
         for record in records:  # the actors wrote to the resolved folder; the records name it as the user did
-            record.overlay = str(run.out / Path(record.overlay).name) if record.overlay else None
-            record.heatmap = str(run.out / Path(record.heatmap).name) if record.heatmap else None
-        run.report(records, bar)
+            for name in ("overlay", "heatmap", "image_overlay"):
+                written = getattr(record, name)
+                setattr(record, name, str(run.out / Path(written).name) if written else None)
+        run.report([list(rows) for _, rows in itertools.groupby(records, key=lambda r: r.image)], bar)
 
 
 def connect(address: str | None) -> None:

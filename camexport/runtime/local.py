@@ -26,7 +26,7 @@ from camexport._util import first_line, in_order
 from camexport.errors import CamExportError, UserError
 from camexport.runtime.outputs import failure_line, unique_stem, write_files
 from camexport.runtime.preprocess import open_unread
-from camexport.runtime.records import Record
+from camexport.runtime.records import Files, records_for
 from camexport.runtime.run import ExplainRun
 from camexport.runtime.session import Explanation
 
@@ -163,7 +163,7 @@ class Stages:
             drawn.append(drawer.submit(self.draw, item, result, unique_stem(item.path, self.run.stems)))
         return _Batch(batch, results, drawn)
 
-    def draw(self, item: _Prepared, result: Explanation, stem: str) -> tuple[Path | None, Path | None]:
+    def draw(self, item: _Prepared, result: Explanation, stem: str) -> Files:
         """Writes one image's overlay and heatmap file (in the drawing thread); returns their paths."""
         try:
             return write_files(self.run.out, stem, item.photo, result, self.run.style)
@@ -178,12 +178,12 @@ class Stages:
         records = []
         for item, result, drawn in zip(batch.items, batch.results, batch.drawn, strict=True):
             try:
-                picture, heatmap = drawn.result()
+                files = drawn.result()
             except (OSError, ValueError) as exc:  # a full disk; a photo too large for the format (WebP: 16383 px)
                 why = getattr(exc, "strerror", None) or first_line(exc)
                 self.run.fail(f"{item.path}: cannot write its files ({why})", bar)
                 continue
-            records.append(Record.of(str(item.path), picture, heatmap, result))
+            records.append(records_for(str(item.path), files, result))
         self.run.report(records, bar)
 
 

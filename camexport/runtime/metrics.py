@@ -33,6 +33,11 @@ of tolerance.
 For images with several instances of the class and known boxes, :func:`instance_spread` says how a heatmap's mass
 divides over the instances (the share inside the boxes is the energy-based pointing game of Wang et al., CVPRW
 2020, Score-CAM, sec. 5.2).
+
+A detection graph is scored by where each detection's heatmap lies (:func:`evaluate_detections`): the energy-based
+pointing game on its own box (the share of the heatmap's sum inside it), and, for two detections of one class in one
+image, whether each one's heatmap has more of its energy in its own box than in the other's (the several-instances
+test: ODAM's claim, Zhao et al., ICLR 2023, that instance-specific maps tell apart neighbouring objects of a class).
 """
 
 from __future__ import annotations
@@ -394,6 +399,79 @@ def evaluate_images(
     return evaluate_maps(session, pixels, maps, classes, scoring, batch_regions(session.task, outputs))
 
 
+@dataclass
+class Localisation:
+    """How one method's per-detection heatmaps lie on a detection graph's detections.
+
+    Attributes:
+        method: the method.
+        detections: the detections scored.
+        energy_in_box: the mean share of a detection's heatmap inside its own box, in % (None: no detection).
+        pairs: the pairs of detections of one class in one image.
+        apart: the share of those pairs whose two heatmaps each hold more energy in their own box than in the
+            other's, in % (None: no pair).
+    """
+
+    method: str
+    detections: int
+    energy_in_box: float | None
+    pairs: int
+    apart: float | None
+
+
+def evaluate_detections(
+    session: CamSession, images: Sequence[object], target: str | int | None = None
+) -> list[Localisation]:
+    """Runs a detection graph on photos and scores each method's per-detection heatmaps (see the module)."""
+    prep = session.spec.preprocessing
+    pixels = np.stack([to_pixels(as_photo(image, str(image), prep.image_mode or "RGB"), prep) for image in images])
+    outputs = session.run(_feed(session, pixels), np.array([session.class_index(target)]))
+    height, width = prep.image_size
+    boxes = [[_pixel_box(box, width, height) for box in image] for image in outputs["boxes"]]
+    return [
+        _localisation(method, outputs[session.spec.heatmap_of(method)], boxes, outputs["labels"])
+        for method in session.spec.methods
+    ]
+
+
+def _pixel_box(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """A box (x1, y1, x2, y2) as whole pixels it covers, inside the image; None if it covers none."""
+    left, top = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    right, bottom = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
+    return (left, top, right, bottom) if left < right and top < bottom else None
+
+
+def _localisation(method: str, heatmaps: np.ndarray, boxes: list, labels: np.ndarray) -> Localisation:
+    shares, apart = [], []
+    for n, d in zip(*np.nonzero(labels >= 0), strict=True):
+        if boxes[n][d] is not None:
+            shares.append(instance_spread(heatmaps[n, d], [boxes[n][d]]).shares[0])
+    for n in range(len(labels)):
+        filled = [d for d in range(labels.shape[1]) if labels[n, d] >= 0 and boxes[n][d] is not None]
+        for d, e in itertools.combinations(filled, 2):
+            if labels[n, d] == labels[n, e]:
+                mine = instance_spread(heatmaps[n, d], [boxes[n][d], boxes[n][e]]).shares
+                theirs = instance_spread(heatmaps[n, e], [boxes[n][e], boxes[n][d]]).shares
+                apart.append(mine[0] > mine[1] and theirs[0] > theirs[1])
+    energy = 100 * float(np.mean(shares)) if shares else None
+    return Localisation(method, len(shares), energy, len(apart), 100 * float(np.mean(apart)) if apart else None)
+
+
+def localisation_table(results: list[Localisation], images: int) -> str:
+    """The terminal table of :func:`evaluate_detections`' results, one row per method (``-``: nothing to score)."""
+    first = results[0]
+    lines = [
+        f"{images} image(s), {first.detections} detection(s), {first.pairs} pair(s) of one class in one image "
+        "(arrows: which way is better)",
+        f"{'method':12} {'Energy in own box % ↑':>22} {'Pairs apart % ↑':>16}",
+    ]
+    for r in results:
+        energy = "-" if r.energy_in_box is None else f"{r.energy_in_box:.1f}"
+        apart = "-" if r.apart is None else f"{r.apart:.1f}"
+        lines.append(f"{r.method:12} {energy:>22} {apart:>16}")
+    return "\n".join(lines)
+
+
 def summary_table(results: list[Faithfulness], images: int, steps: int) -> str:
     """The terminal table of :func:`evaluate_maps`' results, one row per method (``-``: not computed)."""
 
@@ -423,18 +501,24 @@ def evaluate_paths(
     scoring: Scoring = EVERY_METRIC,
 ) -> str:
     """``camexport evaluate``: scores every method of the graph on the images in ``sources`` (files or
-    folders), optionally writes them as JSON to ``out``, and returns the table (plus where the JSON went)."""
+    folders), optionally writes them as JSON to ``out``, and returns the table (plus where the JSON went). A
+    detection graph's methods are scored by where their maps lie (:func:`evaluate_detections`; ``scoring`` does
+    not apply)."""
     scoring.check()
     if out is not None and Path(out).is_dir():
         raise UserError(f"out={str(out)!r}: is a directory; give a file name such as {Path(out) / 'scores.json'}")
     paths, _ = collect_images(sources)
     if not paths:
         raise UserError("no images found; pass image files or folders that hold .png/.jpg files")
-    results = evaluate_images(session, paths, target, scoring)
-    table = summary_table(results, len(paths), scoring.steps)
+    record: dict = {"graph": str(session.path), "images": [str(p) for p in paths]}
+    if session.spec.detection is not None:
+        results = evaluate_detections(session, paths, target)
+        table = localisation_table(results, len(paths))
+    else:
+        results = evaluate_images(session, paths, target, scoring)
+        table = summary_table(results, len(paths), scoring.steps)
+        record |= {"steps": scoring.steps, "metrics": list(scoring.metrics)}
     if out is not None:
-        record = {"graph": str(session.path), "images": [str(p) for p in paths], "steps": scoring.steps}
-        record["metrics"] = list(scoring.metrics)
         record["methods"] = [asdict(r) for r in results]
         out = Path(out)
         try:

@@ -4,7 +4,7 @@ the one line that reports a file that failed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,10 @@ from camexport._util import write_atomically
 from camexport.contract import Preprocessing
 from camexport.errors import UserError
 from camexport.runtime.options import DEFAULT_FORMAT, OVERLAY_FORMATS, ExplainStyle
-from camexport.runtime.session import Explanation
-from camexport.runtime.visualize import overlay_on_photo
+from camexport.runtime.preprocess import heatmap_to_original
+from camexport.runtime.records import Files
+from camexport.runtime.session import Detected, Explanation
+from camexport.runtime.visualize import draw_boxes, overlay_on_photo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -52,14 +54,12 @@ def failure_line(path: str | Path, exc: Exception) -> str:
     return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
 
 
-def write_files(
-    out: Path, stem: str, photo: Image.Image, result: Explanation, style: ExplainStyle
-) -> tuple[Path | None, Path | None]:
-    """Writes the files the style asks for into ``out``: ``<stem>_cam.<format>`` and ``<stem>_heatmap.npy``.
-
-    Returns:
-        (overlay path, heatmap path), None for a file not asked for.
-    """
+def write_files(out: Path, stem: str, photo: Image.Image, result: Explanation, style: ExplainStyle) -> Files:
+    """Writes the files the style asks for into ``out``: ``<stem>_cam.<format>`` and ``<stem>_heatmap.npy``; for a
+    detection graph also ``<stem>_det<slot>_cam.<format>`` per detection (its own map and box), the first overlay
+    showing every box over the largest of their maps, and the heatmap file [detections, height, width]."""
+    if result.detections is not None:
+        return _write_detection_files(out, stem, photo, result, style)
     overlay_path = heatmap_path = None
     if style.overlay_format:
         overlay_path = out / f"{stem}_cam{OVERLAY_FORMATS[style.overlay_format][1]}"
@@ -67,7 +67,26 @@ def write_files(
     if style.save_heatmap:
         heatmap_path = out / f"{stem}_heatmap.npy"
         write_atomically(heatmap_path, lambda p: np.save(p, result.heatmap))
-    return overlay_path, heatmap_path
+    return Files(overlay_path, heatmap_path)
+
+
+def _write_detection_files(out: Path, stem: str, photo: Image.Image, result: Explanation, style: ExplainStyle) -> Files:
+    overlay_path = heatmap_path = None
+    own: list[Path | None] = [None] * len(result.detections)
+    if style.overlay_format:
+        suffix = OVERLAY_FORMATS[style.overlay_format][1]
+        overlay_path = out / f"{stem}_cam{suffix}"
+        write_overlay(overlay_path, photo, result.input_heatmap, result.preprocessing, style, boxes=result.detections)
+        for i, found in enumerate(result.detections):
+            own[i] = out / f"{stem}_det{found.slot}_cam{suffix}"
+            write_overlay(own[i], photo, found.input_heatmap, result.preprocessing, style, boxes=(found,))
+    if style.save_heatmap:
+        heatmap_path = out / f"{stem}_heatmap.npy"
+        width, height = result.photo_size
+        maps = [heatmap_to_original(f.input_heatmap, result.preprocessing, width, height) for f in result.detections]
+        stacked = np.stack(maps) if maps else np.zeros((0, height, width), np.float32)
+        write_atomically(heatmap_path, lambda p: np.save(p, stacked))
+    return Files(overlay_path, heatmap_path, tuple(own))
 
 
 def write_overlay(
@@ -77,12 +96,15 @@ def write_overlay(
     preprocessing: Preprocessing,
     style: ExplainStyle,
     region: np.ndarray | None = None,
+    boxes: Sequence[Detected] = (),
 ) -> None:
     """Writes ``photo`` with the graph's ``input_heatmap`` placed back on it (downscaled to the style's
     ``overlay_max_side`` if asked) in the style's format, atomically; a segmentation's explained ``region`` is
-    outlined."""
+    outlined, detections' ``boxes`` are drawn with their labels and scores."""
     pillow_format, _, options = OVERLAY_FORMATS[style.overlay_format or DEFAULT_FORMAT]
     coloured = overlay_on_photo(photo, input_heatmap, preprocessing, style, region)
+    if boxes:
+        draw_boxes(coloured, [(f.box, f"{f.label} {f.score:.2f}", f.slot) for f in boxes], photo.size)
     write_atomically(path, lambda p: coloured.save(p, format=pillow_format, **options))
 
 

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +56,18 @@ SCHEMA = pa.schema(
     ]
 )
 JSON_FIELDS = ("image", "overlay", "class_index", "label", "probability", "top")
+# A detection graph's rows: one per detection (``detection`` its slot, ``box`` on the photo, ``probability`` its
+# score, ``overlay`` its own map's overlay and ``image_overlay`` every detection's), or one row with ``detection``
+# null for an image without any.
+DETECTION_SCHEMA = pa.schema(
+    [
+        *SCHEMA,
+        ("detection", pa.int32()),
+        ("box", pa.list_(pa.float64())),
+        ("image_overlay", pa.string()),
+    ]
+)
+DETECTION_JSON_FIELDS = ("image", "detection", "box", "class_index", "label", "score", "overlay", "image_overlay")
 
 
 @dataclass
@@ -70,6 +82,9 @@ class Record:
     probability: float
     top: list[dict]
     cam: np.ndarray
+    detection: int | None = None
+    box: list[float] | None = None
+    image_overlay: str | None = None
 
     @classmethod
     def of(cls, image: str, overlay: Path | str | None, heatmap: Path | str | None, result: Explanation) -> Record:
@@ -86,32 +101,81 @@ class Record:
         )
 
     @classmethod
-    def from_row(cls, row: dict) -> Record:
-        """A row of :data:`SCHEMA` (as ``pyarrow`` gives it) → a record."""
-        cam = np.asarray(row["cam"], dtype=np.float32).reshape(row["cam_shape"])
-        return cls(**{name: row[name] for name in SCHEMA.names if name not in ("cam", "cam_shape")}, cam=cam)
+    def detections_of(cls, image: str, files: Files, result: Explanation) -> list[Record]:
+        """A detection graph's records of one image: one per detection, or one with ``detection`` None."""
+        shared = dict(image=image, heatmap=_text(files.heatmap), top=[], image_overlay=_text(files.overlay))
+        if not result.detections:
+            empty = np.zeros_like(result.cam)
+            return [cls(overlay=None, class_index=-1, label="", probability=0.0, cam=empty, **shared)]
+        return [
+            cls(
+                overlay=_text(overlay),
+                class_index=found.class_index,
+                label=found.label,
+                probability=round(found.score, 6),
+                cam=found.cam,
+                detection=found.slot,
+                box=list(found.box),
+                **shared,
+            )
+            for found, overlay in zip(result.detections, files.per_detection, strict=True)
+        ]
 
-    def as_row(self) -> dict:
-        """The :data:`SCHEMA` row: every field, with the cam flattened and its shape beside it."""
-        row = {name: getattr(self, name) for name in SCHEMA.names if name not in ("cam", "cam_shape")}
+    @classmethod
+    def from_row(cls, row: dict) -> Record:
+        """A row of :data:`SCHEMA` or :data:`DETECTION_SCHEMA` (as ``pyarrow`` gives it) → a record."""
+        cam = np.asarray(row["cam"], dtype=np.float32).reshape(row["cam_shape"])
+        names = {f.name for f in fields(cls)} - {"cam"}
+        return cls(**{name: value for name, value in row.items() if name in names}, cam=cam)
+
+    def as_row(self, schema: pa.Schema = SCHEMA) -> dict:
+        """The ``schema`` row: the record's fields it has, with the cam flattened and its shape beside it."""
+        mine = {f.name for f in fields(self)} - {"cam"}
+        row = {name: getattr(self, name) for name in schema.names if name in mine}
         return {**row, "cam_shape": list(self.cam.shape), "cam": np.asarray(self.cam, dtype=np.float32).ravel()}
 
     def as_json(self) -> dict:
-        """The JSON line's fields (``heatmap`` only where a heatmap file was saved)."""
-        line = {name: getattr(self, name) for name in JSON_FIELDS}
+        """The JSON line's fields (``heatmap`` only where a heatmap file was saved); a detection's own fields."""
+        if self.image_overlay is not None or self.detection is not None:
+            values = {**vars(self), "score": self.probability}
+            line = {name: values[name] for name in DETECTION_JSON_FIELDS}
+        else:
+            line = {name: getattr(self, name) for name in JSON_FIELDS}
         if self.heatmap is not None:
             line["heatmap"] = self.heatmap
         return line
 
 
+@dataclass(frozen=True)
+class Files:
+    """The files written for one image: its overlay and heatmap file (None where not asked for); a detection
+    graph's overlay shows every detection, and each detection has its own (in the detections' order)."""
+
+    overlay: Path | None = None
+    heatmap: Path | None = None
+    per_detection: tuple[Path | None, ...] = ()
+
+
+def records_for(image: str, files: Files, result: Explanation) -> list[Record]:
+    """One image's records: one, or a detection graph's one per detection (:meth:`Record.detections_of`)."""
+    if result.detections is None:
+        return [Record.of(image, files.overlay, files.heatmap, result)]
+    return Record.detections_of(image, files, result)
+
+
+def _text(path: Path | str | None) -> str | None:
+    return None if path is None else str(path)
+
+
 def to_batch(records: Sequence[Record], schema: pa.Schema = SCHEMA) -> pa.RecordBatch:
-    """Records → one Arrow record batch of :data:`SCHEMA`."""
-    return pa.RecordBatch.from_pylist([record.as_row() for record in records], schema=schema)
+    """Records → one Arrow record batch of ``schema``."""
+    return pa.RecordBatch.from_pylist([record.as_row(schema) for record in records], schema=schema)
 
 
 def schema_for(spec: GraphSpec) -> pa.Schema:
-    """:data:`SCHEMA` carrying the graph's metadata (what ``render`` needs to place a cam on its photo)."""
-    return SCHEMA.with_metadata(spec.to_props())
+    """:data:`SCHEMA` (:data:`DETECTION_SCHEMA` for a detection graph) carrying the graph's metadata (what
+    ``render`` needs to place a cam on its photo)."""
+    return (SCHEMA if spec.detection is None else DETECTION_SCHEMA).with_metadata(spec.to_props())
 
 
 def read_predictions(path: Path) -> list[dict]:
@@ -211,7 +275,7 @@ class RecordLog:
         _cut_torn_line(self.predictions)
         for line in read_predictions(self.predictions):
             self.done.add(line["image"])
-            self.earlier_files += [line[k] for k in ("overlay", "heatmap") if line.get(k)]
+            self.earlier_files += [line[k] for k in ("overlay", "heatmap", "image_overlay") if line.get(k)]
 
     def append(self, records: Sequence[Record]) -> None:
         """Writes one batch's records: to the Arrow stream (flushed), then to ``predictions.jsonl`` (flushed)."""
@@ -270,18 +334,21 @@ class RecordLog:
 
 
 def write_parquet(path: Path, schema: pa.Schema, batches: Iterator[pa.RecordBatch], keep: set[str]) -> None:
-    """Writes the rows whose ``image`` is in ``keep``, each image once (its first row), in row groups of
-    :data:`ROWS_PER_GROUP`, atomically (a hidden file, then a rename): memory stays at one row group."""
+    """Writes the rows whose ``image`` is in ``keep``, each once (an image's, or an image's detection's: the first
+    row of each), in row groups of :data:`ROWS_PER_GROUP`, atomically (a hidden file, then a
+    rename): memory stays at one row group."""
 
     def write(target: Path) -> None:
-        seen: set[str] = set()
+        seen: set[tuple] = set()
         pending: list[pa.RecordBatch] = []
         with pq.ParquetWriter(target, schema) as writer:
             for batch in batches:
                 wanted = []
-                for image in batch.column("image").to_pylist():
-                    wanted.append(image in keep and image not in seen)
-                    seen.add(image)
+                images = batch.column("image").to_pylist()
+                slots = batch.column("detection").to_pylist() if "detection" in batch.schema.names else images
+                for image, key in zip(images, zip(images, slots, strict=True), strict=True):
+                    wanted.append(image in keep and key not in seen)
+                    seen.add(key)
                 pending.append(batch.filter(pa.array(wanted, pa.bool_())).cast(schema))
                 if sum(b.num_rows for b in pending) >= ROWS_PER_GROUP:
                     writer.write_table(pa.Table.from_batches(pending, schema))

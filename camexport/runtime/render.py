@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,20 @@ class _Row:
     image: str
     cam: np.ndarray
     picture: Path
+    detections: tuple[_Detection, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Detection:
+    """A detection as ``cams.parquet`` holds it, with the overlay it is drawn to (what :func:`write_overlay` reads
+    of a detection: its box, label and score)."""
+
+    slot: int
+    box: tuple[float, ...]
+    label: str
+    score: float
+    cam: np.ndarray
+    picture: Path
 
 
 def render(source: str | Path, out_dir: str | Path | None = None, style: ExplainStyle | None = None) -> RenderSummary:
@@ -67,23 +81,38 @@ def render(source: str | Path, out_dir: str | Path | None = None, style: Explain
     summary = RenderSummary()
     height, width = spec.preprocessing.image_size
 
-    def draw(row: _Row) -> Path | str:
+    def draw(row: _Row) -> list[Path] | str:
         try:
             photo = open_image(row.image)
+            if spec.detection is not None:
+                return _draw_detections(row, photo, spec, style)
             write_overlay(row.picture, photo, heatmap_from_cam(row.cam, height, width), spec.preprocessing, style)
-            return row.picture
+            return [row.picture]
         except (CamExportError, OSError, ValueError) as exc:
             return failure_line(row.image, exc)
 
+    rows = _rows(parquet, out, style) if spec.detection is None else _detection_rows(parquet, out, style)
     with ThreadPoolExecutor(2, "camexport-render") as pool:
-        for future in in_order(pool, draw, _rows(parquet, out, style), ahead=8):
+        for future in in_order(pool, draw, rows, ahead=8):
             done = future.result()
-            if isinstance(done, Path):
-                summary.written.append(done)
+            if isinstance(done, list):
+                summary.written += done
             else:
                 summary.failures.append(done)
                 print(f"error: {done}", file=sys.stderr)
     return summary
+
+
+def _draw_detections(row: _Row, photo, spec: GraphSpec, style: ExplainStyle) -> list[Path]:
+    """A detection graph's image: each detection's overlay (its map, its box), then every detection's over the
+    largest of their maps (as ``explain`` draws them)."""
+    height, width = spec.preprocessing.image_size
+    maps = [heatmap_from_cam(found.cam, height, width) for found in row.detections]
+    for found, heatmap in zip(row.detections, maps, strict=True):
+        write_overlay(found.picture, photo, heatmap, spec.preprocessing, style, boxes=(found,))
+    every = np.max(maps, axis=0) if maps else np.zeros((height, width), np.float32)
+    write_overlay(row.picture, photo, every, spec.preprocessing, style, boxes=row.detections)
+    return [*(found.picture for found in row.detections), row.picture]
 
 
 def _cams_file(source: Path) -> Path:
@@ -147,6 +176,28 @@ def _check_rows(parquet: pq.ParquetFile, cams: Path) -> None:
 
 
 _COLUMNS = ("image", "cam_shape", "cam")
+
+
+def _detection_rows(parquet: pq.ParquetFile, out: Path, style: ExplainStyle) -> Iterator[_Row]:
+    """A detection graph's rows, one per image (its rows are consecutive), each with its detections."""
+    suffix = style.overlay_suffix
+    taken: set[str] = set()
+    columns = [*_COLUMNS, "detection", "box", "label", "probability"]
+    current: _Row | None = None
+    for batch in parquet.iter_batches(batch_size=256, columns=columns):
+        for row in batch.to_pylist():
+            if current is None or row["image"] != current.image:
+                if current is not None:
+                    yield current
+                stem = unique_stem(Path(row["image"]), taken)
+                current = _Row(row["image"], np.zeros(0, np.float32), out / f"{stem}_cam{suffix}")
+            if row["detection"] is not None:
+                picture = out / f"{stem}_det{row['detection']}_cam{suffix}"
+                cam = np.asarray(row["cam"], np.float32).reshape(row["cam_shape"])
+                found = _Detection(row["detection"], tuple(row["box"]), row["label"], row["probability"], cam, picture)
+                current = replace(current, detections=(*current.detections, found))
+    if current is not None:
+        yield current
 
 
 def _rows(parquet: pq.ParquetFile, out: Path, style: ExplainStyle) -> Iterator[_Row]:

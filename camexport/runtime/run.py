@@ -69,24 +69,23 @@ class ExplainRun:
     records: RecordLog
     stems: set[str] = field(default_factory=set)
 
-    def report(self, records: list[Record], bar: tqdm) -> None:
-        """Records explained images (appended and flushed), counts them, and logs one line each: all of it or, when a
-        stop signal arrives midway, all of it before the stop."""
+    def report(self, images: list[list[Record]], bar: tqdm) -> None:
+        """Records explained images (each its records: one, or a detection graph's one per detection; appended and
+        flushed), counts them, and logs one line each: all of it or, when a stop signal arrives midway, all of it
+        before the stop."""
         with signals_held():
-            self._report(records, bar)
+            self._report(images, bar)
 
-    def _report(self, records: list[Record], bar: tqdm) -> None:
-        self.records.append(records)
-        for record in records:
-            self.summary.written += [Path(w) for w in (record.overlay, record.heatmap) if w]
+    def _report(self, images: list[list[Record]], bar: tqdm) -> None:
+        self.records.append([record for records in images for record in records])
+        for records in images:
+            first = records[0]
+            files = {first.image_overlay, first.heatmap} | {r.overlay for r in records}
+            self.summary.written += [Path(w) for w in sorted(f for f in files if f)]
             self.summary.explained += 1
-            best = record.top[0]
-            where = f" -> {record.overlay}" if record.overlay else ""
             with tqdm.external_write_mode():  # the bar steps aside for the line, then redraws
-                self.log(
-                    f"{record.image}: {best['label']} ({best['probability']:.2f}); explained '{record.label}'{where}"
-                )
-        bar.update(len(records))
+                self.log(_line(records))
+        bar.update(len(images))
 
     def fail(self, message: str, bar: tqdm) -> None:
         """Counts one image that failed and logs its line."""
@@ -95,6 +94,19 @@ class ExplainRun:
             with tqdm.external_write_mode(file=sys.stderr):
                 print(f"error: {message}", file=sys.stderr)
             bar.update(1)
+
+
+def _line(records: list[Record]) -> str:
+    """One explained image's line: its top class and the one explained, or a detection graph's detections."""
+    first = records[0]
+    if not first.top:  # a detection graph's records: no class ranking, a row per detection
+        found = [f"{r.label} {r.probability:.2f}" for r in records if r.detection is not None]
+        shown = ", ".join(found[:5]) + (f", ... ({len(found)})" if len(found) > 5 else "")
+        where = f" -> {first.image_overlay}" if first.image_overlay else ""
+        return f"{first.image}: {shown or 'no detection over the threshold'}{where}"
+    best = first.top[0]
+    where = f" -> {first.overlay}" if first.overlay else ""
+    return f"{first.image}: {best['label']} ({best['probability']:.2f}); explained '{first.label}'{where}"
 
 
 class Interrupted(CamExportError):

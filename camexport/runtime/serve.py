@@ -53,7 +53,7 @@ except ImportError as exc:  # the run side without camexport[serve]
 from camexport.runtime.batching import BatchStats, DynamicBatcher
 from camexport.runtime.options import ExplainStyle, ServeOptions
 from camexport.runtime.session import CamSession, Explanation
-from camexport.runtime.visualize import overlay_on_photo
+from camexport.runtime.visualize import draw_boxes, overlay_on_photo
 
 HeatmapKind = Literal["overlay", "cam", "none"]
 HEATMAP_KINDS: tuple[HeatmapKind, ...] = ("overlay", "cam", "none")
@@ -175,11 +175,21 @@ class Server:
             "method": self.session.spec.methods[0],
             "image": {"width": photo.width, "height": photo.height},
         }
+        if result.detections is not None:  # each detection: its box on the photo, class, score, and its own cam
+            body["detections"] = [
+                {"slot": f.slot, "box": list(f.box), "index": f.class_index, "label": f.label, "score": f.score}
+                | ({"cam": _cam(f.cam)} if query.heatmap == "cam" else {})
+                for f in result.detections
+            ]
         if query.heatmap == "cam":
-            body["cam"] = {"shape": list(result.cam.shape), "values": result.cam.astype(float).round(6).tolist()}
+            body["cam"] = _cam(result.cam)
         elif query.heatmap == "overlay":
             style = ExplainStyle(alpha=query.alpha, colormap=query.colormap, overlay_max_side=query.max_side)
             picture = overlay_on_photo(photo, result.input_heatmap, result.preprocessing, style, result.region)
+            if result.detections:
+                draw_boxes(
+                    picture, [(f.box, f"{f.label} {f.score:.2f}", f.slot) for f in result.detections], photo.size
+                )
             buffer = io.BytesIO()
             picture.save(buffer, format="PNG", compress_level=1)
             body["overlay"] = {
@@ -438,3 +448,8 @@ class _DrainingServer(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _cam(cam: np.ndarray) -> dict:
+    """A raw cam as JSON: its shape and its values, row-major, to 6 decimals."""
+    return {"shape": list(cam.shape), "values": cam.astype(float).round(6).tolist()}

@@ -16,7 +16,7 @@ from PIL import Image
 
 from camexport import checks
 from camexport._util import first_line
-from camexport.contract import IMAGE, TARGET_CLASS, GraphSpec, Preprocessing, Signature
+from camexport.contract import BOXES, IMAGE, LABELS, SCORES, TARGET_CLASS, GraphSpec, Preprocessing, Signature
 from camexport.errors import CamExportError, NonFiniteOutputError, UserError
 from camexport.runtime.options import ExplainStyle, RunOptions
 from camexport.runtime.preprocess import heatmap_to_original, normalise, open_image, seen_mask, to_pixels
@@ -293,12 +293,14 @@ class CamSession:
         classes by their share of the predicted pixels, its region the pixels predicted as the explained class)."""
         checks.whole("top_k", top_k, 1, "use 1 or more")
         labels = self.spec.labels
-        chosen = int(outputs["class_index"][i])
         probs = self.task.ranking(outputs, i)
-        region = self.task.region(outputs, i)
         order = np.argsort(-probs, kind="stable")[:top_k]
+        top = [(int(k), labels[int(k)], float(probs[k])) for k in order]
+        if self.spec.detection is not None:
+            return self._detections(outputs, i, photo_size, top)
+        chosen = int(outputs["class_index"][i])
         return Explanation(
-            top=[(int(k), labels[int(k)], float(probs[k])) for k in order],
+            top=top,
             class_index=chosen,
             label=labels[chosen],
             probability=float(probs[chosen]),
@@ -306,8 +308,72 @@ class CamSession:
             input_heatmap=outputs["heatmap"][i],
             photo_size=photo_size,
             preprocessing=self.spec.preprocessing,
-            region=region,
+            region=self.task.region(outputs, i),
         )
+
+    def _detections(
+        self, outputs: dict[str, np.ndarray], i: int, photo_size: tuple[int, int], top: list
+    ) -> Explanation:
+        """A detection graph's image ``i``: each filled slot as a :class:`Detected` (its box on the photo), and as
+        the image's own map the largest of the detections' maps at each pixel; the best detection is the
+        explanation's class."""
+        prep, labels = self.spec.preprocessing, self.spec.labels
+        found = tuple(
+            Detected(
+                slot=d,
+                class_index=int(outputs[LABELS.name][i, d]),
+                label=labels[int(outputs[LABELS.name][i, d])],
+                score=float(outputs[SCORES.name][i, d]),
+                box=box_on_photo(outputs[BOXES.name][i, d], prep, *photo_size),
+                cam=outputs["cam"][i, d],
+                input_heatmap=outputs["heatmap"][i, d],
+            )
+            for d in range(outputs[LABELS.name].shape[1])
+            if outputs[LABELS.name][i, d] >= 0
+        )
+        best = found[0] if found else None
+        every = outputs["heatmap"][i, : len(found)].max(axis=0) if found else np.zeros(prep.image_size, np.float32)
+        return Explanation(
+            top=top,
+            class_index=best.class_index if best else -1,
+            label=best.label if best else "",
+            probability=best.score if best else 0.0,
+            cam=outputs["cam"][i, 0],
+            input_heatmap=every,
+            photo_size=photo_size,
+            preprocessing=prep,
+            detections=found,
+        )
+
+
+def box_on_photo(box: np.ndarray, prep: Preprocessing, width: int, height: int) -> tuple[float, ...]:
+    """A box (x1, y1, x2, y2) in the network input's pixels → in a ``width`` x ``height`` photo's pixels (the input
+    is the photo's centre crop, resized: :meth:`Preprocessing.crop_box`), rounded to 0.01 pixel."""
+    left, top, right, bottom = prep.crop_box(width, height)
+    in_h, in_w = prep.image_size
+    sx, sy = (right - left) / in_w, (bottom - top) / in_h
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return tuple(round(v, 2) for v in (left + x1 * sx, top + y1 * sy, left + x2 * sx, top + y2 * sy))
+
+
+@dataclass(frozen=True)
+class Detected:
+    """One detection of a detection graph, explained.
+
+    Attributes:
+        slot: its place among the graph's M slots (0 is the best).
+        class_index: its class; label: its name; score: the detector's score for it (the explained score).
+        box: (x1, y1, x2, y2) in the photo's pixels.
+        cam: its raw map [h, w]; input_heatmap: its heatmap [H, W] at the network input's size, in [0, 1].
+    """
+
+    slot: int
+    class_index: int
+    label: str
+    score: float
+    box: tuple[float, ...]
+    cam: np.ndarray
+    input_heatmap: np.ndarray
 
 
 ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray]  # noqa: UP007 - a runtime alias
@@ -328,6 +394,9 @@ class Explanation:
         photo_size: (width, height) of the photo.
         preprocessing: how the photo became the network input (for placing the heatmap back).
         region: segmentation only: bool [H, W] at the network input's size, the explained pixels.
+        detections: a detection graph's detections, best first, each with its own map (the explanation's class and
+            maps are then the best detection's class and, per pixel, the largest of the detections' maps); None
+            for other graphs.
     """
 
     top: list[tuple[int, str, float]]
@@ -339,6 +408,7 @@ class Explanation:
     photo_size: tuple[int, int]
     preprocessing: Preprocessing
     region: np.ndarray | None = None
+    detections: tuple[Detected, ...] | None = None
 
     @functools.cached_property
     def heatmap(self) -> np.ndarray:

@@ -12,7 +12,17 @@ from typing import Protocol
 import numpy as np
 
 from camexport import checks
-from camexport.contract import CLASSIFICATION, REGION, SEGMENTATION, SEGMENTATION_TASK, GraphSpec, TaskSpec
+from camexport.contract import (
+    CLASSIFICATION,
+    DETECTION_TASK,
+    LABELS,
+    REGION,
+    SCORES,
+    SEGMENTATION,
+    SEGMENTATION_TASK,
+    GraphSpec,
+    TaskSpec,
+)
 from camexport.errors import UserError
 
 
@@ -90,7 +100,29 @@ class Segmentation:
         return outputs[SEGMENTATION.name][i] == outputs["class_index"][i]
 
 
-REGISTRY: dict[str, RunTask] = {task.spec.name: task for task in (Classification(), Segmentation())}
+class Detection:
+    """Classes ranked by their best detection's score; each detection is explained in its own map (``heatmap``
+    [N, M, H, W]), about its own box."""
+
+    spec = DETECTION_TASK
+
+    def feeds(self, spec, region, batch):
+        if region is not None:
+            raise UserError("this graph explains a detector, not a segmentation model; leave `region` out")
+        return {}
+
+    def ranking(self, outputs, i):
+        best = np.zeros(int(outputs[LABELS.name][i].max(initial=-1)) + 1)
+        for label, score in zip(outputs[LABELS.name][i], outputs[SCORES.name][i], strict=True):
+            if label >= 0:
+                best[label] = max(best[label], score)
+        return best
+
+    def region(self, outputs, i):
+        return None
+
+
+REGISTRY: dict[str, RunTask] = {task.spec.name: task for task in (Classification(), Segmentation(), Detection())}
 
 
 def batch_regions(task: RunTask, outputs: dict[str, np.ndarray]) -> np.ndarray | None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from camexport import checks
 from camexport.contract import FLAT_MAP, Preprocessing
@@ -85,6 +86,29 @@ def overlay_on_photo(
     if region is not None:
         _outline(coloured, region, preprocessing)
     return coloured
+
+
+def draw_boxes(
+    image: Image.Image, boxes: Sequence[tuple[Sequence[float], str, int]], photo_size: tuple[int, int]
+) -> None:
+    """Draws each (box, caption, slot) on ``image`` in place: boxes in the pixels of a ``photo_size`` photo (scaled
+    to ``image``, which may be the photo downscaled), an outline two pixels wide per 500 of the longer side, each
+    caption in white on the outline's colour above the box (inside it at the top edge). A detection's colour is its
+    slot's in matplotlib's ``tab10`` (the same in every overlay), so that neighbouring boxes stand apart."""
+    scale = image.width / photo_size[0]
+    width = max(2, round(max(image.size) / 250))
+    font = ImageFont.load_default(size=max(12, round(max(image.size) / 40)))
+    draw = ImageDraw.Draw(image)
+    colours = colormaps["tab10"].colors
+    for box, caption, slot in boxes:
+        colour = tuple(round(255 * c) for c in colours[slot % len(colours)])
+        x1, y1, x2, y2 = (v * scale for v in box)
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
+        left, top, right, bottom = draw.textbbox((x1, y1), caption, font=font)
+        lift = bottom - top + 2 * width if y1 - (bottom - top) - 2 * width >= 0 else 0
+        shift = min(0.0, image.width - (right + 2 * width) - 1)  # a caption past the right edge moves left
+        draw.rectangle((left + shift, top - lift, right + 2 * width + shift, bottom - lift + width), fill=colour)
+        draw.text((x1 + width + shift, y1 - lift), caption, fill=(255, 255, 255), font=font)
 
 
 def _outline(image: Image.Image, region: np.ndarray, preprocessing: Preprocessing) -> None:

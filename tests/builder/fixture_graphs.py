@@ -128,6 +128,57 @@ def probe_segmenter() -> nn.Module:
     return ProbeSegmenter()
 
 
+class Redness(nn.Module):
+    """A detector's backbone that sees red: ``max(0, R − (G + B)/2)`` averaged over 4x4 patches ([N, 2, H/4, W/4],
+    channel 1 a constant 1), and over 8x8 ([N, 2, H/8, W/8])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(3, 2, 4, stride=4)
+        with torch.no_grad():
+            self.patches.weight.zero_()
+            self.patches.weight[0] = torch.tensor([1.0, -0.5, -0.5]).view(3, 1, 1) / 16
+            self.patches.bias.copy_(torch.tensor([0.0, 1.0]))
+        self.relu = nn.ReLU()
+        self.pool = nn.AvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        fine = self.relu(self.patches(x))
+        return {"0": fine, "1": self.pool(fine)}
+
+
+def red_detector() -> nn.Module:
+    """A torchvision SSD at 64 x 64 that finds red blobs (classes ``background``, ``red``): each anchor's ``red``
+    logit is 8·redness at its place − 3 (its second anchor's 7.9·, so that no two anchors tie), boxes are the default
+    boxes (no regression). Each detection's score depends on its own 3 x 3 neighbourhood of the map only, so its
+    heatmap lies on its own blob: the several-instances test's known answer."""
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.ssd import SSD, SSDHead
+
+    anchors = DefaultBoxGenerator([[], []], scales=[0.25, 0.5, 0.75])
+    head = SSDHead([2, 2], anchors.num_anchors_per_location(), num_classes=2)
+    with torch.no_grad():
+        for conv in (*head.classification_head.module_list, *head.regression_head.module_list):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        for conv in head.classification_head.module_list:  # channels: anchor 0 (background, red), anchor 1 (...)
+            conv.weight[1, 0, 1, 1], conv.weight[3, 0, 1, 1] = 8.0, 7.9
+            conv.bias[1], conv.bias[3] = -3.0, -3.0
+    detector = SSD(
+        Redness(),
+        anchors,
+        (64, 64),
+        2,
+        [0.0] * 3,
+        [1.0] * 3,
+        head=head,
+        score_thresh=0.5,
+        nms_thresh=0.1,
+        topk_candidates=50,
+    )
+    return detector.eval()
+
+
 @dataclass(frozen=True)
 class Fixture:
     """One committed graph: its file, its factory, its labels and normalisation, and what else ``build`` is told."""
@@ -168,6 +219,16 @@ FIXTURES = (
     Fixture.of("segmenter.onnx", "segmenter", fixtures.net("segmenter")),
     Fixture("red.onnx", "red", ("other", "red"), (0.0,) * 3, (1.0,) * 3, size=(32, 32), layer="1"),
     Fixture(
+        "red-detector.onnx",
+        "red_detector",
+        ("background", "red"),
+        (0.0,) * 3,
+        (1.0,) * 3,
+        size=(64, 64),
+        layer="backbone.patches",
+        options={"methods": ("gradcampp", "hirescam"), "max_detections": 4},
+    ),
+    Fixture(
         "probe-segmenter.onnx",
         "probe_segmenter",
         ("class_0", "class_1", "class_2", "class_3"),
@@ -197,8 +258,8 @@ def _variants(source: Path, folder: Path) -> list[Path]:
     old.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), "target_class"))
     next(p for p in old.metadata_props if p.key == "camexport.contract").value = "1"
     written.append(_save(old, folder / "contract1.onnx"))
-    props["camexport.contract"].value = "4"
-    written.append(_save(model, folder / "contract4.onnx"))
+    props["camexport.contract"].value = "5"
+    written.append(_save(model, folder / "contract5.onnx"))
     props["camexport.contract"].value = "2"
     props["camexport.labels"].value = json.dumps(list(fixtures.LABELS[:1]))
     written.append(_save(model, folder / "short-labels.onnx"))

@@ -15,5 +15,5 @@ GRAPHS = Path(__file__).resolve().parent / "graphs"
 def graphs() -> dict[str, Path]:
     """The committed graphs by name (tests/builder/fixture_graphs.py says how each is made): ``linear``,
     ``linear-methods``, ``linear-uint8``, ``gray``, ``gray-uint8``, ``bands``, ``pooled-dynamic``, ``segmenter``,
-    ``probe-segmenter``, ``red``; ``contract1``, ``contract4``, ``short-labels`` and ``plain`` (not camexport's)."""
+    ``probe-segmenter``, ``red``; ``contract1``, ``contract5``, ``short-labels`` and ``plain`` (not camexport's)."""
     return {path.stem: path for path in sorted(GRAPHS.glob("*.onnx"))}

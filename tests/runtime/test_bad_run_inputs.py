@@ -31,7 +31,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory, graphs: dict[str, Path]) -> di
     copies = (
         ("graph", "linear"),
         ("foreign", "plain"),
-        ("newer", "contract4"),
+        ("newer", "contract5"),
         ("short", "short-labels"),
         ("seg", "segmenter"),
     )
@@ -91,7 +91,7 @@ EXPLAIN = [
     ("graph-missing", "explain {root}/none.onnx {root}/photos", 2, "none.onnx: no such graph"),
     ("graph-text", "explain {root}/text.onnx {root}/photos", 2, "onnxruntime cannot load it"),
     ("graph-foreign", "explain {root}/foreign.onnx {root}/photos", 2, "not a graph built by camexport"),
-    ("graph-newer", "explain {root}/newer.onnx {root}/photos", 2, "graph contract '4'"),
+    ("graph-newer", "explain {root}/newer.onnx {root}/photos", 2, "graph contract '5'"),
     ("graph-short-labels", "explain {root}/short.onnx {root}/photos", 2, "has 4 classes where the metadata says 1"),
     ("class-name", "explain {graph} {root}/photos --class cow", 2, "--class cow: not a label of this graph"),
     ("class-index", "explain {graph} {root}/photos --class 4", 2, "--class 4: out of range"),

@@ -50,12 +50,12 @@ def test_a_segmentation_spec_follows_its_tasks_contract() -> None:
 
 
 def test_graph_of_an_unknown_contract_version_is_refused_in_one_line() -> None:
-    props = SPEC.to_props() | {"camexport.contract": "4"}
+    props = SPEC.to_props() | {"camexport.contract": "5"}
     with pytest.raises(ContractError) as caught:
         GraphSpec.from_props(props, "g.onnx")
     message = str(caught.value)
-    assert "\n" not in message and "g.onnx" in message and "contract '4'" in message and "rebuild" in message
-    assert "reads contracts 1, 2 and 3" in message
+    assert "\n" not in message and "g.onnx" in message and "contract '5'" in message and "rebuild" in message
+    assert "reads contracts 1, 2, 3 and 4" in message
     assert caught.value.exit_code == 2
 
 
@@ -71,6 +71,8 @@ def test_not_a_camexport_graph_and_damaged_metadata() -> None:
     with pytest.raises(UserError, match="damaged camexport metadata"):
         GraphSpec.from_props(SPEC.to_props() | {"camexport.image_size": "[224"}, "g.onnx")
     with pytest.raises(UserError, match="damaged camexport metadata"):
+        GraphSpec.from_props(SPEC.to_props() | {"camexport.task": "tracking"}, "g.onnx")
+    with pytest.raises(UserError, match="damaged camexport metadata"):  # a detection graph without its slots
         GraphSpec.from_props(SPEC.to_props() | {"camexport.task": "detection"}, "g.onnx")
 
 

@@ -65,6 +65,34 @@ def test_ray_gives_the_single_process_records_and_cams(cluster, graph: Path, tmp
 
 
 @pytest.mark.slow
+def test_ray_gives_a_detection_graphs_rows_per_detection(cluster, graphs: dict[str, Path], tmp_path: Path) -> None:
+    """A detection graph on Ray: the same rows (one per detection, none for a photo without) and overlays as in
+    one process (tests/runtime/test_detection.py checks those against the graph)."""
+    from support import red_blobs as blobs
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    Image.fromarray((blobs(128) * 255).round().astype(np.uint8)).save(photos / "blobs.png")
+    Image.new("RGB", (70, 90), (128, 128, 128)).save(photos / "gray.png")
+    local, spread = tmp_path / "local", tmp_path / "ray"
+    base = ["explain", str(graphs["red-detector"]), str(photos), "--quiet", "--format", "png"]
+    assert main([*base, "--out", str(local)]) == 0
+    assert main([*base, "--out", str(spread), "--ray", "--actors", "1", "--actor-cpus", "0.5"]) == 0
+    mine, theirs = read_predictions(local / "predictions.jsonl"), read_predictions(spread / "predictions.jsonl")
+    names = ("overlay", "image_overlay")
+    assert [{k: v for k, v in line.items() if k not in names} for line in mine] == [
+        {k: v for k, v in line.items() if k not in names} for line in theirs
+    ]
+    assert [line["detection"] for line in theirs] == [0, 1, None]
+    a, b = pq.read_table(local / "cams.parquet"), pq.read_table(spread / "cams.parquet")
+    assert a.column("detection").to_pylist() == b.column("detection").to_pylist()
+    assert np.abs(np.array(a.column("cam").to_pylist()) - np.array(b.column("cam").to_pylist())).max() <= 1e-6
+    for name in ("blobs_cam.png", "blobs_det0_cam.png", "blobs_det1_cam.png"):
+        drawn = np.asarray(Image.open(local / name), dtype=np.int16)
+        assert np.abs(drawn - np.asarray(Image.open(spread / name), dtype=np.int16)).max() <= 1
+
+
+@pytest.mark.slow
 def test_the_python_api_takes_a_ray_dataset_and_accounts_for_every_input(cluster, graph: Path, tmp_path: Path) -> None:
     photos = _photos(tmp_path / "in", 6)
     images = ray.data.read_images(str(photos), include_paths=True, mode="RGB")

@@ -145,10 +145,10 @@ def test_same_stem_in_two_folders_gets_two_overlays(session: CamSession, tmp_pat
 
 def test_a_graph_of_a_newer_contract_is_refused(graphs: dict[str, Path], tmp_path: Path, capsys) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    newer = graphs["contract4"]
+    newer = graphs["contract5"]
     assert main(["explain", str(newer), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "follows camexport graph contract '4', this camexport reads contracts 1, 2 and 3" in err
+    assert "follows camexport graph contract '5', this camexport reads contracts 1, 2, 3 and 4" in err
     assert err.count("\n") == 1
     assert not (tmp_path / "o").exists()
 
