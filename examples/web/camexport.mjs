@@ -66,6 +66,10 @@ export function readMetadata(bytes, name = "the graph") {
   if (!("camexport.version" in props)) {
     throw new Error(`${name}: not a graph built by camexport (no camexport.* metadata); build one with 'camexport build'`);
   }
+  const task = props["camexport.task"] ?? "classification";
+  if (task !== "classification") {
+    throw new Error(`${name}: a ${task} graph; this program explains classifier graphs only: explain it with 'camexport explain' or 'camexport serve'`);
+  }
   const contract = props["camexport.contract"] ?? "1"; // graphs from before the key follow contract 1
   if (!CONTRACTS.includes(contract)) {
     throw new Error(`${name}: the graph follows camexport graph contract '${contract}', this program reads contracts ${CONTRACTS.join(" and ")}; rebuild the graph`);

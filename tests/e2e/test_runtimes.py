@@ -10,7 +10,7 @@ import onnx
 import pytest
 from building import built_graph
 from PIL import Image
-from support import run_node
+from support import ROOT, run_node
 
 from camexport.builder.pipeline import BuildOptions, build
 from camexport.runtime.preprocess import normalise, to_pixels
@@ -72,6 +72,16 @@ def test_node_resizes_a_full_photo_and_refuses_bad_files(
     )
     assert result.returncode == 2 and "graph contract '9', this program reads contracts 1 and 2" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "y.npy").exists()
+    detector = ROOT / "tests" / "runtime" / "graphs" / "red-detector.onnx"  # explained in Python, not here (yet)
+    result = subprocess.run(
+        ["node", "explain.mjs", str(detector), str(tmp_path / "coffee.png"), str(tmp_path / "z")],
+        cwd=node_example,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "a detection graph; this program explains classifier graphs only" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "z.npy").exists()
 
 
 SMALL_NET = """

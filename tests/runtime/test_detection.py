@@ -139,3 +139,14 @@ def test_evaluate_scores_where_each_detections_map_lies(detector: CamSession, tm
     methods = {m["method"]: m for m in json.loads(out.read_text())["methods"]}
     assert methods["hirescam"]["energy_in_box"] > 99.0 and methods["hirescam"]["apart"] == 100.0
     assert methods["gradcampp"]["apart"] == 0.0 and methods["gradcampp"]["energy_in_box"] < 60.0
+
+
+def test_explain_with_a_class_keeps_that_classs_detections(detector: CamSession, tmp_path: Path) -> None:
+    """``--class red``: both blobs; ``--class 0`` (background, never found): one row, no detection."""
+    photos = _photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    assert main(["explain", str(detector.path), str(photos / "blobs.png"), "--out", str(out), "--class", "red"]) == 0
+    assert [line["detection"] for line in map(json.loads, (out / "predictions.jsonl").open())] == [0, 1]
+    again = tmp_path / "again"
+    assert main(["explain", str(detector.path), str(photos / "blobs.png"), "--out", str(again), "--class", "0"]) == 0
+    assert [line["detection"] for line in map(json.loads, (again / "predictions.jsonl").open())] == [None]
