@@ -33,7 +33,7 @@ from camexport.builder.methods import LayerPass, normalised_heatmap
 from camexport.builder.tracing import TracedExplainer, exportable, model_state, symbolic_inputs
 from camexport.builder.validation import SPREAD_FACTOR, raise_worst
 from camexport.contract import DEFAULT_MAX_DETECTIONS, Detection, GraphSpec
-from camexport.errors import ImageSizeError, UnknownLayerError
+from camexport.errors import ImageSizeError, UnknownLayerError, UserError
 from camexport.runtime.preprocess import normalise
 from camexport.runtime.session import CamSession
 
@@ -64,7 +64,14 @@ def detection_parts(loaded, image_size, max_detections: int, score_threshold: fl
     dense = DenseDetector(detector, family, size)
     threshold = float(detector.score_thresh if score_threshold is None else score_threshold)
     found = Detection(max_detections, threshold, float(detector.nms_thresh))
-    return dense, Postprocess(int(detector.topk_candidates), found, dense.level_sizes, family.per_class)
+    post = Postprocess(int(detector.topk_candidates), found, dense.level_sizes, family.per_class)
+    candidates = post.candidates(dense.classes)
+    if max_detections > candidates:
+        raise UserError(
+            f"max_detections={max_detections}: {name} keeps at most {candidates} candidates before NMS; "
+            f"use at most {candidates}"
+        )
+    return dense, post
 
 
 def default_detection_layer(dense: DenseDetector) -> str:

@@ -195,6 +195,12 @@ class Postprocess:
     level_sizes: tuple[int, ...]
     per_class: bool
 
+    def candidates(self, classes: int) -> int:
+        """How many candidates the top-k keeps for NMS (:func:`_candidates`): the most detections there can be."""
+        if self.per_class:
+            return (classes - 1) * min(self.topk_candidates, sum(self.level_sizes))
+        return sum(min(self.topk_candidates, size * classes) for size in self.level_sizes)
+
 
 def _candidates(scores: torch.Tensor, post: Postprocess) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The top-k candidates as the detector takes them: (score, anchor, class), each [N, B]."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 from building import built_graph
-from support import assert_one_line
+from support import ROOT, assert_one_line
 
 from camexport.builder.comparison import Case
 from camexport.builder.detection import EagerDetector, check_case, detection_parts
@@ -21,6 +21,7 @@ from camexport.contract import Detection
 from camexport.runtime.session import CamSession
 
 SSD = "ssdlite320_mobilenet_v3_large"
+RED_FACTORY = "tests/builder/fixture_graphs.py:red_detector"
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +160,7 @@ def test_the_check_fails_a_wrong_gradient(ssd_graph: Path) -> None:
         (f"build {SSD} --weights random --layer backbone.nowhere", "is not a module of the detector"),
         (f"build {SSD} --weights random --layer head", "a detection is explained at a module that gives one map"),
         ("build fcos_resnet50_fpn --weights random --image-size 100", "pads images to multiples of 32"),
+        (f"build {ROOT / RED_FACTORY} --image-size 64 --max-detections 60", "keeps at most 50 candidates before NMS"),
     ],
 )
 def test_bad_detection_options_are_one_line(argv: str, fragment: str, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -166,7 +168,7 @@ def test_bad_detection_options_are_one_line(argv: str, fragment: str, tmp_path: 
     assert_one_line(argv, 2, fragment, {"root": tmp_path}, tmp_path, capsys)
 
 
-RED = "tests/builder/fixture_graphs.py:red_detector"
+RED = RED_FACTORY
 
 
 def _build_red(tmp_path: Path, **options: object) -> tuple[Path, list[str]]:
