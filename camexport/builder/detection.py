@@ -30,7 +30,7 @@ from camexport.builder.layers import LayerInfo, describe_layers
 from camexport.builder.layouts import CHANNELS_FIRST
 from camexport.builder.methods import REGISTRY as METHODS
 from camexport.builder.methods import LayerPass, normalised_heatmap
-from camexport.builder.tracing import TracedExplainer, exportable, model_state, symbolic_inputs
+from camexport.builder.tracing import TracedExplainer, exportable, model_state, network_input, symbolic_inputs
 from camexport.builder.validation import SPREAD_FACTOR, raise_worst
 from camexport.contract import DEFAULT_MAX_DETECTIONS, Detection, GraphSpec
 from camexport.errors import ImageSizeError, UnknownLayerError, UserError
@@ -143,12 +143,9 @@ def make_detect_function(
     ``copy_input``: the M copies start at the image, not at the layer (for a layer whose output the network joins
     with maps from before it: a level of a pyramid, a block inside a residual)."""
     layer, copies = dense.get_submodule(spec.layer), spec.detection.max_detections
-    prep = spec.preprocessing
 
     def detect(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
-        if spec.takes_pixels:
-            mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in (prep.mean, prep.std))
-            image = (image.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - mean) / std
+        image = network_input(image, spec)
         n = image.shape[0]
         leaves: list[torch.Tensor] = []
 

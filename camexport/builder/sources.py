@@ -419,12 +419,10 @@ def detector_preprocessing(detector: nn.Module) -> Preprocessing:
 def _load_detector(name: str, weights: str, seed: int, num_classes: int | None) -> LoadedModel:
     """A torchvision detector: its transform's preprocessing, COCO's labels; random weights with their class scores
     spread (:func:`camexport.builder.detectors.spread_scores`)."""
-    import torchvision
-
-    preprocessing = detector_preprocessing(torchvision.models.get_model(name, weights=None, weights_backbone=None))
-    loaded = _load_torchvision(name, weights, seed, num_classes, preprocessing)
+    loaded = _load_torchvision(name, weights, seed, num_classes, DEFAULT_PREPROCESSING)  # its transform's, below
+    loaded.preprocessing = detector_preprocessing(loaded.module)
     if loaded.random_weights:
-        spread_scores(loaded.module, family_of(loaded.module), preprocessing, seed)
+        spread_scores(loaded.module, family_of(loaded.module), loaded.preprocessing, seed)
     return loaded
 
 

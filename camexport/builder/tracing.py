@@ -84,12 +84,9 @@ def make_explain_function(
     task = TASKS[spec.task]
     layer = model.get_submodule(spec.layer)
     block = None if spec.masked_block is None else model.get_submodule(spec.masked_block)
-    prep = spec.preprocessing
 
     def explain(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor, *extras: torch.Tensor):
-        if spec.takes_pixels:  # uint8 [N, H, W, C] -> normalised float [N, C, H, W]
-            mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in (prep.mean, prep.std))
-            image = (image.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - mean) / std
+        image = network_input(image, spec)
         network = _Network(model, dict(zip(state_names, state, strict=True)), layer, block)
         logits, done = _gradient_pass(
             network, layout, image, lambda out: task.score(out, target_class, extras, spec.background)
@@ -98,6 +95,16 @@ def make_explain_function(
         return _outputs(spec, image, logits, done, maps) + task.outputs(logits)
 
     return explain
+
+
+def network_input(image: torch.Tensor, spec: GraphSpec) -> torch.Tensor:
+    """In the graph: the ``image`` input as the network takes it; a ``uint8`` spec's pixels [N, H, W, C] scaled to
+    [0, 1] and normalised with its mean and std into [N, C, H, W]."""
+    if not spec.takes_pixels:
+        return image
+    prep = spec.preprocessing
+    mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in (prep.mean, prep.std))
+    return (image.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - mean) / std
 
 
 def _gradient_pass(
