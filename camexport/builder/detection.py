@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from camexport.builder import reference
+from camexport.builder import nanodet, reference
 from camexport.builder.comparison import Case, CaseResult, OutputCheck, compare_outputs, relative_l2
 from camexport.builder.detectors import DenseDetector, Postprocess, family_of, one_hots, select
 from camexport.builder.layers import LayerInfo, describe_layers
@@ -34,7 +34,8 @@ from camexport.builder.tracing import TracedExplainer, exportable, model_state, 
 from camexport.builder.validation import SPREAD_FACTOR, raise_worst
 from camexport.contract import DEFAULT_MAX_DETECTIONS, Detection, GraphSpec
 from camexport.errors import ImageSizeError, UnknownLayerError, UserError
-from camexport.runtime.preprocess import normalise
+from camexport.runtime.preprocess import normalise, to_pixels
+from camexport.runtime.samples import sample_photo
 from camexport.runtime.session import CamSession
 
 # A detection's box and score against the detector's own forward pass: fractions of the image side and of 1.
@@ -61,6 +62,8 @@ def detection_parts(loaded, image_size, max_detections: int, score_threshold: fl
             f"(e.g. {tuple(max(step, round(side / step) * step) for side in size)})"
         )
     family = family_of(detector)
+    if family.kind == "NanoDet":
+        nanodet.check_size(size)
     dense = DenseDetector(detector, family, size)
     threshold = float(detector.score_thresh if score_threshold is None else score_threshold)
     found = Detection(max_detections, threshold, float(detector.nms_thresh))
@@ -77,7 +80,10 @@ def detection_parts(loaded, image_size, max_detections: int, score_threshold: fl
 def default_detection_layer(dense: DenseDetector) -> str:
     """A map every detection depends on, before the levels split: an FPN detector's first backbone stage that the
     pyramid takes (stride 8: ``backbone.body.layer2``), every level computed from it; else (SSD) the backbone
-    module that finishes the first source map last (``backbone.features.0``, VGG's ``backbone.features``)."""
+    module that finishes the first source map last (``backbone.features.0``, VGG's ``backbone.features``); a family's
+    own rule where it has one (:attr:`camexport.builder.detectors.Family.default_layer`)."""
+    if dense.family.default_layer is not None:
+        return dense.family.default_layer(dense)
     body = getattr(dense.backbone, "body", None)
     if body is not None and hasattr(body, "return_layers"):
         return f"backbone.body.{next(iter(body.return_layers))}"
@@ -426,9 +432,22 @@ def _directional_check(graph, eager: EagerDetector, image, A, anchors, seed: int
     return OutputCheck(FD_CHECK, worst, 1.0, FD_TOLERANCE, worst <= FD_TOLERANCE)
 
 
+PHOTO_CASE = "Grace Hopper's photo mirrored and as is"
+
+
+def _photos(spec: GraphSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The photo that ships with matplotlib, mirrored and as is, at the graph's size: the images (as the graph takes
+    them) and normalised."""
+    pixels = to_pixels(sample_photo("grace_hopper"), spec.preprocessing)
+    both = np.stack([pixels[:, ::-1], pixels])
+    normalised = normalise(both, spec.preprocessing)
+    return (both if spec.takes_pixels else normalised), normalised
+
+
 def validate(session: CamSession, detector: nn.Module, dense: DenseDetector, seed: int) -> tuple[list[CaseResult], int]:
     """Two cases on fresh random images: a batch of 2, every class; a batch of 1, the class of the first case's best
-    detection only (``target_class``).
+    detection only (``target_class``). Where the random images give no detection at all (real weights see nothing
+    in noise), the cases take a real photo instead (:data:`PHOTO_CASE`).
 
     Returns:
         The cases' results, and how many of the first case's detections have an all-zero gradient (the layer does
@@ -444,14 +463,18 @@ def validate(session: CamSession, detector: nn.Module, dense: DenseDetector, see
         images, normalised = pixels, normalise(pixels, prep)
     else:
         images = normalised = rng.standard_normal((2, prep.channels, *prep.image_size)).astype(np.float32)
+    described = "random batch of 2"
+    graph = session.run(images, None)
+    if not (graph["labels"] >= 0).any() and prep.image_mode == "RGB":  # real weights find nothing in noise
+        images, normalised = _photos(spec)
+        described, graph = PHOTO_CASE, session.run(images, None)
     eager = EagerDetector(dense, spec)
-    first = Case("random batch of 2, every class (target_class [-1])", images, None, normalised)
-    graph = session.run(first.image, None)
+    first = Case(f"{described}, every class (target_class [-1])", images, None, normalised)
     results = [check_case(graph, detector, eager, first, seed)]
     found = graph["labels"][1][graph["labels"][1] >= 0]
     best = int(found[0]) if found.size else -1
-    described = f"random batch of 1, only class {best} (target_class [{best}])"
-    second = Case(described, images[1:], np.array([best]), normalised[1:])
+    one = "random batch of 1" if described != PHOTO_CASE else "the photo"
+    second = Case(f"{one}, only class {best} (target_class [{best}])", images[1:], np.array([best]), normalised[1:])
     results.append(check_case(session.run(second.image, second.target_class), detector, eager, second, seed + 1))
     raise_worst(results)
     filled = graph["labels"] >= 0

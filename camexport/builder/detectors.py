@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from camexport.builder import nanodet
 from camexport.contract import Detection
 
 
@@ -72,6 +73,8 @@ class Family:
         per_class: candidates are taken per class over every anchor (SSD, background class 0 left out); else per
             feature level over anchors × classes (RetinaNet, FCOS).
         decode: (the detector, box regression [N, A, 4], anchors [A, 4]) → boxes [N, A, 4].
+        default_layer: (the dense detector) → the layer a build explains when none is named; None: found by the
+            torchvision detectors' structure (:func:`camexport.builder.detection.default_detection_layer`).
     """
 
     kind: str
@@ -79,6 +82,7 @@ class Family:
     scores: Callable[[dict[str, torch.Tensor]], torch.Tensor]
     per_class: bool
     decode: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    default_layer: Callable[[nn.Module], str] | None = None
 
 
 def _decode_single(detector: nn.Module, regression: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -113,17 +117,26 @@ FAMILIES = (
         per_class=False,
         decode=_decode_linear,
     ),
+    Family(
+        "NanoDet",
+        (nanodet.NAME,),
+        lambda head: head["cls_scores"],
+        per_class=False,
+        decode=nanodet.decode,
+        default_layer=nanodet.default_layer,
+    ),
 )
 DETECTORS = tuple(name for family in FAMILIES for name in family.names)
+TORCHVISION_DETECTORS = tuple(name for name in DETECTORS if name != nanodet.NAME)
 
 
 def family_of(detector: nn.Module) -> Family | None:
-    """The family of a torchvision detector (of its class or a subclass), or None."""
+    """The family of a torchvision detector (of its class or a subclass) or of :class:`nanodet.NanoDet`, or None."""
     from torchvision.models.detection.fcos import FCOS
     from torchvision.models.detection.retinanet import RetinaNet
     from torchvision.models.detection.ssd import SSD
 
-    classes = {"SSD": SSD, "RetinaNet": RetinaNet, "FCOS": FCOS}
+    classes = {"SSD": SSD, "RetinaNet": RetinaNet, "FCOS": FCOS, "NanoDet": nanodet.NanoDet}
     return next((f for f in FAMILIES if isinstance(detector, classes[f.kind])), None)
 
 

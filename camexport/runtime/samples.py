@@ -55,6 +55,18 @@ def sample_photo(name: str) -> Image.Image:
     return SAMPLES[name]()
 
 
+def twin_photo(name: str, side: int = 832) -> Image.Image:
+    """A bundled photo twice, side by side (the right one mirrored), on gray in a ``side`` square: two instances of
+    one class in one image, for the several-instances test of a detector's maps."""
+    photo = sample_photo(name)
+    half = photo.resize((side // 2, round(side / 2 * photo.height / photo.width)))
+    square = Image.new("RGB", (side, side), (128, 128, 128))
+    top = (side - half.height) // 2
+    square.paste(half, (0, top))
+    square.paste(half.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (side // 2, top))
+    return square
+
+
 def write_samples(folder: str | Path) -> list[Path]:
     """Writes every bundled photo to ``folder`` as PNG.
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from building import efficientnet_graph, resnet18_random  # noqa: F401 - fixtures for this folder
-from support import node_example  # noqa: F401
+from support import nanodet_weights, node_example  # noqa: F401
 
 
 @pytest.fixture(scope="session")
