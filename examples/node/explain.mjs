@@ -2,9 +2,12 @@
 //
 //   node explain.mjs GRAPH.onnx PHOTO OUT_PREFIX
 //
-// Writes OUT_PREFIX.npy (the heatmap, float32 [H, W] in [0, 1], at the graph's input size),
+// A classifier graph: writes OUT_PREFIX.npy (the heatmap, float32 [H, W] in [0, 1], at the graph's input size),
 // OUT_PREFIX.png (the heatmap as a grey image) and OUT_PREFIX.json (top-1 label, probability, class
-// explained); prints the top-1 label. The graph's own metadata (camexport.* props) gives the labels,
+// explained); prints the top-1 label. A detector graph: OUT_PREFIX.json ({detections: [{slot, class_index, label,
+// score, box}]}, boxes in the photo's pixels), OUT_PREFIX.npy (each detection's heatmap, float32 [D, H, W]),
+// OUT_PREFIX.png (what the network saw, every box in its slot's tab10 colour over the largest of the heatmaps) and
+// OUT_PREFIX_det<slot>.png (each detection's own heatmap and box); prints the detections. The graph's own metadata (camexport.* props) gives the labels,
 // the input size, resize and interpolation and, for a float32 graph, the mean and std; a `--input uint8`
 // graph takes the pixels as they are. The photo is resized (shorter side to camexport.resize_size, the
 // graph's filter) and centre-cropped by ../web/camexport.mjs exactly as Pillow does it in Python, after
@@ -13,7 +16,7 @@ import fs from "node:fs";
 import path from "node:path";
 import ort from "onnxruntime-node";
 import { encode as encodePng } from "fast-png";
-import { channelsOf, imageInput, readMetadata, toPixels, topK } from "../web/camexport.mjs";
+import { channelsOf, colourise, detectionsOf, imageInput, readMetadata, TAB10, toPixels, topK } from "../web/camexport.mjs";
 import { decodeImage } from "../web/decode.mjs";
 import { nodeCodecs } from "./codecs.mjs";
 
@@ -44,7 +47,7 @@ async function photoPixels(file, meta) {
   if (fourBands && image.bands !== 4) {
     fail(`${file}: the photo has ${image.bands} band(s), the graph takes 4 channels; pass a four-band (RGBA) PNG`);
   }
-  return toPixels(image.rgba, image.width, image.height, meta);
+  return { pixels: toPixels(image.rgba, image.width, image.height, meta), size: { width: image.width, height: image.height } };
 }
 
 function imageTensor(pixels, meta) {
@@ -70,19 +73,56 @@ function writeGreyPng(file, data, [height, width]) {
   fs.writeFileSync(file, encodePng({ width, height, data: grey, channels: 1, depth: 8 }));
 }
 
+// What the network saw (the crop's RGB pixels), the heatmap in jet at alpha 0.5 over it (camexport's overlay), and
+// each box's outline, two pixels wide, in its slot's colour.
+function overlayPng(file, pixels, heatmap, detections, [height, width]) {
+  const jet = colourise(heatmap);
+  const rgb = new Uint8Array(width * height * 3);
+  for (let i = 0; i < width * height; i++) {
+    for (let c = 0; c < 3; c++) rgb[i * 3 + c] = Math.round(0.5 * pixels[i * 3 + c] + 0.5 * jet[i * 4 + c]);
+  }
+  for (const { inputBox, slot } of detections) {
+    const [x1, y1, x2, y2] = inputBox.map((v, k) => Math.min(Math.max(Math.round(v), 0), (k % 2 ? height : width) - 1));
+    for (let y = y1; y <= y2; y++) {
+      for (let x = x1; x <= x2; x++) {
+        const edge = x - x1 < 2 || x2 - x < 2 || y - y1 < 2 || y2 - y < 2;
+        if (edge) rgb.set(TAB10[slot % TAB10.length], (y * width + x) * 3);
+      }
+    }
+  }
+  fs.writeFileSync(file, encodePng({ width, height, data: rgb, channels: 3, depth: 8 }));
+}
+
+async function explainDetections(outputs, meta, pixels, photo, size, prefix) {
+  const found = detectionsOf(outputs, meta, size.width, size.height);
+  const [h, w] = meta.size;
+  const stacked = new Float32Array(found.length * h * w);
+  found.forEach((d, i) => stacked.set(d.heatmap, i * h * w));
+  writeNpy(`${prefix}.npy`, stacked, [found.length, h, w]);
+  const largest = new Float32Array(h * w);
+  for (const d of found) for (let i = 0; i < h * w; i++) largest[i] = Math.max(largest[i], d.heatmap[i]);
+  overlayPng(`${prefix}.png`, pixels, largest, found, meta.size);
+  for (const d of found) overlayPng(`${prefix}_det${d.slot}.png`, pixels, d.heatmap, [d], meta.size);
+  const detections = found.map(({ slot, classIndex, label, score, box }) => ({ slot, class_index: classIndex, label, score, box }));
+  fs.writeFileSync(`${prefix}.json`, JSON.stringify({ detections }) + "\n");
+  const said = detections.map((d) => `${d.label} ${d.score.toFixed(2)}`).join(", ") || "no detection over the threshold";
+  console.log(`${path.basename(photo)}: ${said} -> ${prefix}.json`);
+}
+
 async function main() {
   const [graph, photo, prefix] = process.argv.slice(2);
   if (!graph || !photo || !prefix) fail("usage: node explain.mjs GRAPH.onnx PHOTO OUT_PREFIX");
   if (!fs.existsSync(graph)) fail(`${graph}: no such graph; build one with 'camexport build'`);
   const meta = metadata(graph);
-  const pixels = await photoPixels(photo, meta);
+  const { pixels, size } = await photoPixels(photo, meta);
   const session = await ort.InferenceSession.create(graph);
-  const topOne = new ort.Tensor("int64", BigInt64Array.from([-1n]), [1]); // -1: explain the top-1 class
+  const topOne = new ort.Tensor("int64", BigInt64Array.from([-1n]), [1]); // -1: the top-1 class (every class)
   const outputs = await session.run({ image: imageTensor(pixels, meta), target_class: topOne });
+  fs.mkdirSync(path.dirname(path.resolve(prefix)), { recursive: true });
+  if (meta.task === "detection") return explainDetections(outputs, meta, pixels, photo, size, prefix);
   const [best] = topK(outputs.logits.data, meta.labels, 1);
   const explained = Number(outputs.class_index.data[0]);
   const heatmap = outputs.heatmap.data;
-  fs.mkdirSync(path.dirname(path.resolve(prefix)), { recursive: true });
   writeNpy(`${prefix}.npy`, heatmap, meta.size);
   writeGreyPng(`${prefix}.png`, heatmap, meta.size);
   const result = { label: best.label, class_index: best.index, probability: best.probability, explained: meta.labels[explained] };

@@ -1,10 +1,11 @@
 // The page: a camexport graph (picked, dropped, or named by ?graph=URL) and a photo in; the top-5 classes and the
-// Grad-CAM++ overlay out. onnxruntime-web runs the graph: WebGPU where the browser offers it, else WebAssembly
+// heatmap's overlay out, or for a detector graph every detection (its box, label and score) and, for the one picked
+// in the list, its own heatmap. onnxruntime-web runs the graph: WebGPU where the browser offers it, else WebAssembly
 // (threaded when the page is cross-origin isolated). Every failure is shown on the page as one line.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.all.min.mjs";
 import { decode as decodePng } from "fast-png"; // mapped to ./node_modules by index.html's import map
 import decodeJpeg from "./node_modules/@jsquash/jpeg/decode.js";
-import { channelsOf, colourise, geometry, imageInput, readMetadata, toPixels, topK } from "./camexport.mjs";
+import { channelsOf, colourise, detectionsOf, geometry, imageInput, readMetadata, TAB10, toPixels, topK } from "./camexport.mjs";
 import { cmykCodec, decodeImage, sniff } from "./decode.mjs";
 
 const $ = (id) => document.getElementById(id);
@@ -74,7 +75,9 @@ async function loadGraph(bytes, name) {
   }
   Object.assign(state, { session: created.session, backend: created.backend, meta });
   const [h, w] = meta.size;
-  $("graph-info").textContent = `${meta.model}, ${meta.method}, ${w}×${h} ${meta.input} input, ${meta.labels.length} classes` +
+  const found = meta.detection
+    ? `, up to ${meta.detection.max_detections} detections over ${meta.detection.score_threshold}` : "";
+  $("graph-info").textContent = `${meta.model}, ${meta.method}, ${w}×${h} ${meta.input} input, ${meta.labels.length} classes${found}` +
     (meta.randomWeights ? " — random weights: its labels mean nothing" : "");
   status(`Graph ready (${created.backend}). Pick a photo.`);
 }
@@ -118,16 +121,25 @@ async function explain(file) {
     target_class: new ort.Tensor("int64", BigInt64Array.from([-1n]), [1]), // -1: each image's top-1 class
   });
   const seconds = (performance.now() - started) / 1000;
-  const top = topK(outputs.logits.data, meta.labels, 5);
-  const explained = Number(outputs.class_index.data[0]);
-  const heatmap = outputs.heatmap.data;
-  show(bitmap, heatmap, top, meta.labels[explained], seconds);
-  window.camexport.result = { file: file.name, top, explained, heatmap: Array.from(heatmap), backend: state.backend };
+  $("timing").textContent = `graph run ${(seconds * 1000).toFixed(0)} ms on ${state.backend}`;
+  if (meta.task === "detection") {
+    const found = detectionsOf(outputs, meta, width, height);
+    showDetections(bitmap, found, found.length ? 0 : -1);
+    const listed = found.map(({ slot, classIndex, label, score, box, heatmap }) => ({ slot, classIndex, label, score, box, heatmap: Array.from(heatmap) }));
+    window.camexport.result = { file: file.name, detections: listed, backend: state.backend };
+  } else {
+    const top = topK(outputs.logits.data, meta.labels, 5);
+    const explained = Number(outputs.class_index.data[0]);
+    const heatmap = outputs.heatmap.data;
+    show(bitmap, heatmap, top, meta.labels[explained]);
+    window.camexport.result = { file: file.name, top, explained, heatmap: Array.from(heatmap), backend: state.backend };
+  }
   status(`${file.name}: ${bitmap.width}×${bitmap.height}, explained in ${seconds.toFixed(2)} s (${state.backend}).`);
 }
 
-// The photo, with the heatmap (jet, alpha 0.5) over the part of it the network saw (the centre crop).
-function show(bitmap, heatmap, top, explainedLabel, seconds) {
+// The photo, with the heatmap (jet, alpha 0.5) over the part of it the network saw (the centre crop); returns the
+// canvas's context and its scale from the photo's pixels.
+function drawOverlay(bitmap, heatmap) {
   const meta = state.meta;
   const [h, w] = meta.size;
   const scale = Math.min(1, 640 / Math.max(bitmap.width, bitmap.height));
@@ -148,8 +160,13 @@ function show(bitmap, heatmap, top, explainedLabel, seconds) {
   context.globalAlpha = 0.5;
   context.drawImage(colours, box[0] * sx, box[1] * sy, w * sx, h * sy);
   context.restore();
+  return { context, scale };
+}
+
+function show(bitmap, heatmap, top, explainedLabel) {
+  drawOverlay(bitmap, heatmap);
   $("explained").textContent = explainedLabel;
-  $("timing").textContent = `graph run ${(seconds * 1000).toFixed(0)} ms on ${state.backend}`;
+  $("list-title").textContent = "Top 5";
   $("top5").replaceChildren(
     ...top.map(({ label, probability }) => {
       const item = document.createElement("li");
@@ -158,6 +175,42 @@ function show(bitmap, heatmap, top, explainedLabel, seconds) {
       bar.className = "bar";
       bar.style.width = `${Math.max(2, probability * 120)}px`;
       item.append(bar);
+      return item;
+    }),
+  );
+  $("result").classList.add("shown");
+}
+
+// Every detection's box (its slot's tab10 colour, as camexport explain draws it) and caption; the picked one's
+// heatmap under them (none picked: -1, no detection). Clicking a detection in the list picks it.
+function showDetections(bitmap, found, picked) {
+  const [h, w] = state.meta.size;
+  const { context, scale } = drawOverlay(bitmap, picked >= 0 ? found[picked].heatmap : new Float32Array(h * w));
+  const line = Math.max(2, Math.round(Math.max(context.canvas.width, context.canvas.height) / 250));
+  context.font = `${Math.max(12, Math.round(Math.max(context.canvas.width, context.canvas.height) / 40))}px system-ui, sans-serif`;
+  found.forEach(({ slot, label, score, box }, i) => {
+    const colour = `rgb(${TAB10[slot % TAB10.length].join(",")})`;
+    const [x1, y1, x2, y2] = box.map((v) => v * scale);
+    context.strokeStyle = colour;
+    context.lineWidth = i === picked ? 2 * line : line;
+    context.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    const caption = `${label} ${score.toFixed(2)}`;
+    const height = parseInt(context.font, 10) + line;
+    const top = y1 - height >= 0 ? y1 - height : y1;
+    context.fillStyle = colour;
+    context.fillRect(x1, top, context.measureText(caption).width + 2 * line, height);
+    context.fillStyle = "white";
+    context.fillText(caption, x1 + line, top + height - line);
+  });
+  $("explained").textContent = picked >= 0 ? `detection ${found[picked].slot}: ${found[picked].label}` : "no detection over the threshold";
+  $("list-title").textContent = `Detections (${found.length}) — pick one for its heatmap`;
+  $("top5").replaceChildren(
+    ...found.map(({ slot, label, score }, i) => {
+      const item = document.createElement("li");
+      item.textContent = `${label} — ${score.toFixed(2)}`;
+      item.className = i === picked ? "detection picked" : "detection";
+      item.style.borderLeftColor = `rgb(${TAB10[slot % TAB10.length].join(",")})`;
+      item.addEventListener("click", () => showDetections(bitmap, found, i));
       return item;
     }),
   );

@@ -1,12 +1,13 @@
 // The camexport graph contract in JavaScript, for any JavaScript runtime (the browser page and the Node.js
 // example both use it): the graph's metadata read from its protobuf, the photo resized and centre-cropped
 // exactly as Pillow does it in Python (same filters, same fixed-point arithmetic, so that the pixels fed to
-// the graph are the Python session's, byte for byte), the graph's input tensor, the top-k classes, and
-// matplotlib's jet colours for the heatmap.
+// the graph are the Python session's, byte for byte), the graph's input tensor, the top-k classes, a detection
+// graph's detections placed on the photo, and matplotlib's jet (heatmaps) and tab10 (boxes) colours.
 
-// The graph contracts this code reads (docs/contract.md; camexport/contract.py).
-// 2: target_class is a required input ([1] or [batch], -1 = top-1); 1: it had a default.
-export const CONTRACTS = ["1", "2"];
+// The graph contracts this code reads, per task (docs/contract.md; camexport/contract.py).
+// classification: 2: target_class is a required input ([1] or [batch], -1 = top-1); 1: it had a default.
+// detection: 4: boxes, scores, labels, and a heatmap per detection slot [N, M, H, W].
+export const CONTRACTS = { classification: ["1", "2"], detection: ["4"] };
 
 // --- the graph's metadata: ModelProto field 14 (metadata_props), read straight from the protobuf ---
 function readVarint(bytes, offset) {
@@ -67,12 +68,12 @@ export function readMetadata(bytes, name = "the graph") {
     throw new Error(`${name}: not a graph built by camexport (no camexport.* metadata); build one with 'camexport build'`);
   }
   const task = props["camexport.task"] ?? "classification";
-  if (task !== "classification") {
-    throw new Error(`${name}: a ${task} graph; this program explains classifier graphs only: explain it with 'camexport explain' or 'camexport serve'`);
+  if (!(task in CONTRACTS)) {
+    throw new Error(`${name}: a ${task} graph; this program explains classifier and detector graphs: explain it with 'camexport explain' or 'camexport serve'`);
   }
   const contract = props["camexport.contract"] ?? "1"; // graphs from before the key follow contract 1
-  if (!CONTRACTS.includes(contract)) {
-    throw new Error(`${name}: the graph follows camexport graph contract '${contract}', this program reads contracts ${CONTRACTS.join(" and ")}; rebuild the graph`);
+  if (!CONTRACTS[task].includes(contract)) {
+    throw new Error(`${name}: the graph follows camexport graph contract '${contract}', this program reads ${task} contracts ${CONTRACTS[task].join(" and ")}; rebuild the graph`);
   }
   if (props["camexport.preprocessing_known"] === "false") {
     throw new Error(`${name}: built from an ONNX file without --mean/--std, so how an image becomes its input is unknown; rebuild it with --mean and --std (those the file's model was trained with)`);
@@ -80,6 +81,8 @@ export function readMetadata(bytes, name = "the graph") {
   const size = JSON.parse(props["camexport.image_size"]);
   return {
     contract,
+    task,
+    detection: task === "detection" ? JSON.parse(props["camexport.detection"]) : null,
     model: props["camexport.model"],
     method: (props["camexport.method"] ?? "").split(",")[0],
     labels: JSON.parse(props["camexport.labels"]),
@@ -254,6 +257,41 @@ export function topK(logits, labels, k = 5) {
     .sort((a, b) => b.probability - a.probability || a.index - b.index)
     .slice(0, k);
 }
+
+/** Where a box (x1, y1, x2, y2) of the network input lies in a width x height photo (the input is the photo's
+ * centre crop, resized): camexport.runtime.session.box_on_photo, rounded to 0.01 pixel as there. */
+export function boxOnPhoto(box, width, height, meta) {
+  const { size, box: crop } = geometry(width, height, meta);
+  const [left, top, right, bottom] = [crop[0] * (width / size[0]), crop[1] * (height / size[1]), crop[2] * (width / size[0]), crop[3] * (height / size[1])];
+  const [inH, inW] = meta.size;
+  const sx = (right - left) / inW;
+  const sy = (bottom - top) / inH;
+  const placed = [left + box[0] * sx, top + box[1] * sy, left + box[2] * sx, top + box[3] * sy];
+  return placed.map((v) => Math.round(v * 100) / 100);
+}
+
+/** A detection graph's detections of image n: [{slot, classIndex, label, score, box (on the photo), inputBox (in the
+ * network input's pixels), heatmap}], the filled slots only (an empty one has label -1), best first; heatmap is the
+ * slot's [H·W] map at the input's size. */
+export function detectionsOf(outputs, meta, width, height, n = 0) {
+  const slots = outputs.scores.dims[1];
+  const [h, w] = meta.size;
+  const found = [];
+  for (let slot = 0; slot < slots; slot++) {
+    const classIndex = Number(outputs.labels.data[n * slots + slot]);
+    if (classIndex < 0) continue;
+    const box = Array.from(outputs.boxes.data.subarray((n * slots + slot) * 4, (n * slots + slot + 1) * 4));
+    const heatmap = outputs.heatmap.data.subarray((n * slots + slot) * h * w, (n * slots + slot + 1) * h * w);
+    const score = outputs.scores.data[n * slots + slot];
+    const label = meta.labels[classIndex];
+    found.push({ slot, classIndex, label, score, box: boxOnPhoto(box, width, height, meta), inputBox: box, heatmap });
+  }
+  return found;
+}
+
+// matplotlib's tab10 (camexport.runtime.visualize.draw_boxes: a detection's colour is its slot's).
+export const TAB10 = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
+  [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]];
 
 // matplotlib's jet (its segment data), sampled as camexport's 256-entry palette: colour of floor(256·h).
 const JET = {

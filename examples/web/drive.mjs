@@ -6,7 +6,8 @@
 // Opens the page, waits for its graph (?graph=...), picks PHOTO in the photo input as a person would (unless the
 // graph failed), waits for
 // the answer or the error, and writes what the page showed: the top-5 text, the explained class, the error
-// line, and the heatmap numbers behind the overlay (window.camexport). With --decode, it decodes each image URL
+// line, the heatmap numbers behind the overlay (window.camexport) and the overlay itself (a PNG data URL); for a
+// detector graph it then clicks the second detection in the list and adds what the page showed then (picked). With --decode, it decodes each image URL
 // (relative to the page) with the page's own decoder and writes {URL: {width, height, rgba}}. Set CHROMIUM to
 // another browser binary.
 import fs from "node:fs";
@@ -49,7 +50,15 @@ try {
     status: document.querySelector("#status").textContent,
     result: window.camexport.result,
     isolated: self.crossOriginIsolated,
+    canvas: document.querySelector("#overlay").toDataURL("image/png"),
   }));
+  const detections = await page.$$("#top5 li.detection");
+  if (detections.length > 1) { // a detector graph: pick the second detection, as a person would, and see it shown
+    await detections[1].click();
+    Object.assign(shown, await page.evaluate(() => ({
+      picked: { explained: document.querySelector("#explained").textContent, canvas: document.querySelector("#overlay").toDataURL("image/png") },
+    })));
+  }
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
   fs.writeFileSync(out, JSON.stringify({ ...shown, console: console_ }));
 } finally {

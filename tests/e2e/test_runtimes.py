@@ -54,11 +54,17 @@ def test_node_resizes_a_full_photo_and_refuses_bad_files(
     newer = onnx.load(str(efficientnet_graph))
     next(p for p in newer.metadata_props if p.key == "camexport.contract").value = "9"
     onnx.save(newer, str(tmp_path / "newer.onnx"))
-    detector = ROOT / "tests" / "runtime" / "graphs" / "red-detector.onnx"  # explained in Python, not here (yet)
+    segmenter = onnx.load(str(efficientnet_graph))  # its task changed: a graph of a task Node does not explain
+    next(p for p in segmenter.metadata_props if p.key == "camexport.task").value = "segmentation"
+    onnx.save(segmenter, str(tmp_path / "segmenter.onnx"))
     refused = [
         (efficientnet_graph, "bad.png", "bad.png: not a PNG or JPEG file; pass a PNG or JPEG photo"),
-        (tmp_path / "newer.onnx", "coffee.png", "graph contract '9', this program reads contracts 1 and 2"),
-        (detector, "coffee.png", "a detection graph; this program explains classifier graphs only"),
+        (tmp_path / "newer.onnx", "coffee.png", "contract '9', this program reads classification contracts 1 and 2"),
+        (
+            tmp_path / "segmenter.onnx",
+            "coffee.png",
+            "a segmentation graph; this program explains classifier and detector graphs",
+        ),
     ]
     for i, (graph, photo, message) in enumerate(refused):
         prefix = tmp_path / f"refused{i}"
@@ -71,6 +77,32 @@ def test_node_resizes_a_full_photo_and_refuses_bad_files(
         )
         assert result.returncode == 2 and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and not prefix.with_suffix(".npy").exists()
+
+
+def test_node_explains_each_detection_as_python(node_example: Path, tmp_path: Path) -> None:
+    """The committed red-blob detector on two red blobs (a 128-pixel photo, resized to the graph's 64 in JavaScript
+    as by Pillow): the same detections as the Python session's (boxes on the photo, labels, scores), each
+    detection's heatmap, and the overlays: each box outlined in its slot's tab10 colour."""
+    from support import red_blobs
+
+    graph = ROOT / "tests" / "runtime" / "graphs" / "red-detector.onnx"
+    photo = Image.fromarray((red_blobs(128) * 255).round().astype(np.uint8))
+    photo.save(tmp_path / "blobs.png")
+    result = run_node(node_example, graph, tmp_path / "blobs.png", tmp_path / "node" / "blobs")
+    session = CamSession(graph)
+    (python,) = session.explain([photo])
+    assert [(d["slot"], d["label"]) for d in result["detections"]] == [(d.slot, d.label) for d in python.detections]
+    assert len(python.detections) == 2
+    heatmaps = np.load(tmp_path / "node" / "blobs.npy")
+    for mine, theirs, heatmap in zip(result["detections"], python.detections, heatmaps, strict=True):
+        assert mine["score"] == pytest.approx(theirs.score, abs=1e-6)
+        assert np.allclose(mine["box"], theirs.box, atol=0.011)  # both rounded to 0.01 pixel
+        assert np.abs(heatmap - theirs.input_heatmap).max() <= 1e-5
+        overlay = np.asarray(Image.open(tmp_path / "node" / f"blobs_det{mine['slot']}.png"))
+        x1, y1 = (round(v / 2) for v in mine["box"][:2])  # the photo is twice the graph's size
+        assert overlay[y1 + 5, x1].tolist() == [[31, 119, 180], [255, 127, 14]][mine["slot"]]
+    both = np.asarray(Image.open(tmp_path / "node" / "blobs.png"))
+    assert both.shape == (64, 64, 3) and heatmaps.shape == (2, 64, 64)
 
 
 SMALL_NET = """

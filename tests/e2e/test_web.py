@@ -4,6 +4,8 @@ JavaScript preprocessing equals Pillow's byte for byte (in Node.js, no browser n
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import shutil
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 from building import built_graph
 from PIL import Image
-from support import script_module
+from support import ROOT, script_module
 
 from camexport.contract import Preprocessing
 from camexport.runtime.preprocess import open_image, to_pixels
@@ -121,6 +123,42 @@ def test_a_bad_photo_or_graph_shows_an_error_on_the_page(
     assert shown["error"].startswith("plain.onnx: not a graph built by camexport") and shown["result"] is None
     shown = _drive(web_example, f"{page}?graph=graphs/missing.onnx", tmp_path / "coffee.png", tmp_path / "missing.json")
     assert shown["error"] == "graphs/missing.onnx: HTTP 404; check the ?graph= address" and shown["result"] is None
+
+
+def _canvas(data_url: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
+
+
+@pytest.mark.slow
+def test_the_page_shows_every_detection_and_each_ones_heatmap(
+    page: str, web_example: Path, graph_dir: Path, tmp_path: Path
+) -> None:
+    """The committed red-blob detector on two red blobs (128 pixels, resized to 64 by the page): the list and the
+    numbers behind it equal the Python session's detections (boxes on the photo, scores, heatmaps); each box is drawn
+    in its slot's tab10 colour; clicking the second detection picks it (its box drawn twice as wide)."""
+    from support import red_blobs
+
+    shutil.copy(ROOT / "tests" / "runtime" / "graphs" / "red-detector.onnx", graph_dir / "red-detector.onnx")
+    photo = Image.fromarray((red_blobs(128) * 255).round().astype(np.uint8))
+    photo.save(tmp_path / "blobs.png")
+    shown = _drive(web_example, f"{page}?graph=graphs/red-detector.onnx", tmp_path / "blobs.png", tmp_path / "d.json")
+    assert shown["error"] is None and shown["console"] == [], shown
+    assert shown["top5"] == ["red — 0.98", "red — 0.98"] and shown["explained"] == "detection 0: red"
+    (python,) = CamSession(graph_dir / "red-detector.onnx").explain([photo])
+    assert len(python.detections) == 2
+    for mine, theirs in zip(shown["result"]["detections"], python.detections, strict=True):
+        assert (mine["slot"], mine["label"]) == (theirs.slot, theirs.label)
+        assert mine["score"] == pytest.approx(theirs.score, abs=1e-5)
+        assert np.allclose(mine["box"], theirs.box, atol=0.011)
+        heatmap = np.array(mine["heatmap"], dtype=np.float32).reshape(64, 64)
+        assert np.abs(heatmap - theirs.input_heatmap).max() <= 1e-4
+    first, picked = _canvas(shown["canvas"]), _canvas(shown["picked"]["canvas"])
+    assert first.shape == (128, 128, 3) and shown["picked"]["explained"] == "detection 1: red"
+    for slot, colour in ((0, [31, 119, 180]), (1, [255, 127, 14])):
+        x1, y1, _, y2 = (round(v) for v in python.detections[slot].box)
+        assert first[(y1 + y2) // 2, x1].tolist() == colour
+    x1, y1, _, y2 = (round(v) for v in python.detections[1].box)
+    assert picked[(y1 + y2) // 2, x1 + 1].tolist() == [255, 127, 14] != first[(y1 + y2) // 2, x1 + 1].tolist()
 
 
 PILLOW_CASES = [("coffee", "bicubic", None, 3), ("astronaut", "bilinear", None, 3), ("chelsea", "lanczos", None, 3),
