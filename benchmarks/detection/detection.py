@@ -1,12 +1,14 @@
 """What explaining every detection costs: a detection graph's time over the plain detector's graph in onnxruntime.
 
-For each torchvision detector below (random weights, seed 0; its default layer; HiResCAM): (p) the plain detector,
-the same dense network and the same fixed-shape post-processing (threshold, top-k candidates, per-class
-NonMaxSuppression, the best M) without the backward pass, exported with the same exporter; (g) camexport's graph at
-M = 1 and M = 10 detection slots. Both run in onnxruntime on 2 threads without spinning, interleaved (each round runs
-each once, in a rotating order) after 2 warm-up runs, on one seeded random batch; median times. The FPN detectors run
+For each torchvision detector below, and NanoDet (random weights, seed 0; its default layer; HiResCAM): (p) the
+plain detector, the same dense network (a two-stage one: the same proposals and heads) and the same fixed-shape
+post-processing (threshold, top-k candidates, per-class NonMaxSuppression, the best M) without the backward pass,
+exported with the same exporter; (g) camexport's graph at M = 1 and M = 10 detection slots. Both run in
+onnxruntime on 2 threads without spinning, interleaved (each round runs each once, in a rotating order) after 2
+warm-up runs, on one seeded random batch; median times. The FPN detectors run
 at 256 x 256 here (their default 512 takes minutes per configuration on 2 cores; the ratio is what is measured), the
-SSDs at their own sizes. The issue's goal: (g) ÷ (p) ≤ 1.3 at M = 10 for the one-stage detectors.
+SSDs, NanoDet and the MobileNet Faster R-CNN at their own sizes. The issue's goal: (g) ÷ (p) ≤ 1.3 at M = 10 for the
+one-stage detectors.
 Writes benchmarks/detection/results/<name>.json and benchmarks/detection/detection.md.
 
 Usage (from the repository root): python -m benchmarks.detection.detection [--runs 5] [--only NAME ...]
@@ -27,12 +29,14 @@ from camexport.builder.detection import default_detection_layer, detection_parts
 from camexport.builder.detectors import DenseDetector, Postprocess, nms_to_onnx, select
 from camexport.builder.export import finalise, save_graph, to_onnx
 from camexport.builder.sources import load_model
+from camexport.builder.two_stage import TwoStage, select_pairs
 from camexport.contract import GraphSpec, Provenance
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"
 SIZES = {"ssdlite320_mobilenet_v3_large": 320, "ssd300_vgg16": 300, "retinanet_resnet50_fpn_v2": 256,
-         "fcos_resnet50_fpn": 256}  # fmt: skip
+         "fcos_resnet50_fpn": 256, "nanodet": 416, "fasterrcnn_mobilenet_v3_large_320_fpn": 320,
+         "fasterrcnn_resnet50_fpn_v2": 256}  # fmt: skip
 SLOTS = (1, 10)
 BATCHES = (1, 4)
 GOAL = 1.3
@@ -52,11 +56,27 @@ class Plain(nn.Module):
         return found, chosen.score, chosen.label
 
 
-def _plain(dense: DenseDetector, post: Postprocess, path: Path) -> Path:
+class PlainTwoStage(nn.Module):
+    """A two-stage detector as a graph without explanations: the same proposals, heads and post-processing."""
+
+    def __init__(self, dense: TwoStage, post: Postprocess) -> None:
+        super().__init__()
+        self.dense, self.post = dense, post
+
+    def forward(self, image: torch.Tensor, target_class: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.dense.backbone(image)
+        proposals, valid = self.dense.propose(list(features.values()))
+        scores, boxes = self.dense.classify(features, proposals)
+        chosen, found = select_pairs(scores, boxes, valid, target_class.expand(image.shape[0]), self.post.detection)
+        return found, chosen.score, chosen.label
+
+
+def _plain(dense: DenseDetector | TwoStage, post: Postprocess, path: Path) -> Path:
     side = dense.image_size
     batch = torch.export.Dim("batch", min=1)
+    plain = PlainTwoStage(dense, post) if isinstance(dense, TwoStage) else Plain(dense, post)
     program = torch.export.export(
-        Plain(dense, post).eval(),
+        plain.eval(),
         (torch.randn(2, 3, *side), torch.full((2,), -1, dtype=torch.int64)),
         dynamic_shapes=({0: batch}, {0: batch}),
     )

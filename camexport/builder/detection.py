@@ -15,7 +15,11 @@ directions of the layer's output (the gradients), and float64 eager autograd wit
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import difflib
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +35,7 @@ from camexport.builder.layouts import CHANNELS_FIRST
 from camexport.builder.methods import REGISTRY as METHODS
 from camexport.builder.methods import LayerPass, normalised_heatmap
 from camexport.builder.tracing import TracedExplainer, exportable, model_state, network_input, symbolic_inputs
+from camexport.builder.two_stage import EagerTwoStage, TwoStage
 from camexport.builder.validation import SPREAD_FACTOR, raise_worst
 from camexport.contract import DEFAULT_MAX_DETECTIONS, Detection, GraphSpec
 from camexport.errors import ImageSizeError, UnknownLayerError, UserError
@@ -64,9 +69,13 @@ def detection_parts(loaded, image_size, max_detections: int, score_threshold: fl
     family = family_of(detector)
     if family.kind == "NanoDet":
         nanodet.check_size(size)
+    holder = detector.roi_heads if family.two_stage else detector  # where the thresholds are
+    threshold = float(holder.score_thresh if score_threshold is None else score_threshold)
+    found = Detection(max_detections, threshold, float(holder.nms_thresh))
+    if family.two_stage:
+        dense = TwoStage(detector, size)
+        return dense, Postprocess(int(detector.rpn.post_nms_top_n()), found, dense.level_sizes, per_class=True)
     dense = DenseDetector(detector, family, size)
-    threshold = float(detector.score_thresh if score_threshold is None else score_threshold)
-    found = Detection(max_detections, threshold, float(detector.nms_thresh))
     post = Postprocess(int(detector.topk_candidates), found, dense.level_sizes, family.per_class)
     candidates = post.candidates(dense.classes)
     if max_detections > candidates:
@@ -82,7 +91,8 @@ def default_detection_layer(dense: DenseDetector) -> str:
     pyramid takes (stride 8: ``backbone.body.layer2``), every level computed from it; else (SSD) the backbone
     module that finishes the first source map last (``backbone.features.0``, VGG's ``backbone.features``); a family's
     own rule where it has one (:attr:`camexport.builder.detectors.Family.default_layer`)."""
-    if dense.family.default_layer is not None:
+    family = getattr(dense, "family", None)
+    if family is not None and family.default_layer is not None:
         return dense.family.default_layer(dense)
     body = getattr(dense.backbone, "body", None)
     if body is not None and hasattr(body, "return_layers"):
@@ -141,6 +151,25 @@ def detection_layer(dense: DenseDetector, name: str) -> LayerInfo:
     return LayerInfo(name, shapes[0], 1, 0)
 
 
+@contextlib.contextmanager
+def _copies(layer: nn.Module, copies: int, copy_input: bool) -> Iterator[list[torch.Tensor]]:
+    """While open, the layer's output is replaced by a leaf that requires its gradient: its M copies (copy-major
+    [M·N, ...]), or itself where the copies start at the image; the leaf is the yielded list's one item."""
+    leaves: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        copied = output if copy_input else output.repeat(copies, 1, 1, 1)
+        leaves.append(copied.detach().contiguous().requires_grad_(True))
+        return leaves[0]
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad(), exportable():
+            yield leaves
+    finally:
+        handle.remove()
+
+
 def make_detect_function(
     dense: DenseDetector, spec: GraphSpec, post: Postprocess, names: list[str], copy_input: bool = False
 ):
@@ -148,38 +177,54 @@ def make_detect_function(
 
     ``copy_input``: the M copies start at the image, not at the layer (for a layer whose output the network joins
     with maps from before it: a level of a pyramid, a block inside a residual)."""
+    copies = spec.detection.max_detections
+
+    def explain(params: dict, given: torch.Tensor, target_class: torch.Tensor, n: object):
+        boxes, scores = functional_call(dense, params, (given,))
+        chosen = select(boxes[:n].detach(), scores[:n].detach(), target_class, post)
+        at_anchor, at_class = one_hots(chosen, scores.shape[1], scores.shape[2], scores.dtype)
+        per_copy = scores.reshape(copies, n, *scores.shape[1:]).transpose(0, 1)  # [N, M, A, K]
+        explained = ((at_anchor.unsqueeze(2) @ per_copy).squeeze(2) * at_class).sum()
+        return (at_anchor @ boxes[:n].detach(), chosen.score, chosen.label), explained
+
+    return _with_copies(dense, spec, names, copy_input, explain)
+
+
+def make_two_stage_function(dense: TwoStage, spec: GraphSpec, names: list[str], copy_input: bool = False):
+    """:func:`make_detect_function` for a two-stage detector: the detections chosen on the first copy's maps,
+    each copy's score at its detection's proposal and class (:meth:`TwoStage.forward`)."""
+
+    def explain(params: dict, given: torch.Tensor, target_class: torch.Tensor, n: object):
+        boxes, score, label, explained = functional_call(dense, params, (given, target_class, spec.detection))
+        return (boxes[:n], score[:n], label[:n]), explained
+
+    return _with_copies(dense, spec, names, copy_input, explain)
+
+
+def _with_copies(dense: nn.Module, spec: GraphSpec, names: list[str], copy_input: bool, explain):
+    """The traced function: the image normalised, the M copies from the layer (or the image) on, ``explain``'s
+    detections and explained scores' sum, one backward pass to the copies, the maps."""
     layer, copies = dense.get_submodule(spec.layer), spec.detection.max_detections
 
     def detect(state: list[torch.Tensor], image: torch.Tensor, target_class: torch.Tensor):
         image = network_input(image, spec)
         n = image.shape[0]
-        leaves: list[torch.Tensor] = []
-
-        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-            copied = output if copy_input else output.repeat(copies, 1, 1, 1)
-            leaves.append(copied.detach().contiguous().requires_grad_(True))
-            return leaves[0]
-
-        handle = layer.register_forward_hook(hook)
-        try:
-            with torch.enable_grad(), exportable():
-                given = image.repeat(copies, 1, 1, 1) if copy_input else image
-                boxes, scores = functional_call(dense, dict(zip(names, state, strict=True)), (given,))
-                chosen = select(boxes[:n].detach(), scores[:n].detach(), target_class, post)
-                at_anchor, at_class = one_hots(chosen, scores.shape[1], scores.shape[2], scores.dtype)
-                per_copy = scores.reshape(copies, n, *scores.shape[1:]).transpose(0, 1)  # [N, M, A, K]
-                explained = ((at_anchor.unsqueeze(2) @ per_copy).squeeze(2) * at_class).sum()
-                (gradients,) = torch.autograd.grad(explained, leaves[0])
-        finally:
-            handle.remove()
-        activations = leaves[0].detach()
-        done = LayerPass(chosen.label, activations, gradients, CHANNELS_FIRST, activations, None, _no_rerun)
-        maps = [_per_detection(METHODS[m].graph(done).cam, copies, n, image.shape[2:]) for m in spec.methods]
-        found = (at_anchor @ boxes[:n].detach(), chosen.score, chosen.label)
-        outputs = (*found, *maps[0], activations[:n], _per_copy(gradients, copies, n))
-        return outputs + tuple(t.clone() for pair in maps for t in pair) if len(maps) > 1 else outputs
+        with _copies(layer, copies, copy_input) as leaves:
+            given = image.repeat(copies, 1, 1, 1) if copy_input else image
+            found, explained = explain(dict(zip(names, state, strict=True)), given, target_class, n)
+            (gradients,) = torch.autograd.grad(explained, leaves[0])
+        return _detection_outputs(spec, found, leaves[0].detach(), gradients, n)
 
     return detect
+
+
+def _detection_outputs(spec: GraphSpec, found, activations, gradients, n) -> tuple[torch.Tensor, ...]:
+    """The graph's outputs from the detections and the copies' activations and gradients [M·N, C, h, w]."""
+    copies = spec.detection.max_detections
+    done = LayerPass(found[2], activations, gradients, CHANNELS_FIRST, activations, None, _no_rerun)
+    maps = [_per_detection(METHODS[m].graph(done).cam, copies, n, spec.preprocessing.image_size) for m in spec.methods]
+    outputs = (*found, *maps[0], activations[:n], _per_copy(gradients, copies, n))
+    return outputs + tuple(t.clone() for pair in maps for t in pair) if len(maps) > 1 else outputs
 
 
 def _no_rerun(output: torch.Tensor, entry: torch.Tensor | None) -> torch.Tensor:
@@ -207,12 +252,14 @@ def trace_detector(dense: DenseDetector, spec: GraphSpec, post: Postprocess, see
 
     names, state = model_state(dense)
     inputs = symbolic_inputs(spec, state, seed)
+    one_stage = functools.partial(make_detect_function, post=post)
+    make = make_two_stage_function if isinstance(dense, TwoStage) else one_stage
     try:
-        detect = make_detect_function(dense, spec, post, names)
+        detect = make(dense, spec, names=names)
         graph = make_fx(detect, tracing_mode="symbolic", decomposition_table=backward_decompositions())(*inputs)
     except RuntimeError:  # the network joins the layer's copies with maps from before it: copy from the image
         inputs = symbolic_inputs(spec, state, seed)
-        detect = make_detect_function(dense, spec, post, names, copy_input=True)
+        detect = make(dense, spec, names=names, copy_input=True)
         graph = make_fx(detect, tracing_mode="symbolic", decomposition_table=backward_decompositions())(*inputs)
     return TracedExplainer(graph, state, names, spec)
 
@@ -227,17 +274,19 @@ class Reference:
 
 
 def detector_forward(detector: nn.Module, spec: GraphSpec, image: np.ndarray, target: np.ndarray | None) -> Reference:
-    """The torchvision detector's own ``forward`` on the un-normalised images (its transform at the graph's size, so
-    that it resizes nothing), its first M detections over the graph's threshold (of the ``target`` class where one is
-    given: NMS is per class, so filtering after it is filtering before), padded as the graph pads."""
+    """The torchvision detector's own ``forward`` (``detector``: its float64 copy) on the un-normalised images (its
+    transform at the graph's size, so that it resizes nothing), its first M detections over the graph's threshold (of
+    the ``target`` class where one is given: NMS is per class, so filtering after it is filtering before), padded as
+    the graph pads. In float64: a float32 forward is no nearer the exact scores than the graph (measured: Faster
+    R-CNN v2 at 256, torchvision's float32 scores 1.1e-4 off its float64 ones, the graph's 6e-5)."""
     prep, detection = spec.preprocessing, spec.detection
-    mean, std = (np.asarray(v, np.float32).reshape(1, -1, 1, 1) for v in (prep.mean, prep.std))
-    pixels = torch.from_numpy(image * std + mean)
+    mean, std = (np.asarray(v, np.float64).reshape(1, -1, 1, 1) for v in (prep.mean, prep.std))
+    pixels = torch.from_numpy(image.astype(np.float64) * std + mean)
     slots = detection.max_detections
     boxes, scores = np.zeros((len(image), slots, 4), np.float32), np.zeros((len(image), slots), np.float32)
     labels = np.full((len(image), slots), -1, np.int64)
     with torch.no_grad(), _as_graph(detector, spec):
-        found = detector(list(pixels))
+        found = detector(list(pixels.to(next(detector.parameters()).dtype)))
     for i, one in enumerate(found):
         wanted = -1 if target is None else int(target[min(i, len(target) - 1)])
         keep = (one["labels"] == wanted) | (wanted < 0)
@@ -255,17 +304,17 @@ class _as_graph:
 
     def __enter__(self) -> None:
         d, (h, w), detection = self.detector, self.spec.preprocessing.image_size, self.spec.detection
-        t = d.transform
-        self.saved = (t.min_size, t.max_size, t.fixed_size, d.score_thresh, d.detections_per_img)
+        t, holder = d.transform, getattr(d, "roi_heads", d)  # a two-stage detector's thresholds are its heads'
+        self.saved = (t.min_size, t.max_size, t.fixed_size, holder.score_thresh, holder.detections_per_img)
         t.min_size, t.max_size = (min(h, w),), max(h, w)
         if t.fixed_size is not None:
             t.fixed_size = (w, h)
-        d.score_thresh = detection.score_threshold
-        d.detections_per_img = 10**9  # every detection: a class's may lie past the detector's own cut
+        holder.score_thresh = detection.score_threshold
+        holder.detections_per_img = 10**9  # every detection: a class's may lie past the detector's own cut
 
     def __exit__(self, *exc: object) -> None:
-        d, t = self.detector, self.detector.transform
-        t.min_size, t.max_size, t.fixed_size, d.score_thresh, d.detections_per_img = self.saved
+        t, holder = self.detector.transform, getattr(self.detector, "roi_heads", self.detector)
+        t.min_size, t.max_size, t.fixed_size, holder.score_thresh, holder.detections_per_img = self.saved
 
 
 def _check_predictions(graph: dict[str, np.ndarray], want: Reference, size: int) -> list[OutputCheck]:
@@ -324,8 +373,6 @@ class EagerDetector:
 
 
 def _float64_copy(dense: DenseDetector) -> DenseDetector:
-    import copy
-
     return copy.deepcopy(dense).double()
 
 
@@ -468,7 +515,8 @@ def validate(session: CamSession, detector: nn.Module, dense: DenseDetector, see
     if not (graph["labels"] >= 0).any() and prep.image_mode == "RGB":  # real weights find nothing in noise
         images, normalised = _photos(spec)
         described, graph = PHOTO_CASE, session.run(images, None)
-    eager = EagerDetector(dense, spec)
+    eager = EagerTwoStage(dense, spec) if isinstance(dense, TwoStage) else EagerDetector(dense, spec)
+    detector = copy.deepcopy(detector).double()
     first = Case(f"{described}, every class (target_class [-1])", images, None, normalised)
     results = [check_case(graph, detector, eager, first, seed)]
     found = graph["labels"][1][graph["labels"][1] >= 0]

@@ -75,14 +75,17 @@ class Family:
         decode: (the detector, box regression [N, A, 4], anchors [A, 4]) → boxes [N, A, 4].
         default_layer: (the dense detector) → the layer a build explains when none is named; None: found by the
             torchvision detectors' structure (:func:`camexport.builder.detection.default_detection_layer`).
+        two_stage: a region proposal network and RoI heads (:mod:`camexport.builder.two_stage`), whose own
+            post-processing replaces ``scores``, ``per_class`` and ``decode``.
     """
 
     kind: str
     names: tuple[str, ...]
-    scores: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    scores: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None
     per_class: bool
-    decode: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    decode: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None
     default_layer: Callable[[nn.Module], str] | None = None
+    two_stage: bool = False
 
 
 def _decode_single(detector: nn.Module, regression: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -118,6 +121,14 @@ FAMILIES = (
         decode=_decode_linear,
     ),
     Family(
+        "FasterRCNN",
+        ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn_v2"),
+        None,
+        per_class=True,
+        decode=None,
+        two_stage=True,
+    ),
+    Family(
         "NanoDet",
         (nanodet.NAME,),
         lambda head: head["cls_scores"],
@@ -131,12 +142,14 @@ TORCHVISION_DETECTORS = tuple(name for name in DETECTORS if name != nanodet.NAME
 
 
 def family_of(detector: nn.Module) -> Family | None:
-    """The family of a torchvision detector (of its class or a subclass) or of :class:`nanodet.NanoDet`, or None."""
+    """The family of a torchvision detector (of its class or a subclass: a Mask R-CNN is a Faster R-CNN whose masks
+    go unused) or of :class:`nanodet.NanoDet`, or None."""
+    from torchvision.models.detection.faster_rcnn import FasterRCNN
     from torchvision.models.detection.fcos import FCOS
     from torchvision.models.detection.retinanet import RetinaNet
     from torchvision.models.detection.ssd import SSD
 
-    classes = {"SSD": SSD, "RetinaNet": RetinaNet, "FCOS": FCOS, "NanoDet": nanodet.NanoDet}
+    classes = {"SSD": SSD, "RetinaNet": RetinaNet, "FCOS": FCOS, "FasterRCNN": FasterRCNN, "NanoDet": nanodet.NanoDet}
     return next((f for f in FAMILIES if isinstance(detector, classes[f.kind])), None)
 
 
@@ -238,13 +251,20 @@ def select(boxes: torch.Tensor, scores: torch.Tensor, target: torch.Tensor, post
     """The detector's post-processing with fixed shapes, on detached ``boxes`` [N, A, 4] and ``scores`` [N, A, K]:
     candidates over the threshold (and of the ``target`` class where it is not negative), per-class NMS, the best
     M. Equal to the detector's own up to ties of scores."""
-    detection, classes = post.detection, scores.shape[2]
     top, anchor, label = _candidates(scores, post)
-    valid = (top > detection.score_threshold) & ((target[:, None] < 0) | (label == target[:, None]))
-    top = torch.where(valid, top, 0.0)
     candidate_boxes = torch.gather(boxes, 1, anchor[..., None].expand(-1, -1, 4))
+    everywhere = torch.ones_like(top, dtype=torch.bool)
+    return keep_best(candidate_boxes, top, anchor, label, everywhere, scores.shape[2], target, post.detection)
+
+
+def keep_best(boxes, top, anchor, label, valid, classes: int, target: torch.Tensor, detection: Detection) -> Selection:
+    """Of the candidates (``boxes`` [N, B, 4], score, anchor, class and validity [N, B]; ``classes`` the number of
+    classes), those over the threshold (of the ``target`` class where it is not negative) that per-class NMS keeps,
+    the best M."""
+    valid = valid & (top > detection.score_threshold) & ((target[:, None] < 0) | (label == target[:, None]))
+    top = torch.where(valid, top, 0.0)
     by_class = (torch.arange(classes, device=top.device).view(1, -1, 1) == label[:, None, :]).to(top.dtype)
-    kept = batched_nms(candidate_boxes, by_class * top[:, None, :], detection.iou_threshold, detection.score_threshold)
+    kept = batched_nms(boxes, by_class * top[:, None, :], detection.iou_threshold, detection.score_threshold)
     survives = torch.zeros_like(top, dtype=torch.bool).index_put(
         (kept[:, 0], kept[:, 2]), torch.ones_like(kept[:, 0], dtype=torch.bool)
     )

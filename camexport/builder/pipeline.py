@@ -486,7 +486,7 @@ def check_detection_fit(options: BuildOptions, detects: bool) -> None:
         if options.max_detections != DEFAULT_MAX_DETECTIONS or options.score_threshold is not None:
             raise UserError(
                 f"max_detections/score_threshold: {options.model} is not a detector; leave them out "
-                f"(detectors: {', '.join(DETECTORS)}, or a factory's torchvision SSD, RetinaNet or FCOS)"
+                f"(detectors: {', '.join(DETECTORS)}, or a factory's torchvision SSD, RetinaNet, FCOS or Faster R-CNN)"
             )
         return
     if options.dynamic_size or options.class_maps:

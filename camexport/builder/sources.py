@@ -30,8 +30,15 @@ import torch
 from torch import nn
 
 from camexport._util import first_line, quiet, sha256_of
-from camexport.builder import nanodet
-from camexport.builder.detectors import DETECTORS, TORCHVISION_DETECTORS, family_of, is_detector, spread_scores
+from camexport.builder import nanodet, two_stage
+from camexport.builder.detectors import (
+    DETECTORS,
+    RANDOM_LOGIT_SPREAD,
+    TORCHVISION_DETECTORS,
+    family_of,
+    is_detector,
+    spread_scores,
+)
 from camexport.builder.factory import load_factory_model
 from camexport.builder.layouts import Layout
 from camexport.builder.weights import RANDOM, Weighted, choose, finish, load_state_dict_strict, read_checkpoint, seeded
@@ -408,11 +415,13 @@ FPN_DETECTOR_SIZE = 512
 
 
 def detector_preprocessing(detector: nn.Module) -> Preprocessing:
-    """A torchvision detector's input as its transform says: its mean and std, its fixed size (SSD) or
-    :data:`FPN_DETECTOR_SIZE` (square: the photo's centre, its shorter side resized to the size)."""
+    """A torchvision detector's input as its transform says: its mean and std, its fixed size (SSD) or its shorter
+    side's size up to :data:`FPN_DETECTOR_SIZE` (square: the photo's centre, its shorter side resized to the size;
+    320 for the MobileNet Faster R-CNN made for 320, 512 for those made for 800)."""
     transform = detector.transform
     fixed = getattr(transform, "fixed_size", None)
-    height, width = (fixed[1], fixed[0]) if fixed else (FPN_DETECTOR_SIZE, FPN_DETECTOR_SIZE)
+    side = min(FPN_DETECTOR_SIZE, int(transform.min_size[-1]))  # a detector made for small images keeps its size
+    height, width = (fixed[1], fixed[0]) if fixed else (side, side)
     mean, std = tuple(float(v) for v in transform.image_mean), tuple(float(v) for v in transform.image_std)
     return Preprocessing(mean, std, (height, width), min(height, width), "bilinear")
 
@@ -422,7 +431,11 @@ def _load_detector(name: str, weights: str, seed: int, num_classes: int | None) 
     spread (:func:`camexport.builder.detectors.spread_scores`)."""
     loaded = _load_torchvision(name, weights, seed, num_classes, DEFAULT_PREPROCESSING)  # its transform's, below
     loaded.preprocessing = detector_preprocessing(loaded.module)
-    if loaded.random_weights:
+    if loaded.random_weights and family_of(loaded.module).two_stage:
+        size = loaded.preprocessing.image_size
+        two_stage.calibrate_norms(loaded.module, size, seed)
+        two_stage.spread_classes(loaded.module, size, seed, RANDOM_LOGIT_SPREAD)
+    elif loaded.random_weights:
         spread_scores(loaded.module, family_of(loaded.module), loaded.preprocessing, seed)
     return loaded
 
