@@ -195,8 +195,8 @@ def make_two_stage_function(dense: TwoStage, spec: GraphSpec, names: list[str], 
     each copy's score at its detection's proposal and class (:meth:`TwoStage.forward`)."""
 
     def explain(params: dict, given: torch.Tensor, target_class: torch.Tensor, n: object):
-        boxes, score, label, explained = functional_call(dense, params, (given, target_class, spec.detection))
-        return (boxes[:n], score[:n], label[:n]), explained
+        boxes, score, label, explained = functional_call(dense, params, (given, target_class, spec.detection, n))
+        return (boxes, score, label), explained
 
     return _with_copies(dense, spec, names, copy_input, explain)
 

@@ -124,10 +124,12 @@ class TwoStage(nn.Module):
         self.names = [name for name in pool.featmap_names if name in features]  # the maps the pooler takes
         self.scales, self.ratio = list(pool.scales), int(pool.sampling_ratio)
 
-    def forward(self, image: torch.Tensor, target: torch.Tensor | None = None, detection: Detection | None = None):
+    def forward(
+        self, image: torch.Tensor, target: torch.Tensor | None = None, detection: Detection | None = None, n=None
+    ):
         """The feature maps of a normalised image (the backbone's), or with ``target`` and ``detection``: the M best
-        detections of the image's first N rows and their copies' scores (the rows from the explained layer on are
-        M copies, copy-major: ``image`` [N], the maps [M·N]).
+        detections of the first ``n`` images (all of ``image`` where None) and their copies' scores (the maps from
+        the explained layer on are M copies, copy-major: [M·N]; from the image on where ``image`` is its copies).
 
         Returns:
             (boxes [N, M, 4], scores [N, M], labels [N, M], the explained scores' sum): copy d's score is detection
@@ -136,7 +138,7 @@ class TwoStage(nn.Module):
         features = self.backbone(image)
         if target is None:
             return features
-        n = image.shape[0]
+        n = image.shape[0] if n is None else n
         first = OrderedDict((name, f[:n].detach()) for name, f in features.items())
         proposals, valid = self.propose(list(first.values()))
         scores, boxes = self.classify(first, proposals)

@@ -126,3 +126,16 @@ def test_faster_rcnn_graph_is_validated_and_deterministic(mobile_graph: Path) ->
         assert np.array_equal(outputs[1]["labels"], outputs[threads]["labels"])
         assert np.abs(outputs[1]["heatmap"] - outputs[threads]["heatmap"]).max() <= 1e-5
     assert session.spec.detection.score_threshold == 0.05 and session.spec.methods == ("hirescam", "gradcampp")
+
+
+@pytest.mark.slow
+def test_a_layer_joined_with_earlier_maps_copies_from_the_image(graph_dir: Path) -> None:
+    """The pyramid's first lateral (``backbone.fpn.inner_blocks.0``) is added to the top-down map computed before
+    it, so the copies start at the image; the build validates the detections of the first N rows and their
+    gradients all the same (the build raises otherwise)."""
+    graph = built_graph(
+        graph_dir, MOBILE, "backbone.fpn.inner_blocks.0", "hirescam", image_size=(160, 160), max_detections=2
+    )
+    session = CamSession(graph)
+    out = session.run(np.random.default_rng(5).standard_normal((3, 3, 160, 160)).astype(np.float32))
+    assert out["gradients"].shape == (3, 2, 256, 5, 5) and out["labels"].shape == (3, 2)  # stride 32 at 160
