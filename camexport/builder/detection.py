@@ -73,6 +73,13 @@ def detection_parts(loaded, image_size, max_detections: int, score_threshold: fl
     threshold = float(holder.score_thresh if score_threshold is None else score_threshold)
     found = Detection(max_detections, threshold, float(holder.nms_thresh))
     if family.two_stage:
+        heads = detector.roi_heads
+        if heads.has_mask() or heads.has_keypoint():
+            kind = "Mask R-CNN's masks" if heads.has_mask() else "Keypoint R-CNN's keypoints"
+            raise UserError(
+                f"{name}: {kind} are not explained (only boxes are); load its weights into torchvision's FasterRCNN "
+                "(strict=False) in a factory to explain its boxes"
+            )
         dense = TwoStage(detector, size)
         return dense, Postprocess(int(detector.rpn.post_nms_top_n()), found, dense.level_sizes, per_class=True)
     dense = DenseDetector(detector, family, size)

@@ -142,8 +142,8 @@ TORCHVISION_DETECTORS = tuple(name for name in DETECTORS if name != nanodet.NAME
 
 
 def family_of(detector: nn.Module) -> Family | None:
-    """The family of a torchvision detector (of its class or a subclass: a Mask R-CNN is a Faster R-CNN whose masks
-    go unused) or of :class:`nanodet.NanoDet`, or None."""
+    """The family of a torchvision detector (of its class or a subclass: a Mask R-CNN is a Faster R-CNN, refused at
+    build) or of :class:`nanodet.NanoDet`, or None."""
     from torchvision.models.detection.faster_rcnn import FasterRCNN
     from torchvision.models.detection.fcos import FCOS
     from torchvision.models.detection.retinanet import RetinaNet

@@ -139,3 +139,22 @@ def test_a_layer_joined_with_earlier_maps_copies_from_the_image(graph_dir: Path)
     session = CamSession(graph)
     out = session.run(np.random.default_rng(5).standard_normal((3, 3, 160, 160)).astype(np.float32))
     assert out["gradients"].shape == (3, 2, 256, 5, 5) and out["labels"].shape == (3, 2)  # stride 32 at 160
+
+
+def test_a_mask_rcnn_is_refused_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Its masks are not explained; its float64 reference forward would paste a mask for every candidate."""
+    from support import assert_one_line
+
+    (tmp_path / "inputs").mkdir()
+    factory = tmp_path / "inputs" / "mask.py"
+    factory.write_text(
+        "import torchvision\n\n\ndef factory():\n"
+        "    return torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)\n"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    argv = f"build {factory}:factory --weights random --image-size 128"
+    assert_one_line(
+        argv, 2, "Mask R-CNN's masks are not explained (only boxes are)", {"root": tmp_path / "inputs"}, out, capsys
+    )
