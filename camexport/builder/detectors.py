@@ -187,11 +187,14 @@ class DenseDetector(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         head = self.head(self._features(image))
         boxes = self.family.decode(self.detector, head["bbox_regression"], self.anchors.to(image.dtype))
-        height, width = self.image_size
-        x = boxes[..., 0::2].clamp(0, width)
-        y = boxes[..., 1::2].clamp(0, height)
-        boxes = torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
-        return boxes, self.family.scores(head)
+        return clip_boxes(boxes, self.image_size), self.family.scores(head)
+
+
+def clip_boxes(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Boxes [..., 4] (x1, y1, x2, y2) clipped to an image of ``image_size`` (height, width)."""
+    height, width = image_size
+    x, y = boxes[..., 0::2].clamp(0, width), boxes[..., 1::2].clamp(0, height)
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
 
 
 def _level_sizes(features: list[torch.Tensor], anchors: int) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from camexport.builder.detectors import Selection, batched_nms, keep_best
+from camexport.builder.detectors import Selection, batched_nms, clip_boxes, keep_best
 from camexport.contract import Detection
 
 
@@ -78,12 +78,7 @@ def filter_proposals(rpn: nn.Module, proposals, objectness, sizes, image_size, l
     """torchvision's ``RegionProposalNetwork.filter_proposals`` with fixed shapes: ``proposals`` [N, A, 4] and
     ``objectness`` [N, A] (detached) → the best P proposals [N, P, 4] and whether each slot holds one [N, P]."""
     anchor, level, logits = proposal_candidates(objectness, sizes, rpn.pre_nms_top_n())
-    boxes = torch.gather(proposals, 1, anchor[..., None].expand(-1, -1, 4))
-    height, width = image_size
-    boxes = torch.stack(
-        [boxes[..., 0].clamp(0, width), boxes[..., 1].clamp(0, height), boxes[..., 2].clamp(0, width),
-         boxes[..., 3].clamp(0, height)], dim=-1
-    )  # fmt: skip
+    boxes = clip_boxes(torch.gather(proposals, 1, anchor[..., None].expand(-1, -1, 4)), image_size)
     score = torch.sigmoid(logits)
     big = ((boxes[..., 2] - boxes[..., 0]) >= rpn.min_size) & ((boxes[..., 3] - boxes[..., 1]) >= rpn.min_size)
     valid = big & (score >= rpn.score_thresh)
@@ -160,8 +155,14 @@ class TwoStage(nn.Module):
         objectness = objectness.detach().reshape(n, -1)
         return filter_proposals(self.rpn, boxes, objectness, self.level_sizes, self.image_size, len(self.level_sizes))
 
-    def _levels(self, boxes: torch.Tensor) -> torch.Tensor:
-        return self.roi_heads.box_roi_pool.map_levels([boxes])
+    def _pooled(self, boxes: torch.Tensor, align) -> torch.Tensor:
+        """Multi-scale RoIAlign with fixed shapes: ``align(map name, scale)`` pools every box at that level, and
+        each box keeps its own level's (the pooler's FPN rule)."""
+        levels = self.roi_heads.box_roi_pool.map_levels([boxes])
+        return sum(
+            (levels == i).to(boxes.dtype).view(-1, 1, 1, 1) * align(name, scale)
+            for i, (name, scale) in enumerate(zip(self.names, self.scales, strict=True))
+        )
 
     def classify(self, features: dict[str, torch.Tensor], proposals: torch.Tensor):
         """Every proposal's class scores [N, P, K] (softmax) and class boxes [N, P, K, 4], clipped (no gradient:
@@ -171,26 +172,16 @@ class TwoStage(nn.Module):
         n, p = proposals.shape[:2]
         flat = proposals.reshape(-1, 4)
         index = torch.arange(n, device=flat.device, dtype=flat.dtype).repeat_interleave(p)[:, None]
-        rois, levels = torch.cat([index, flat], 1), self._levels(flat)
-        pooled = sum(
-            (levels == i).to(flat.dtype).view(-1, 1, 1, 1)
-            * roi_align(features[name], rois, self.pooled, scale, self.ratio)
-            for i, (name, scale) in enumerate(zip(self.names, self.scales, strict=True))
-        )
+        rois = torch.cat([index, flat], 1)
+        pooled = self._pooled(flat, lambda name, scale: roi_align(features[name], rois, self.pooled, scale, self.ratio))
         logits, regression = self.roi_heads.box_predictor(self.roi_heads.box_head(pooled))
         boxes = self.roi_heads.box_coder.decode(regression, [flat]).reshape(n, p, -1, 4)
-        height, width = self.image_size
-        x, y = boxes[..., 0::2].clamp(0, width), boxes[..., 1::2].clamp(0, height)
-        boxes = torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
-        return torch.softmax(logits, -1).reshape(n, p, -1), boxes
+        return torch.softmax(logits, -1).reshape(n, p, -1), clip_boxes(boxes, self.image_size)
 
     def scores_at(self, features: dict[str, torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
         """Class scores [R, K] of one box per feature row (``boxes`` [R, 4]): RoIAlign by separable matrices."""
-        levels = self._levels(boxes)
-        pooled = sum(
-            (levels == i).to(boxes.dtype).view(-1, 1, 1, 1)
-            * roi_align_separable(features[name], boxes, self.pooled[0], scale, self.ratio)
-            for i, (name, scale) in enumerate(zip(self.names, self.scales, strict=True))
+        pooled = self._pooled(
+            boxes, lambda name, scale: roi_align_separable(features[name], boxes, self.pooled[0], scale, self.ratio)
         )
         logits, _ = self.roi_heads.box_predictor(self.roi_heads.box_head(pooled))
         return torch.softmax(logits, -1)
@@ -298,7 +289,7 @@ class EagerTwoStage:
         self.rois = [torch.zeros(graph["labels"].shape[1], 4, dtype=torch.float64) for _ in image]
         for n, d in zip(*np.nonzero(graph["labels"] >= 0), strict=True):
             k = graph["labels"][n, d]
-            clipped = boxes[n][:, k].clamp(min=0).minimum(torch.tensor([size[1], size[0]] * 2)).numpy()
+            clipped = clip_boxes(boxes[n][:, k], size).numpy()
             distance = np.abs(clipped - graph["boxes"][n, d]).sum(1) + 1e3 * np.abs(
                 scores[n][:, k].numpy() - graph["scores"][n, d]
             )
