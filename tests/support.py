@@ -49,7 +49,11 @@ def node_example() -> Path:
         pytest.skip("Node.js and npm are not installed on this machine")
     wanted = ("onnxruntime-node", "fast-png", "@jsquash/jpeg", "wasm-vips")
     if not all((NODE_EXAMPLE / "node_modules" / name).is_dir() for name in wanted):
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_EXAMPLE, check=True, timeout=600)
+        done = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_EXAMPLE, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr
+        assert "warn" not in done.stderr.lower(), f"npm ci warned (README: no warnings): {done.stderr}"
     return NODE_EXAMPLE
 
 
@@ -65,10 +69,12 @@ def nanodet_weights() -> Path:
     return HUMAN_MODELS / "package" / "models" / "nanodet.json"
 
 
-def run_node(example: Path, graph: Path, photo: Path, prefix: Path) -> dict:
-    """``node explain.mjs GRAPH PHOTO PREFIX``: must succeed silently; returns its JSON."""
+def run_node(example: Path, graph: Path, photo: Path | list[Path], out: Path, *flags: str) -> list[dict]:
+    """``node explain.mjs GRAPH PHOTO... --out OUT --save-heatmap FLAGS``: must succeed, printing nothing on stderr;
+    returns the lines of ``OUT/predictions.jsonl``."""
+    photos = [photo] if isinstance(photo, Path) else photo
     result = subprocess.run(
-        ["node", "explain.mjs", str(graph), str(photo), str(prefix)],
+        ["node", "explain.mjs", str(graph), *map(str, photos), "--out", str(out), "--save-heatmap", *flags],
         cwd=example,
         capture_output=True,
         text=True,
@@ -76,7 +82,7 @@ def run_node(example: Path, graph: Path, photo: Path, prefix: Path) -> dict:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    return json.loads(prefix.with_suffix(".json").read_text())
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
 
 
 def assert_one_line(argv: str, code: int, fragment: str, fill: dict[str, Path], tmp_path: Path, capsys) -> None:

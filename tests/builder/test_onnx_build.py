@@ -152,7 +152,7 @@ def test_node_refuses_an_unknown_preprocessing_in_one_line(keras_graph, node_exa
     from PIL import Image
 
     Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "red.png")
-    argv = ["node", "explain.mjs", str(keras_graph), str(tmp_path / "red.png"), str(tmp_path / "out")]
+    argv = ["node", "explain.mjs", str(keras_graph), str(tmp_path / "red.png"), "--out", str(tmp_path / "out")]
     result = subprocess.run(argv, cwd=node_example, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "how an image becomes its input is unknown; rebuild it with --mean and --std" in result.stderr

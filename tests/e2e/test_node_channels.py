@@ -26,15 +26,16 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_node_example_reads_gray_and_four_band_graphs(photos: Path, node_example: Path, tmp_path: Path) -> None:
     for graph, photo in [("gray", "coffee.png"), ("gray-uint8", "gray.png"), ("bands", "rgbn.png")]:
         session = CamSession(GRAPHS / f"{graph}.onnx")
-        want = session.run(session.prepare(photos / photo)[1][None])["heatmap"][0]
+        (want,) = session.explain([photos / photo])
         run_node(node_example, GRAPHS / f"{graph}.onnx", photos / photo, tmp_path / graph)
-        assert np.abs(np.load(tmp_path / f"{graph}.npy") - want).max() < 1e-5, graph
+        heatmap = np.load(tmp_path / graph / f"{Path(photo).stem}_heatmap.npy")
+        assert np.abs(heatmap - want.heatmap).max() < 1e-5, graph
     refused = subprocess.run(
-        ["node", "explain.mjs", str(GRAPHS / "bands.onnx"), str(photos / "coffee.png"), str(tmp_path / "no")],
+        ["node", "explain.mjs", str(GRAPHS / "bands.onnx"), str(photos / "coffee.png"), "--out", str(tmp_path / "no")],
         cwd=node_example, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert refused.returncode != 0 and "graph takes 4 channels" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "no.npy").exists()
+    assert refused.returncode == 1 and "graph takes 4 channels" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "no" / "coffee_cam.png").exists()
 
 
 # A script file, not `node -e`: wasm-vips starts its worker threads from the main script's file.
@@ -78,6 +79,6 @@ def test_node_explains_a_rotated_jpeg_as_python_does(node_example: Path, tmp_pat
     write_fixtures(tmp_path / "in")
     session = CamSession(GRAPHS / "linear.onnx")
     photo = tmp_path / "in" / "exif-6.jpg"
-    want = session.run(session.prepare(photo)[1][None])["heatmap"][0]
+    (want,) = session.explain([photo])
     run_node(node_example, GRAPHS / "linear.onnx", photo, tmp_path / "rotated")
-    assert np.abs(np.load(tmp_path / "rotated.npy") - want).max() < 1e-5
+    assert np.abs(np.load(tmp_path / "rotated" / "exif-6_heatmap.npy") - want.heatmap).max() < 1e-5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,10 @@ from PIL import Image
 from support import ROOT, run_node
 
 from camexport.builder.pipeline import BuildOptions, build
+from camexport.runtime.explain import explain
+from camexport.runtime.options import ExplainStyle
 from camexport.runtime.preprocess import normalise, to_pixels
+from camexport.runtime.records import read_predictions
 from camexport.runtime.samples import sample_photo
 from camexport.runtime.session import CamSession
 
@@ -23,86 +27,199 @@ from camexport.runtime.session import CamSession
 def test_node_heatmap_equals_python(
     node_example: Path, graph_dir: Path, tmp_path: Path, efficientnet_graph: Path, input_kind: str
 ) -> None:
-    """The real-weights model on coffee(): the same top-1 label and heatmap from Node.js as from Python (the photo
-    resized and cropped by examples/web/camexport.mjs, byte for byte as by Pillow)."""
+    """The real-weights model on coffee() as JPEG and PNG: the same top-5, heatmap and overlay from Node.js as from
+    Python's `camexport explain --format png` (the photo resized and cropped by examples/web/camexport.mjs, byte
+    for byte as by Pillow), and predictions.jsonl shaped like Python's."""
     if input_kind == "uint8":
         graph = built_graph(graph_dir, "efficientnet_lite0", None, "gradcampp", weights="default", input="uint8")
     else:
         graph = efficientnet_graph
-    session = CamSession(graph)
     sample_photo("coffee").save(tmp_path / "coffee.png")  # 600 x 400: resized and cropped in JavaScript as by Pillow
-    pixels = to_pixels(sample_photo("coffee"), session.spec.preprocessing)
-    result = run_node(node_example, graph, tmp_path / "coffee.png", tmp_path / "node" / "coffee")
-    feed = pixels[None] if session.spec.takes_pixels else normalise(pixels[None], session.spec.preprocessing)
-    python = session.run(feed)
-    heatmap = np.load(tmp_path / "node" / "coffee.npy")
-    assert heatmap.shape == (224, 224) and heatmap.max() == pytest.approx(1.0, abs=1e-4)
-    assert np.abs(heatmap - python["heatmap"][0]).max() <= 1e-4
-    assert result["label"] == "espresso" == session.spec.labels[int(python["logits"][0].argmax())]
-    assert result["explained"] == "espresso" and result["probability"] > 0.9
-    grey = np.asarray(Image.open(tmp_path / "node" / "coffee.png").convert("L"), dtype=np.float64)
-    assert np.abs(grey / 255.0 - heatmap).max() <= 0.5 / 255 + 1e-6
+    sample_photo("coffee").save(tmp_path / "coffee.jpg", quality=90)
+    photos = [tmp_path / "coffee.png", tmp_path / "coffee.jpg"]
+    lines = run_node(node_example, graph, photos, tmp_path / "node", "--top", "3")
+    explain(CamSession(graph), photos, tmp_path / "py", ExplainStyle(top_k=3, overlay_format="png", save_heatmap=True))
+    python = read_predictions(tmp_path / "py" / "predictions.jsonl")
+    assert [sorted(line) for line in lines] == [sorted(line) for line in python]
+    for mine, theirs in zip(lines, python, strict=True):
+        assert mine["label"] == "espresso" == theirs["label"] and mine["probability"] > 0.9
+        assert [t["index"] for t in mine["top"]] == [t["index"] for t in theirs["top"]] and len(mine["top"]) == 3
+        assert np.allclose(
+            [t["probability"] for t in mine["top"]], [t["probability"] for t in theirs["top"]], atol=2e-6
+        )
+        heatmap = np.load(Path(mine["overlay"]).with_name(Path(mine["image"]).stem + "_heatmap.npy"))
+        want = np.load(Path(theirs["overlay"]).with_name(Path(theirs["image"]).stem + "_heatmap.npy"))
+        assert heatmap.shape == want.shape == (400, 600) and np.abs(heatmap - want).max() <= 1e-4
+        ours, pythons = (np.asarray(Image.open(p["overlay"]), dtype=np.int16) for p in (mine, theirs))
+        # the heatmaps differ by float32 reordering (<= 1e-4): a value on a palette step's edge may take the next
+        assert ours.shape == pythons.shape and (np.abs(ours - pythons) > 0).mean() < 1e-3
+        assert np.abs(ours - pythons).max() <= 8
+
+
+def test_node_overlay_is_pythons_byte_for_byte(node_example: Path, tmp_path: Path) -> None:
+    """Given the same heatmap, examples/web/camexport.mjs's overlayOnPhoto gives overlay_on_photo's bytes: the
+    heatmap placed on the photo by Pillow's float bilinear resize, the palette, Image.blend's float32 rounding; for
+    several colormaps and opacities, a photo wider and one taller than the crop."""
+    from camexport.runtime.options import ExplainStyle as Style
+    from camexport.runtime.visualize import overlay_on_photo
+
+    session = CamSession(ROOT / "tests" / "runtime" / "graphs" / "linear.onnx")
+    rng = np.random.default_rng(5)
+    heatmap = rng.random(session.spec.preprocessing.image_size).astype(np.float32)
+    heatmap.tofile(tmp_path / "heatmap.f32")
+    cases = [
+        ((300, 170), 0.5, "jet"),
+        ((90, 260), 0.35, "viridis"),
+        ((64, 64), 0.8, "turbo"),
+        ((500, 333), 1.0, "gray"),
+    ]
+    for i, (size, alpha, colormap) in enumerate(cases):
+        photo = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+        np.asarray(photo.convert("RGBA")).tofile(tmp_path / f"{i}.rgba")
+        style = Style(alpha=alpha, colormap=colormap)
+        np.asarray(overlay_on_photo(photo, heatmap, session.spec.preprocessing, style)).tofile(tmp_path / f"{i}.want")
+    script = OVERLAY.replace("EXAMPLES", (ROOT / "examples").as_uri())
+    (tmp_path / "overlay.mjs").write_text(script.replace("GRAPH", str(session.path)))
+    argv = ["node", str(tmp_path / "overlay.mjs"), str(tmp_path), json.dumps(cases)]
+    done = subprocess.run(argv, cwd=node_example, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    for i in range(len(cases)):
+        assert (tmp_path / f"{i}.got").read_bytes() == (tmp_path / f"{i}.want").read_bytes(), cases[i]
+
+
+OVERLAY = """
+import fs from "node:fs";
+import { overlayOnPhoto, readMetadata } from "EXAMPLES/web/camexport.mjs";
+const [folder, cases] = process.argv.slice(2);
+const meta = readMetadata(new Uint8Array(fs.readFileSync("GRAPH")));
+const raw = fs.readFileSync(`${folder}/heatmap.f32`);
+const heatmap = new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length));
+JSON.parse(cases).forEach(([[width, height], alpha, colormap], i) => {
+  const rgba = new Uint8Array(fs.readFileSync(`${folder}/${i}.rgba`));
+  fs.writeFileSync(`${folder}/${i}.got`, overlayOnPhoto(rgba, width, height, heatmap, meta, { alpha, colormap }));
+});
+"""
 
 
 @pytest.mark.slow
-def test_node_resizes_a_full_photo_and_refuses_bad_files(
+def test_node_cli_honours_the_class_and_refuses_bad_input(
     node_example: Path, efficientnet_graph: Path, tmp_path: Path
 ) -> None:
-    sample_photo("coffee").save(tmp_path / "coffee.png")  # 600 x 400: resized and cropped in JavaScript
-    assert run_node(node_example, efficientnet_graph, tmp_path / "coffee.png", tmp_path / "full")["label"] == "espresso"
+    """--class by label or index explains that class (Python's heatmap for it); a photo that cannot be read is named
+    and the others go on (exit 1); a usage mistake is one line, exit 2, and writes nothing; an earlier run is kept
+    unless --overwrite."""
+    sample_photo("coffee").save(tmp_path / "coffee.png")
+    session = CamSession(efficientnet_graph)
+    (want,) = session.explain([sample_photo("coffee")], target="cup")
+    for given in ("cup", str(want.class_index), "CUP"):
+        (line,) = run_node(
+            node_example, efficientnet_graph, tmp_path / "coffee.png", tmp_path / given, "--class", given
+        )
+        assert line["label"] == "cup" and line["class_index"] == want.class_index
+        assert line["probability"] == pytest.approx(want.probability, abs=2e-6)
+        heatmap = np.load(tmp_path / given / "coffee_heatmap.npy")
+        assert np.abs(heatmap - want.heatmap).max() <= 1e-4
     (tmp_path / "bad.png").write_text("not a png")
+    argv = ["node", "explain.mjs", str(efficientnet_graph), str(tmp_path / "bad.png"), str(tmp_path / "coffee.png")]
+    done = subprocess.run([*argv, "--out", str(tmp_path / "mixed")], cwd=node_example, capture_output=True, text=True)
+    assert done.returncode == 1 and "bad.png: not a PNG or JPEG file; pass a PNG or JPEG photo" in done.stderr
+    assert [json.loads(x)["label"] for x in (tmp_path / "mixed" / "predictions.jsonl").read_text().splitlines()] == [
+        "espresso"
+    ]
+    earlier = (tmp_path / "mixed" / "predictions.jsonl").read_bytes()
     newer = onnx.load(str(efficientnet_graph))
     next(p for p in newer.metadata_props if p.key == "camexport.contract").value = "9"
     onnx.save(newer, str(tmp_path / "newer.onnx"))
     segmenter = onnx.load(str(efficientnet_graph))  # its task changed: a graph of a task Node does not explain
     next(p for p in segmenter.metadata_props if p.key == "camexport.task").value = "segmentation"
     onnx.save(segmenter, str(tmp_path / "segmenter.onnx"))
+    coffee = str(tmp_path / "coffee.png")
     refused = [
-        (efficientnet_graph, "bad.png", "bad.png: not a PNG or JPEG file; pass a PNG or JPEG photo"),
-        (tmp_path / "newer.onnx", "coffee.png", "contract '9', this program reads classification contracts 1 and 2"),
+        ([str(tmp_path / "newer.onnx"), coffee], "contract '9', this program reads classification contracts 1 and 2"),
+        ([str(tmp_path / "segmenter.onnx"), coffee], "a segmentation graph; this program explains classifier and"),
+        ([str(efficientnet_graph), coffee, "--class", "espreso"], "class 'espreso': not a label of this graph;"),
         (
-            tmp_path / "segmenter.onnx",
-            "coffee.png",
-            "a segmentation graph; this program explains classifier and detector graphs",
+            [str(efficientnet_graph), coffee, "--class", "1000"],
+            "class 1000: out of range; the graph has classes 0..999",
         ),
+        ([str(efficientnet_graph), coffee, "--top", "0"], "--top 0: give a whole number of classes, 1 or more"),
+        ([str(efficientnet_graph), coffee, "--alpha", "2"], "--alpha 2: give the overlay's opacity in [0, 1]"),
+        ([str(efficientnet_graph), coffee, "--colormap", "jett"], "--colormap jett: not known here; use one of jet,"),
+        (
+            [str(efficientnet_graph), coffee, "--method", "hirescam"],
+            "--method hirescam: not in this graph; it has gradcampp",
+        ),
+        ([str(efficientnet_graph), str(tmp_path / "none.jpg")], "none.jpg: no such file or folder"),
+        ([str(efficientnet_graph)], "usage: node explain.mjs GRAPH.onnx PHOTO..."),
+        ([str(efficientnet_graph), coffee, "--colour"], "Unknown option '--colour'"),
+        ([str(efficientnet_graph), coffee, "--out", str(tmp_path / "mixed")], "an earlier run is there; pass another"),
     ]
-    for i, (graph, photo, message) in enumerate(refused):
-        prefix = tmp_path / f"refused{i}"
-        result = subprocess.run(
-            ["node", "explain.mjs", str(graph), str(tmp_path / photo), str(prefix)],
-            cwd=node_example,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 2 and message in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and not prefix.with_suffix(".npy").exists()
+    for args, message in refused:
+        out = [] if "--out" in args else ["--out", str(tmp_path / "refused")]
+        result = subprocess.run(["node", "explain.mjs", *args, *out], cwd=node_example, capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
+    assert (tmp_path / "mixed" / "predictions.jsonl").read_bytes() == earlier
+    run_node(node_example, efficientnet_graph, tmp_path / "coffee.png", tmp_path / "mixed", "--overwrite")
+    assert [json.loads(x)["image"] for x in (tmp_path / "mixed" / "predictions.jsonl").read_text().splitlines()] == [
+        coffee
+    ]
+
+
+def test_node_cli_stops_cleanly_on_sigterm(node_example: Path, tmp_path: Path) -> None:
+    """SIGTERM mid-run: exit 143, one line; a fresh run keeps the lines of the photos it finished, a run replacing
+    an earlier one keeps the earlier file whole; no staged file is left."""
+    import signal
+
+    graph = ROOT / "tests" / "runtime" / "graphs" / "linear.onnx"
+    photos = []
+    for i in range(200):
+        Image.fromarray(np.full((600, 800, 3), i, np.uint8)).save(tmp_path / f"p{i:03}.png")
+        photos.append(str(tmp_path / f"p{i:03}.png"))
+    for attempt, flags in enumerate(([], ["--overwrite"])):
+        argv = ["node", "explain.mjs", str(graph), *photos, "--out", str(tmp_path / "out")]
+        before = (tmp_path / "out" / "predictions.jsonl").read_bytes() if attempt else b""
+        with subprocess.Popen(
+            [*argv, *flags], cwd=node_example, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as child:
+            for _ in range(3):
+                assert child.stdout.readline().startswith(b"/"), "no photo explained"
+            child.send_signal(signal.SIGTERM)
+            _, err = child.communicate(timeout=60)
+        assert child.returncode == 143 and err.decode().count("\n") == 1 and "terminated: stopped after" in err.decode()
+        lines = (tmp_path / "out" / "predictions.jsonl").read_bytes()
+        if attempt:
+            assert lines == before
+        else:
+            assert 3 <= len(lines.splitlines()) < 200 and all(json.loads(x)["label"] for x in lines.splitlines())
+        assert not [p for p in (tmp_path / "out").iterdir() if p.suffix == ".part"]
 
 
 def test_node_explains_each_detection_as_python(node_example: Path, tmp_path: Path) -> None:
     """The committed red-blob detector on two red blobs (a 128-pixel photo, resized to the graph's 64 in JavaScript
-    as by Pillow): the same detections as the Python session's (boxes on the photo, labels, scores), each
-    detection's heatmap, and the overlays: each box outlined in its slot's tab10 colour."""
+    as by Pillow): the same JSON lines as Python's (boxes on the photo, labels, scores), each detection's heatmap
+    on the photo, and the overlays: each box outlined in its slot's tab10 colour."""
     from support import red_blobs
 
     graph = ROOT / "tests" / "runtime" / "graphs" / "red-detector.onnx"
     photo = Image.fromarray((red_blobs(128) * 255).round().astype(np.uint8))
     photo.save(tmp_path / "blobs.png")
-    result = run_node(node_example, graph, tmp_path / "blobs.png", tmp_path / "node" / "blobs")
-    session = CamSession(graph)
-    (python,) = session.explain([photo])
-    assert [(d["slot"], d["label"]) for d in result["detections"]] == [(d.slot, d.label) for d in python.detections]
-    assert len(python.detections) == 2
-    heatmaps = np.load(tmp_path / "node" / "blobs.npy")
-    for mine, theirs, heatmap in zip(result["detections"], python.detections, heatmaps, strict=True):
-        assert mine["score"] == pytest.approx(theirs.score, abs=1e-6)
-        assert np.allclose(mine["box"], theirs.box, atol=0.011)  # both rounded to 0.01 pixel
-        assert np.abs(heatmap - theirs.input_heatmap).max() <= 1e-5
-        overlay = np.asarray(Image.open(tmp_path / "node" / f"blobs_det{mine['slot']}.png"))
-        x1, y1 = (round(v / 2) for v in mine["box"][:2])  # the photo is twice the graph's size
-        assert overlay[y1 + 5, x1].tolist() == [[31, 119, 180], [255, 127, 14]][mine["slot"]]
-    both = np.asarray(Image.open(tmp_path / "node" / "blobs.png"))
-    assert both.shape == (64, 64, 3) and heatmaps.shape == (2, 64, 64)
+    lines = run_node(node_example, graph, tmp_path / "blobs.png", tmp_path / "node")
+    style = ExplainStyle(overlay_format="png", save_heatmap=True)
+    explain(CamSession(graph), [tmp_path / "blobs.png"], tmp_path / "py", style)
+    python = read_predictions(tmp_path / "py" / "predictions.jsonl")
+    assert len(python) == 2 and [sorted(line) for line in lines] == [sorted(line) for line in python]
+    heatmaps = np.load(tmp_path / "node" / "blobs_heatmap.npy")
+    assert heatmaps.shape == (2, 128, 128)
+    assert np.abs(heatmaps - np.load(tmp_path / "py" / "blobs_heatmap.npy")).max() <= 1e-5
+    for mine, theirs in zip(lines, python, strict=True):
+        assert (mine["detection"], mine["label"]) == (theirs["detection"], theirs["label"])
+        assert mine["score"] == pytest.approx(theirs["score"], abs=2e-6)
+        assert np.allclose(mine["box"], theirs["box"], atol=0.011)  # both rounded to 0.01 pixel
+        overlay = np.asarray(Image.open(mine["overlay"]))
+        x1, y1 = (round(v) for v in mine["box"][:2])
+        assert overlay[y1 + 10, x1].tolist() == [[31, 119, 180], [255, 127, 14]][mine["detection"]]
+    assert np.asarray(Image.open(lines[0]["image_overlay"])).shape == (128, 128, 3)
 
 
 SMALL_NET = """

@@ -163,7 +163,9 @@ def test_the_page_shows_every_detection_and_each_ones_heatmap(
 
 PILLOW_CASES = [("coffee", "bicubic", None, 3), ("astronaut", "bilinear", None, 3), ("chelsea", "lanczos", None, 3),
                 ("coffee", "bicubic", (123, 77), 3), ("rocket", "bilinear", (33, 300), 3),
-                ("astronaut", "bicubic", None, 1), ("chelsea", "bilinear", (123, 77), 4)]  # fmt: skip
+                ("astronaut", "bicubic", None, 1), ("chelsea", "bilinear", (123, 77), 4),
+                ("rocket", "bicubic", (3000, 2000), 3), ("chelsea", "lanczos", (1999, 4001), 1),
+                ("coffee", "bilinear", (329, 2070), 3), ("astronaut", "bicubic", (176, 1656), 3)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "interpolation", "size", "channels"), PILLOW_CASES)
@@ -172,7 +174,8 @@ def test_the_javascript_resize_and_crop_equal_pillows(
 ) -> None:
     """camexport.mjs's toPixels against camexport.runtime.preprocess.to_pixels: every byte, for down- and
     upscaling, a crop wider than the photo, each filter (Pillow's fixed-point arithmetic ported), a colour photo
-    turned to luma for a 1-channel graph, and a four-band image whose fourth band varies."""
+    turned to luma for a 1-channel graph, a four-band image whose fourth band varies, large photos, and photos over
+    twice as tall as wide (which Pillow 13 resizes along y first when they shrink)."""
     photo = sample_photo(name).convert("RGB")
     photo = photo.resize(size) if size else photo
     if channels == 4:
@@ -217,3 +220,11 @@ def test_the_page_decodes_every_fixture_to_pythons_bytes(page: str, web_example:
         assert "error" not in decoded, (name, decoded)
         rgba = np.array(decoded["rgba"], dtype=np.uint8).reshape(decoded["height"], decoded["width"], 4)
         assert np.array_equal(rgba[..., :3], np.asarray(open_image(graph_dir / name))), name
+
+
+def test_the_colormaps_module_holds_matplotlibs_palettes() -> None:
+    """examples/web/colormaps.mjs is what examples/web/colormaps.py writes from camexport's palettes (matplotlib's
+    colormaps): rerun the script after changing either."""
+    with script_module(WEB / "colormaps.py", "web_colormaps") as colormaps:
+        assert (WEB / "colormaps.mjs").read_text(encoding="utf-8") == colormaps.module()
+        assert colormaps.NAMES[0] == "jet" and "viridis" in colormaps.NAMES
