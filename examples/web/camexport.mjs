@@ -77,7 +77,7 @@ export function readMetadata(bytes, name = "the graph") {
   }
   const contract = props["camexport.contract"] ?? "1"; // graphs from before the key follow contract 1
   if (!CONTRACTS[task].includes(contract)) {
-    throw new Error(`${name}: the graph follows camexport graph contract '${contract}', this program reads ${task} contracts ${CONTRACTS[task].join(" and ")}; rebuild the graph`);
+    throw new Error(`${name}: the graph follows camexport graph contract '${contract}', this program reads ${task} contracts ${CONTRACTS[task].join(" and ")}; use the page and Node example of the camexport that built it, or rebuild it with this one's 'camexport build'`);
   }
   if (props["camexport.preprocessing_known"] === "false") {
     throw new Error(`${name}: built from an ONNX file without --mean/--std, so how an image becomes its input is unknown; rebuild it with --mean and --std (those the file's model was trained with)`);

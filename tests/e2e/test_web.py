@@ -21,7 +21,7 @@ from PIL import Image
 from support import ROOT, script_module
 
 from camexport.contract import Preprocessing
-from camexport.runtime.preprocess import open_image, to_pixels
+from camexport.runtime.preprocess import normalise, open_image, to_pixels
 from camexport.runtime.samples import sample_photo
 from camexport.runtime.session import CamSession
 
@@ -70,8 +70,9 @@ def page(web_example: Path, graph_dir: Path, tmp_path_factory: pytest.TempPathFa
             server.server_close()
 
 
-def _drive(web: Path, url: str, photo: Path, out: Path, screenshot: Path | None = None) -> dict:
-    command = ["node", "drive.mjs", url, str(photo), str(out), *([str(screenshot)] if screenshot else [])]
+def _drive(web: Path, url: str, photo: Path, out: Path, screenshot: Path | None = None, tour: bool = False) -> dict:
+    command = ["node", "drive.mjs", url, str(photo), str(out), str(screenshot) if screenshot else "-"]
+    command += ["--tour"] if tour else []
     result = subprocess.run(
         command, cwd=web, capture_output=True, text=True, timeout=300, env={**os.environ, "CHROMIUM": CHROMIUM}
     )
@@ -123,6 +124,71 @@ def test_a_bad_photo_or_graph_shows_an_error_on_the_page(
     assert shown["error"].startswith("plain.onnx: not a graph built by camexport") and shown["result"] is None
     shown = _drive(web_example, f"{page}?graph=graphs/missing.onnx", tmp_path / "coffee.png", tmp_path / "missing.json")
     assert shown["error"] == "graphs/missing.onnx: HTTP 404; check the ?graph= address" and shown["result"] is None
+
+
+@pytest.mark.slow
+def test_every_control_of_the_page_works_as_python(
+    page: str, web_example: Path, graph_dir: Path, tmp_path: Path
+) -> None:
+    """A graph of six methods (committed, float32 input): the page's first view is the top-1 with the first method;
+    picking the same photo again explains it again; clicking the second of the top 5, or typing the third's label
+    (in capitals), explains that class (Python's heatmap for it); the method menu shows the second method's map; the
+    downloaded overlay (opacity 0.3, viridis) is byte for byte what overlay_on_photo draws from the page's heatmap;
+    each stage is timed; a graph refused afterwards leaves nothing of the old one on screen."""
+    from camexport.runtime.options import ExplainStyle
+    from camexport.runtime.visualize import overlay_on_photo
+
+    shutil.copy(ROOT / "tests" / "runtime" / "graphs" / "linear-methods.onnx", graph_dir / "linear-methods.onnx")
+    photo = tmp_path / "coffee.jpg"
+    sample_photo("coffee").save(photo, quality=90)
+    url = f"{page}?graph=graphs/linear-methods.onnx"
+    shown = _drive(web_example, url, photo, tmp_path / "out.json", None, tour=True)
+    assert shown["error"] is None and shown["console"] == [], shown
+    session = CamSession(graph_dir / "linear-methods.onnx")
+    methods = session.spec.methods
+    assert len(methods) > 1 and shown["methodShown"] == f"({methods[0]})"
+    top = [t["index"] for t in shown["result"]["top"]]
+    tour = shown["tour"]
+
+    def python_heatmap(target: int, method: str) -> np.ndarray:
+        pixels = to_pixels(open_image(photo), session.spec.preprocessing)[None]
+        feed = normalise(pixels, session.spec.preprocessing)
+        return session.run(feed, np.array([target]))[session.spec.heatmap_of(method)][0]
+
+    def page_heatmap(view: dict) -> np.ndarray:
+        return np.array(view["result"]["heatmap"], dtype=np.float32).reshape(session.spec.preprocessing.image_size)
+
+    assert shown["result"]["explained"] == top[0] == tour["repicked"]["result"]["explained"]
+    for view, target, method in [
+        (shown, top[0], methods[0]),
+        (tour["repicked"], top[0], methods[0]),
+        (tour["clicked"], top[1], methods[0]),
+        (tour["typed"], top[2], methods[0]),
+        (tour["method"], top[2], methods[1]),
+    ]:
+        assert view["result"]["explained"] == target and view["result"]["method"] == method
+        assert np.abs(page_heatmap(view) - python_heatmap(target, method)).max() <= 1e-4
+    assert tour["method"]["methodShown"] == f"({methods[1]})"
+    assert [tour["styled"]["result"][k] for k in ("alpha", "colormap")] == [0.3, "viridis"]
+    for stage in ("decode", "resize", "graph", "draw", "total"):
+        assert f"{stage} " in shown["timing"], shown["timing"]
+    assert tour["download"]["name"] == "coffee_cam.png"
+    want = overlay_on_photo(
+        open_image(photo),
+        page_heatmap(tour["styled"]),
+        session.spec.preprocessing,
+        ExplainStyle(alpha=0.3, colormap="viridis"),
+    )
+    assert np.array_equal(np.asarray(Image.open(tour["download"]["path"]).convert("RGB")), np.asarray(want))
+    backend = shown["result"]["backend"]
+    assert backend in ("wasm", "webgpu") and shown["backendInfo"]
+    assert not (backend == "webgpu" and "software" in shown["backendInfo"])  # best available skips a software GPU
+    rejected = tour["rejected"]
+    assert (
+        rejected["error"].startswith("notes.onnx: not an ONNX graph")
+        or "not a graph built by camexport" in rejected["error"]
+    )
+    assert rejected["graphInfo"] == "No graph loaded." and not rejected["resultShown"] and rejected["result"] is None
 
 
 def _canvas(data_url: str) -> np.ndarray:
