@@ -208,6 +208,12 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     _add_style(explain, style)
     explain.add_argument("--save-heatmap", action="store_true", help="also save each heatmap as .npy")
     explain.add_argument(
+        "--jpeg-draft",
+        action="store_true",
+        help="decode a large JPEG at 1/2, 1/4 or 1/8 scale where that leaves twice the graph's resize: faster, near "
+        "the exact pixels (benchmarks/explain_dataset/decode_bound.md), overlays at that size; classifiers only",
+    )
+    explain.add_argument(
         "--no-overlay",
         action="store_true",
         help="write no overlays (records only; 'camexport render' draws them later)",
@@ -393,6 +399,7 @@ def _explain(args: argparse.Namespace) -> int:
         save_heatmap=args.save_heatmap,
         overlay_format=None if args.no_overlay else args.overlay_format,
         overlay_max_side=args.overlay_max_side,
+        jpeg_draft=args.jpeg_draft,
     )
     options = RunOptions(
         batch_size=args.batch_size,
@@ -472,7 +479,7 @@ PARAMETERS = frozenset(
     "weights layer methods seed image_size opset output labels mean std num_classes dynamic_size input top_k "
     "batch_size out_dir out alpha colormap provider metrics steps target threads "
     "overlay_format overlay_max_side resume overwrite actors cpus_per_actor ray port max_batch "
-    "max_wait_ms max_upload_mb decoders drain_s class_maps".split()
+    "max_wait_ms max_upload_mb decoders drain_s class_maps jpeg_draft".split()
 )
 _FLAG_OF = {
     "methods": "--method",

@@ -121,7 +121,7 @@ def cpu_bound(session, photos: list[Path], batch_size: int) -> dict:
     }
 
 
-def explain_run(session, folder: Path, out: Path, batch_size: int, overlays: bool) -> dict:
+def explain_run(session, folder: Path, out: Path, batch_size: int, overlays: bool, jpeg_draft: bool = False) -> dict:
     """One ``explain`` run, VmRSS sampled every 50 recorded images."""
     from camexport.runtime.explain import explain
     from camexport.runtime.options import ExplainStyle, RunOptions
@@ -134,7 +134,7 @@ def explain_run(session, folder: Path, out: Path, batch_size: int, overlays: boo
         else:
             samples.append(-1.0)
 
-    style = ExplainStyle(overlay_format="jpg" if overlays else None)
+    style = ExplainStyle(overlay_format="jpg" if overlays else None, jpeg_draft=jpeg_draft)
     summary = explain(session, [folder], out, style, RunOptions(batch_size=batch_size, progress=False, log=sample))
     every_50 = [s for s in samples if s >= 0]
     return {
@@ -178,7 +178,14 @@ def in_fresh_process(body: str, env: dict[str, str] | None = None) -> dict:
 
 
 def explain_fresh(
-    graph: Path, folder: Path, batch_size: int, threads: int, spin: bool, overlays: bool, env: dict | None = None
+    graph: Path,
+    folder: Path,
+    batch_size: int,
+    threads: int,
+    spin: bool,
+    overlays: bool,
+    env: dict | None = None,
+    jpeg_draft: bool = False,
 ) -> dict:
     """:func:`explain_run` in a fresh process, so that its RSS is the run's own; peak RSS above the session."""
     return in_fresh_process(
@@ -189,7 +196,7 @@ session = CamSession({str(graph)!r}, threads={threads}, spin={spin})
 base = rss_mb()
 Path("/proc/self/clear_refs").write_text("5")  # the peak counter starts again from here
 with tempfile.TemporaryDirectory() as out:
-    result = explain_run(session, Path({str(folder)!r}), Path(out) / "o", {batch_size}, {overlays})
+    result = explain_run(session, Path({str(folder)!r}), Path(out) / "o", {batch_size}, {overlays}, {jpeg_draft})
 result["session_rss_mb"] = round(base, 1)
 result["peak_above_session_mb"] = round(rss_mb("VmHWM") - base, 1)
 print(json.dumps(result))
@@ -272,6 +279,14 @@ def table(result: dict) -> list[str]:
     return lines
 
 
+def ensure_graph(graph: Path) -> None:
+    """Builds the study's graph (efficientnet_lite0, Grad-CAM++, its default layer) at ``graph`` if it is missing."""
+    if not graph.exists():
+        from camexport.builder.pipeline import BuildOptions, build
+
+        build(BuildOptions(model="efficientnet_lite0", output=graph), log=lambda _: None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
@@ -283,10 +298,7 @@ def main() -> None:
 
     from benchmarks.harness.machine import machine, machine_line
 
-    if not args.graph.exists():
-        from camexport.builder.pipeline import BuildOptions, build
-
-        build(BuildOptions(model="efficientnet_lite0", output=args.graph), log=lambda _: None)
+    ensure_graph(args.graph)
     with tempfile.TemporaryDirectory() as folder:
         photos = Path(folder)
         make_photos(photos, args.images)

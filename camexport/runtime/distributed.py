@@ -75,7 +75,9 @@ class Explainer:
         prepared, where = [], []
         for i, path in enumerate(paths):
             try:
-                prepared.append(self.session.prepare(path if images is None else images[i], path))
+                prepared.append(
+                    self.session.prepare(path if images is None else images[i], path, self.style.jpeg_draft)
+                )
                 where.append(i)
             except CamExportError as exc:
                 rows[i][0]["error"] = failure_line(path, exc)

@@ -89,6 +89,8 @@ def _checked(
         raise UserError(f"executor={type(executor).__name__}: pass Local() or Ray(...)")
     style.check()
     options.check()
+    if style.jpeg_draft:
+        session.check_draft()
     if isinstance(executor, Ray):
         executor.check()
         resolve_providers(executor.provider)

@@ -140,7 +140,7 @@ class Stages:
             pixels = _pixels_of(path)
             self.budget.take(pixels, turn)
             try:
-                photo, array = self.run.session.prepare(path, str(path))
+                photo, array = self.run.session.prepare(path, str(path), self.run.style.jpeg_draft)
             except BaseException:
                 self.budget.give(pixels)
                 raise

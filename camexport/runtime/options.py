@@ -37,6 +37,9 @@ class ExplainStyle:
         save_heatmap: also save each heatmap (at the photo's size) as ``<stem>_heatmap.npy``.
         overlay_format: a key of :data:`OVERLAY_FORMATS`, or None for no overlays.
         overlay_max_side: downscale overlays whose longer side exceeds this (None: the photo's own size).
+        jpeg_draft: decode a JPEG at least twice the size the graph resizes it to at 1/2, 1/4 or 1/8 scale
+            (:func:`camexport.runtime.preprocess.jpeg_draft`): faster, near but not equal to the exact pixels, and
+            its overlay and heatmap at that smaller size; classifier graphs only.
     """
 
     target: str | int | None = None
@@ -46,6 +49,7 @@ class ExplainStyle:
     save_heatmap: bool = False
     overlay_format: str | None = DEFAULT_FORMAT
     overlay_max_side: int | None = None
+    jpeg_draft: bool = False
 
     def check(self) -> None:
         """Raises UserError for a bad option (the class is checked against a graph's labels when a run starts)."""
@@ -55,6 +59,7 @@ class ExplainStyle:
             raise UserError(f"overlay_format={self.overlay_format!r}: use one of {', '.join(OVERLAY_FORMATS)}")
         if self.overlay_max_side is not None:
             _whole("overlay_max_side", self.overlay_max_side, 1, "use a positive number of pixels")
+        checks.flag("jpeg_draft", self.jpeg_draft)
 
     @property
     def overlay_suffix(self) -> str:

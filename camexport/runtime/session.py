@@ -223,20 +223,37 @@ class CamSession:
                 "unknown; rebuild it with --mean and --std (those the file's model was trained with)"
             )
 
-    def prepare(self, image: ImageLike, name: str = "image") -> tuple[Image.Image, np.ndarray]:
+    def prepare(
+        self, image: ImageLike, name: str = "image", jpeg_draft: bool = False
+    ) -> tuple[Image.Image, np.ndarray]:
         """One image (PIL image, file path, the bytes of a file, or uint8/float array [H, W], [H, W, 1|3|4]) → (photo,
         graph input).
 
         The photo is in the graph's image mode (RGB for 3 channels, L for 1, four bands for 4); the input is
-        [C, H, W] normalised, or [H, W, C] uint8 for a ``--input uint8`` graph.
+        [C, H, W] normalised, or [H, W, C] uint8 for a ``--input uint8`` graph. ``jpeg_draft``: a large JPEG file
+        is decoded at a reduced scale (:func:`camexport.runtime.preprocess.jpeg_draft`; classifier graphs only),
+        and the photo returned is that smaller one.
 
         Raises:
-            UserError: unreadable file, or an array of the wrong shape or with NaN/Inf values.
+            UserError: unreadable file, or an array of the wrong shape or with NaN/Inf values; ``jpeg_draft`` for
+                a graph that places boxes or regions on the photo.
         """
         self.require_preprocessing()
-        photo = as_photo(image, name, self.spec.preprocessing.image_mode or "RGB")
-        pixels = to_pixels(photo, self.spec.preprocessing)
-        return photo, pixels if self.spec.takes_pixels else normalise(pixels, self.spec.preprocessing)
+        prep = self.spec.preprocessing
+        if jpeg_draft:
+            self.check_draft()
+        photo = as_photo(image, name, prep.image_mode or "RGB", prep if jpeg_draft else None)
+        pixels = to_pixels(photo, prep)
+        return photo, pixels if self.spec.takes_pixels else normalise(pixels, prep)
+
+    def check_draft(self) -> None:
+        """Raises UserError unless JPEG drafting suits this graph: a classifier's heatmap is drawn on whatever
+        photo was read; a detector's boxes and a segmentation's regions are numbers in the photo's own pixels."""
+        if self.spec.task != "classification":
+            raise UserError(
+                f"`jpeg_draft`: for classifier graphs; a {self.spec.task} graph reports positions in the photo's own "
+                "pixels, which a reduced decode would change: leave it off"
+            )
 
     def explain(
         self,
@@ -440,9 +457,11 @@ def _name(item: ImageLike, position: int) -> str:
     return str(item) if isinstance(item, (str, Path)) else f"image {position}"
 
 
-def as_photo(image: ImageLike, name: str = "image", mode: str = "RGB") -> Image.Image:
+def as_photo(
+    image: ImageLike, name: str = "image", mode: str = "RGB", draft: Preprocessing | None = None
+) -> Image.Image:
     """A PIL image, a file path or an array → an 8-bit PIL image in ``mode`` (see
-    :func:`camexport.runtime.preprocess.open_image`).
+    :func:`camexport.runtime.preprocess.open_image`, which also says what ``draft`` does to a JPEG file).
 
     Arrays: [H, W] or [H, W, 1] (grayscale), [H, W, 3] (RGB) or [H, W, 4] (four bands: RGBA, whose alpha an
     RGB graph drops); uint8, or float in [0, 1].
@@ -451,7 +470,7 @@ def as_photo(image: ImageLike, name: str = "image", mode: str = "RGB") -> Image.
         UserError: unreadable file; wrong array shape or dtype; NaN or Inf; float values outside [0, 1].
     """
     if isinstance(image, (str, Path, bytes, Image.Image)):
-        return open_image(image, name if isinstance(image, bytes) else None, mode)
+        return open_image(image, name if isinstance(image, bytes) else None, mode, draft)
     if not isinstance(image, np.ndarray):
         raise UserError(
             f"{name}: {type(image).__name__} is not an image; pass a PIL image, a file path or an array of pixels"

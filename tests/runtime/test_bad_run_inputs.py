@@ -143,6 +143,7 @@ OTHERS = [
     ("evaluate-graph", "evaluate {root}/foreign.onnx {root}/photos", 2, "not a graph built by camexport"),
     ("samples-into-a-file", "samples {root}/afile", 2, "cannot write the sample photos"),
     ("unknown-command", "frobnicate", 2, "invalid choice: 'frobnicate'"),
+    ("explain-draft-seg", "explain {root}/seg.onnx {root}/photos --jpeg-draft", 2, "--jpeg-draft: for classifier"),
 ]
 MATRIX = EXPLAIN + OTHERS
 
