@@ -37,7 +37,8 @@ class ExplainStyle:
         save_heatmap: also save each heatmap (at the photo's size) as ``<stem>_heatmap.npy``.
         overlay_format: a key of :data:`OVERLAY_FORMATS`, or None for no overlays.
         overlay_max_side: downscale overlays whose longer side exceeds this (None: the photo's own size).
-        jpeg_draft: decode a JPEG at least twice the size the graph resizes it to at 1/2, 1/4 or 1/8 scale
+        jpeg_draft: decode a JPEG at 1/2, 1/4 or 1/8 scale where the decoded image is still at least twice the
+            size the graph resizes it to, so from four times that size up
             (:func:`camexport.runtime.preprocess.jpeg_draft`): faster, near but not equal to the exact pixels, and
             its overlay and heatmap at that smaller size; classifier graphs only.
     """

@@ -98,7 +98,7 @@ def jpeg_draft(image: Image.Image, prep: Preprocessing) -> int:
     The pixels are not the full decode's resized: libjpeg's scaled IDCT is a box-like filter of its own. Measured
     on benchmarks/explain_dataset's 1,000 photos: the top-1 class and the heatmaps it changes are in that
     benchmark's table, which is why this is asked for (``--jpeg-draft``), never the default."""
-    if image.format != "JPEG":
+    if image.format not in ("JPEG", "MPO"):  # MPO: a camera's JPEG with a multi-picture extension
         return 1
     width, height = image.size
     turned = image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)  # upright, the photo is height x width

@@ -21,7 +21,7 @@ import { parseArgs } from "node:util";
 import ort from "onnxruntime-node";
 import { encode as encodePng } from "fast-png";
 import {
-  channelsOf, classIndex, COLORMAPS, detectionsOf, drawBox, imageInput, placedHeatmap, overlayOnPhoto, readMetadata,
+  channelsOf, classIndex, COLORMAPS, detectionsOf, drawBox, heatmapOutput, imageInput, placedHeatmap, overlayOnPhoto, readMetadata,
   toPixels, topK,
 } from "../web/camexport.mjs";
 import { decodeImage } from "../web/decode.mjs";
@@ -93,10 +93,13 @@ function photoFiles(paths) {
   for (const given of paths) {
     if (!fs.existsSync(given)) throw new UserError(`${given}: no such file or folder`);
     if (!fs.statSync(given).isDirectory()) {
-      files.push(given);
+      files.push(path.normalize(given)); // as Python's str(Path(...)) writes it: ./a.jpg is a.jpg
       continue;
     }
-    const inside = fs.readdirSync(given).filter((name) => IMAGE_SUFFIXES.has(path.extname(name).toLowerCase())).sort();
+    const inside = fs.readdirSync(given, { withFileTypes: true })
+      .filter((entry) => entry.isFile() && IMAGE_SUFFIXES.has(path.extname(entry.name).toLowerCase()))
+      .map((entry) => entry.name)
+      .sort();
     files.push(...inside.map((name) => path.join(given, name)));
   }
   if (files.length === 0) throw new UserError(`${paths.join(", ")}: no JPEG or PNG photo there; pass photo files or folders holding them`);
@@ -112,7 +115,7 @@ async function openGraph(file, args) {
   if (!(args.colormap in COLORMAPS)) throw new UserError(`--colormap ${args.colormap}: not known here; use one of ${Object.keys(COLORMAPS).join(", ")}`);
   const target = args.class === undefined ? -1 : classIndex(args.class, meta.labels);
   const session = await ort.InferenceSession.create(file);
-  return { session, meta, target, heatmap: meta.methods.length > 1 ? `heatmap_${method}` : "heatmap" };
+  return { session, meta, target, method, heatmap: heatmapOutput(meta, method) };
 }
 
 // --- one photo ---
@@ -197,7 +200,7 @@ function classifierFiles(run, graph, file, stem, { image, outputs }) {
 function detectorFiles(run, graph, file, stem, { image, outputs }) {
   const { width, height, rgba } = image;
   const { meta } = graph;
-  const found = detectionsOf(outputs, meta, width, height);
+  const found = detectionsOf(outputs, meta, width, height, 0, graph.method);
   const [h, w] = meta.size;
   const largest = new Float32Array(h * w);
   for (const d of found) for (let i = 0; i < h * w; i++) largest[i] = Math.max(largest[i], d.heatmap[i]);
@@ -254,6 +257,23 @@ function finish(run, interrupted) {
   else fs.renameSync(run.staged, run.predictions);
 }
 
+// Each photo in turn; one that cannot be read or explained is named on stderr and the rest go on.
+async function explainAll(run, graph, files, codecs) {
+  const taken = new Set();
+  const write = graph.meta.task === "detection" ? detectorFiles : classifierFiles;
+  for (const file of files) {
+    try {
+      const records = write(run, graph, file, uniqueStem(file, taken), await explainPhoto(graph, file, codecs));
+      fs.appendFileSync(run.staged, records.map((r) => JSON.stringify(r) + "\n").join(""));
+      run.explained++;
+    } catch (error) {
+      if (!isUserError(error)) throw error;
+      console.error(`error: ${error.message.split("\n")[0]}`);
+      run.failed++;
+    }
+  }
+}
+
 async function main() {
   const args = options();
   const graph = await openGraph(args.graph, args);
@@ -267,18 +287,11 @@ async function main() {
   };
   process.on("SIGINT", stop("interrupted", 130));
   process.on("SIGTERM", stop("terminated", 143));
-  const taken = new Set();
-  const write = graph.meta.task === "detection" ? detectorFiles : classifierFiles;
-  for (const file of files) {
-    try {
-      const records = write(run, graph, file, uniqueStem(file, taken), await explainPhoto(graph, file, codecs));
-      fs.appendFileSync(run.staged, records.map((r) => JSON.stringify(r) + "\n").join(""));
-      run.explained++;
-    } catch (error) {
-      if (!isUserError(error)) throw error;
-      console.error(`error: ${error.message.split("\n")[0]}`);
-      run.failed++;
-    }
+  try {
+    await explainAll(run, graph, files, codecs);
+  } catch (error) {
+    finish(run, true); // a bug, not a photo: the lines written so far (or the earlier file) are kept all the same
+    throw error;
   }
   finish(run, false);
   console.log(`explained ${run.explained} photo(s), ${run.failed} failed; overlays in ${run.out}/, predictions: ${run.predictions}`);

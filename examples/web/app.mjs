@@ -9,7 +9,7 @@ import * as ort from "./node_modules/onnxruntime-web/dist/ort.all.min.mjs";
 import { decode as decodePng } from "fast-png"; // mapped to ./node_modules by index.html's import map
 import decodeJpeg from "./node_modules/@jsquash/jpeg/decode.js";
 import {
-  channelsOf, classIndex, COLORMAPS, colourise, detectionsOf, geometry, imageInput, overlayOnPhoto, readMetadata,
+  channelsOf, classIndex, COLORMAPS, colourise, detectionsOf, geometry, heatmapOutput, imageInput, overlayOnPhoto, readMetadata,
   TAB10, toPixels, topK,
 } from "./camexport.mjs";
 import { cmykCodec, decodeImage, sniff } from "./decode.mjs";
@@ -20,7 +20,7 @@ ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardw
 ort.env.logLevel = "error";
 
 // The graph (its bytes, to load it again on another backend), the photo, the last run's outputs and what is shown.
-const state = { bytes: null, name: null, session: null, meta: null, backend: null, photo: null, outputs: null, view: null };
+const state = { bytes: null, name: null, session: null, meta: null, backend: null, photo: null, outputs: null, view: null, ticket: 0 };
 // What the page showed last, for scripts that drive it (tests/e2e/test_web.py): the numbers behind the pixels; and
 // the page's decoder, which those scripts compare with Python's on the fixtures (tests/image_fixtures.py).
 window.camexport = { ready: false, result: null, error: null, runs: 0, decode: decodeUrl };
@@ -121,6 +121,7 @@ async function loadGraph(bytes, name) {
   try {
     created = await createSession(bytes, $("backend").value);
   } catch (error) {
+    Object.assign(state, { bytes, name }); // another backend can be picked for the same graph
     throw new Error(`${name}: onnxruntime-web cannot load it (${String(error.message ?? error).split("\n")[0]})`);
   }
   Object.assign(state, { bytes, name, session: created.session, backend: created.backend, meta });
@@ -170,30 +171,45 @@ async function decode(file) {
 
 const since = (t) => performance.now() - t;
 
+// A photo picked: decoded, resized and run. What is on screen changes only when its run is done; a photo that fails
+// clears it; a photo picked while another is still being read or run wins (the older run is dropped).
 async function explain(file) {
   clearError();
   if (!state.session) throw new Error("no graph loaded yet; pick a .onnx graph written by 'camexport build' first");
   status(`Explaining ${file.name}…`);
-  const started = performance.now();
-  const photo = { ...(await decode(file)), name: file.name };
-  const decoded = since(started);
-  const t = performance.now();
-  photo.pixels = toPixels(photo.rgba, photo.width, photo.height, state.meta);
-  state.photo = photo;
-  await runGraph(-1, { decode: decoded, resize: since(t) }, started);
+  const ticket = ++state.ticket;
+  try {
+    const started = performance.now();
+    const photo = { ...(await decode(file)), name: file.name };
+    const decoded = since(started);
+    const t = performance.now();
+    photo.pixels = toPixels(photo.rgba, photo.width, photo.height, state.meta);
+    await runGraph(-1, { decode: decoded, resize: since(t) }, started, photo, ticket);
+  } catch (error) {
+    if (ticket === state.ticket) forgetResult();
+    throw error;
+  }
 }
 
-// Runs the graph on the photo's pixels for `target` (−1: its top-1; for a detector, a class filter) and shows it.
-async function runGraph(target, timings, started = performance.now()) {
-  const { meta, photo } = state;
+function forgetResult() {
+  Object.assign(state, { photo: null, outputs: null, view: null });
+  $("result").classList.remove("shown");
+  window.camexport.result = null;
+}
+
+// Runs the graph on a photo's pixels for `target` (−1: its top-1; for a detector, a class filter) and shows it,
+// unless a newer run has started meanwhile.
+async function runGraph(target, timings, started = performance.now(), photo = state.photo, ticket = ++state.ticket) {
+  const { meta, session } = state;
   const input = imageInput(photo.pixels, meta);
   const t = performance.now();
-  state.outputs = await state.session.run({
+  const outputs = await session.run({
     image: new ort.Tensor(input.type, input.data, input.dims),
     target_class: new ort.Tensor("int64", BigInt64Array.from([BigInt(target)]), [1]),
   });
+  if (ticket !== state.ticket || session !== state.session) return; // a newer photo, class or graph is on its way
   const graph = since(t);
-  state.view = { picked: 0, method: $("method").value || meta.methods[0] };
+  Object.assign(state, { photo, outputs, view: { picked: 0, method: $("method").value || meta.methods[0] } });
   const drawn = performance.now();
   render();
   const times = { ...timings, graph, draw: since(drawn), total: since(started) };
@@ -208,14 +224,10 @@ function style() {
   return { alpha: Number($("alpha").value), colormap: $("colormap").value };
 }
 
-function heatmapName(meta, method) {
-  return meta.methods.length > 1 ? `heatmap_${method}` : "heatmap";
-}
-
 function render() {
   const { meta, outputs, photo, view } = state;
   if (meta.task === "detection") {
-    const found = detectionsOf(outputs, meta, photo.width, photo.height);
+    const found = detectionsOf(outputs, meta, photo.width, photo.height, 0, view.method);
     const picked = found.length ? Math.min(view.picked, found.length - 1) : -1;
     showDetections(photo.bitmap, found, picked);
     const listed = found.map(({ slot, classIndex, label, score, box, heatmap }) => ({ slot, classIndex, label, score, box, heatmap: Array.from(heatmap) }));
@@ -224,7 +236,7 @@ function render() {
   }
   const top = topK(outputs.logits.data, meta.labels, 5);
   const explained = Number(outputs.class_index.data[0]);
-  const heatmap = outputs[heatmapName(meta, view.method)].data;
+  const heatmap = outputs[heatmapOutput(meta, view.method)].data;
   showClasses(photo.bitmap, heatmap, top, explained);
   window.camexport.result = { file: photo.name, top, explained, method: view.method, heatmap: Array.from(heatmap), backend: state.backend, ...style() };
 }
@@ -329,7 +341,7 @@ async function downloadOverlay() {
   if (meta.task === "detection") {
     blob = await new Promise((resolve) => $("overlay").toBlob(resolve, "image/png"));
   } else {
-    const rgb = overlayOnPhoto(photo.rgba, photo.width, photo.height, outputs[heatmapName(meta, view.method)].data, meta, style());
+    const rgb = overlayOnPhoto(photo.rgba, photo.width, photo.height, outputs[heatmapOutput(meta, view.method)].data, meta, style());
     const rgba = new Uint8ClampedArray(photo.width * photo.height * 4);
     for (let i = 0; i < photo.width * photo.height; i++) rgba.set([rgb[i * 3], rgb[i * 3 + 1], rgb[i * 3 + 2], 255], i * 4);
     const canvas = new OffscreenCanvas(photo.width, photo.height);
@@ -381,6 +393,16 @@ function whenShown(action) {
   return () => state.outputs && guarded(async () => action());
 }
 
+// Backends this browser lacks stay in the menu, greyed out and saying so.
+async function markBackends() {
+  const missing = { webgpu: !(await webgpuAdapter()), webnn: !("ml" in navigator) };
+  for (const option of $("backend").options) {
+    if (!missing[option.value]) continue;
+    option.disabled = true;
+    option.textContent += " (not in this browser)";
+  }
+}
+
 function onControls() {
   $("colormap").replaceChildren(...Object.keys(COLORMAPS).map((name) => new Option(name, name)));
   $("alpha").addEventListener("input", whenShown(render));
@@ -428,6 +450,7 @@ async function start() {
   onFile($("graph-file"), $("graph-drop"), graphFile);
   onFile($("photo-file"), $("photo-drop"), explain);
   onControls();
+  await markBackends();
   const url = new URLSearchParams(location.search).get("graph");
   if (url) {
     await loadGraph(await fetchGraph(url), url.split("/").pop());

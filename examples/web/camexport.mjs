@@ -362,10 +362,17 @@ export function classIndex(wanted, labels) {
   throw new Error(`class '${text}': not a label of this graph; ${hint}`);
 }
 
+/** The output holding `method`'s heatmaps: `heatmap` in a graph of one method, else `heatmap_<method>`
+ * (GraphSpec.heatmap_of in camexport/contract.py). */
+export function heatmapOutput(meta, method = meta.methods[0]) {
+  return meta.methods.length > 1 ? `heatmap_${method}` : "heatmap";
+}
+
 /** A detection graph's detections of image n: [{slot, classIndex, label, score, box (on the photo), inputBox (in the
  * network input's pixels), heatmap}], the filled slots only (an empty one has label -1), best first; heatmap is the
- * slot's [H·W] map at the input's size. */
-export function detectionsOf(outputs, meta, width, height, n = 0) {
+ * slot's [H·W] map at the input's size, by `method` (default: the graph's first). */
+export function detectionsOf(outputs, meta, width, height, n = 0, method = meta.methods[0]) {
+  const maps = outputs[heatmapOutput(meta, method)];
   const slots = outputs.scores.dims[1];
   const [h, w] = meta.size;
   const found = [];
@@ -373,7 +380,7 @@ export function detectionsOf(outputs, meta, width, height, n = 0) {
     const classIndex = Number(outputs.labels.data[n * slots + slot]);
     if (classIndex < 0) continue;
     const box = Array.from(outputs.boxes.data.subarray((n * slots + slot) * 4, (n * slots + slot + 1) * 4));
-    const heatmap = outputs.heatmap.data.subarray((n * slots + slot) * h * w, (n * slots + slot + 1) * h * w);
+    const heatmap = maps.data.subarray((n * slots + slot) * h * w, (n * slots + slot + 1) * h * w);
     const score = outputs.scores.data[n * slots + slot];
     const label = meta.labels[classIndex];
     found.push({ slot, classIndex, label, score, box: boxOnPhoto(box, width, height, meta), inputBox: box, heatmap });
@@ -471,17 +478,18 @@ export function placedHeatmap(heatmap, meta, width, height) {
   return { box: [dstX, dstY, dstX + w, dstY + h], values: placed };
 }
 
-/** The photo (RGBA bytes, width x height) as RGB bytes with the heatmap in `colormap` blended over the part the
- * network saw, (1 − alpha)·photo + alpha·colour as Pillow's Image.blend rounds it (float32, truncated): the
+/** The photo (RGBA bytes, width x height; for a 1-channel graph its luma, as Python converts it) as RGB bytes with
+ * the heatmap in `colormap` blended over the part the network saw, (1 − alpha)·photo + alpha·colour as Pillow's Image.blend rounds it (float32, truncated): the
  * overlay `camexport explain` writes (overlay_on_photo), byte for byte. */
 export function overlayOnPhoto(rgba, width, height, heatmap, meta, { alpha = 0.5, colormap = "jet" } = {}) {
   const palette = paletteOf(colormap);
   const a = Math.fround(alpha);
   const out = new Uint8Array(width * height * 3);
+  const grey = channelsOf(meta) === 1 ? bands(rgba, width * height, 1) : null; // the photo Python sees: luma
   for (let i = 0, j = 0; i < width * height; i++, j += 4) {
-    out[i * 3] = rgba[j];
-    out[i * 3 + 1] = rgba[j + 1];
-    out[i * 3 + 2] = rgba[j + 2];
+    out[i * 3] = grey ? grey[i] : rgba[j];
+    out[i * 3 + 1] = grey ? grey[i] : rgba[j + 1];
+    out[i * 3 + 2] = grey ? grey[i] : rgba[j + 2];
   }
   const { box, values } = placedHeatmap(heatmap, meta, width, height);
   const w = box[2] - box[0];

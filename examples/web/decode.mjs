@@ -28,6 +28,10 @@ export function sniff(bytes) {
 export async function decodeImage(bytes, name, codecs, fourBands = false) {
   const kind = sniff(bytes);
   if (!kind) throw new Error(`${name}: not a PNG or JPEG file; pass a PNG or JPEG photo`);
+  const pixels = pixelCount(bytes, kind);
+  if (pixels > MAX_PIXELS) { // refused before decoding, as Python refuses it (Pillow's MAX_IMAGE_PIXELS)
+    throw new Error(`${name}: not a readable image (Image size (${pixels} pixels) exceeds limit of ${MAX_PIXELS} pixels: a decompression bomb?); downscale it first`);
+  }
   let image;
   try {
     image = kind === "png" ? pngToRgba(codecs.png(bytes)) : await jpegToRgba(bytes, codecs, fourBands);
@@ -35,6 +39,20 @@ export async function decodeImage(bytes, name, codecs, fourBands = false) {
     throw new Error(`${name}: not a readable image (${String(error.message ?? error).split("\n")[0]})`);
   }
   return { ...orient(image, orientation(bytes, kind)), bands: image.bands };
+}
+
+// Pillow's MAX_IMAGE_PIXELS: camexport refuses a photo over it before decoding (preprocess.open_unread).
+export const MAX_PIXELS = 89478485;
+
+// Width x height from the header (a PNG's IHDR, a JPEG's frame header), 0 where it cannot be read.
+function pixelCount(bytes, kind) {
+  if (kind === "png") {
+    if (bytes.length < 24) return 0;
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    return view.getUint32(16) * view.getUint32(20);
+  }
+  const frame = frameHeader(bytes);
+  return frame ? ((frame[1] << 8) | frame[2]) * ((frame[3] << 8) | frame[4]) : 0;
 }
 
 /** The `cmyk` codec: libvips (wasm-vips), started by `loadVips()` on the first CMYK JPEG, reads its four bands. */
@@ -71,13 +89,18 @@ function cmykToRgba(cmyk) {
   return out;
 }
 
-// The number of components in the JPEG's frame header (SOFn), or 0.
-function frameComponents(bytes) {
+// The JPEG's frame header (SOFn: precision, height, width, components...), or null.
+function frameHeader(bytes) {
   for (const { marker, body } of jpegSegments(bytes)) {
     const frame = marker >= 0xc0 && marker <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(marker);
-    if (frame && body.length > 5) return body[5];
+    if (frame && body.length > 5) return body;
   }
-  return 0;
+  return null;
+}
+
+// The number of components in the JPEG's frame header, or 0.
+function frameComponents(bytes) {
+  return frameHeader(bytes)?.[5] ?? 0;
 }
 
 // A JPEG's marker segments before its image data: {marker, body}, body the bytes after the length.

@@ -17,7 +17,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
-const [url, photo, out, screenshot, tourFlag] = process.argv.slice(2);
+const tourFlag = process.argv.includes("--tour") ? "--tour" : null;
+const [url, photo, out, screenshot] = process.argv.slice(2).filter((arg) => arg !== "--tour");
 if (!url || !photo || !out) {
   console.error("usage: node drive.mjs PAGE_URL PHOTO OUT.json [SCREENSHOT.png|-] [--tour]");
   process.exit(2);
@@ -30,6 +31,7 @@ const shownNow = (page) => page.evaluate(() => ({
   methodShown: document.querySelector("#method-shown").textContent,
   graphInfo: document.querySelector("#graph-info").textContent,
   backendInfo: document.querySelector("#backend-info").textContent,
+  backends: [...document.querySelectorAll("#backend option")].map((o) => ({ value: o.value, disabled: o.disabled })),
   timing: document.querySelector("#timing").textContent,
   error: document.querySelector("#error").classList.contains("shown") ? document.querySelector("#error").textContent : null,
   status: document.querySelector("#status").textContent,

@@ -58,29 +58,38 @@ def test_node_heatmap_equals_python(
 
 def test_node_overlay_is_pythons_byte_for_byte(node_example: Path, tmp_path: Path) -> None:
     """Given the same heatmap, examples/web/camexport.mjs's overlayOnPhoto gives overlay_on_photo's bytes: the
-    heatmap placed on the photo by Pillow's float bilinear resize, the palette, Image.blend's float32 rounding; for
-    several colormaps and opacities, a photo wider and one taller than the crop."""
+    heatmap placed on the photo by Pillow's float bilinear placement, the palette, Image.blend's float32 rounding; for
+    several colormaps and opacities, a photo wider and one taller than the crop, and a 1-channel graph (whose photo
+    Python sees in grey)."""
     from camexport.runtime.options import ExplainStyle as Style
     from camexport.runtime.visualize import overlay_on_photo
 
-    session = CamSession(ROOT / "tests" / "runtime" / "graphs" / "linear.onnx")
     rng = np.random.default_rng(5)
-    heatmap = rng.random(session.spec.preprocessing.image_size).astype(np.float32)
-    heatmap.tofile(tmp_path / "heatmap.f32")
     cases = [
-        ((300, 170), 0.5, "jet"),
-        ((90, 260), 0.35, "viridis"),
-        ((64, 64), 0.8, "turbo"),
-        ((500, 333), 1.0, "gray"),
+        ("linear", (300, 170), 0.5, "jet"),
+        ("linear", (90, 260), 0.35, "viridis"),
+        ("linear", (64, 64), 0.8, "turbo"),
+        ("linear", (500, 333), 1.0, "gray"),
+        ("gray", (200, 150), 0.5, "jet"),
     ]
-    for i, (size, alpha, colormap) in enumerate(cases):
+    for i, (graph, size, alpha, colormap) in enumerate(cases):
+        session = CamSession(ROOT / "tests" / "runtime" / "graphs" / f"{graph}.onnx")
+        prep = session.spec.preprocessing
+        heatmap = rng.random(prep.image_size).astype(np.float32)
+        heatmap.tofile(tmp_path / f"{i}.f32")
         photo = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
         np.asarray(photo.convert("RGBA")).tofile(tmp_path / f"{i}.rgba")
-        style = Style(alpha=alpha, colormap=colormap)
-        np.asarray(overlay_on_photo(photo, heatmap, session.spec.preprocessing, style)).tofile(tmp_path / f"{i}.want")
-    script = OVERLAY.replace("EXAMPLES", (ROOT / "examples").as_uri())
-    (tmp_path / "overlay.mjs").write_text(script.replace("GRAPH", str(session.path)))
-    argv = ["node", str(tmp_path / "overlay.mjs"), str(tmp_path), json.dumps(cases)]
+        seen = photo.convert(prep.image_mode)  # what Python's session reads: grey for a 1-channel graph
+        want = overlay_on_photo(seen, heatmap, prep, Style(alpha=alpha, colormap=colormap))
+        np.asarray(want).tofile(tmp_path / f"{i}.want")
+    graphs = [str(ROOT / "tests" / "runtime" / "graphs" / f"{case[0]}.onnx") for case in cases]
+    (tmp_path / "overlay.mjs").write_text(OVERLAY.replace("EXAMPLES", (ROOT / "examples").as_uri()))
+    argv = [
+        "node",
+        str(tmp_path / "overlay.mjs"),
+        str(tmp_path),
+        json.dumps([[g, *c[1:]] for g, c in zip(graphs, cases, strict=True)]),
+    ]
     done = subprocess.run(argv, cwd=node_example, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     for i in range(len(cases)):
@@ -91,10 +100,10 @@ OVERLAY = """
 import fs from "node:fs";
 import { overlayOnPhoto, readMetadata } from "EXAMPLES/web/camexport.mjs";
 const [folder, cases] = process.argv.slice(2);
-const meta = readMetadata(new Uint8Array(fs.readFileSync("GRAPH")));
-const raw = fs.readFileSync(`${folder}/heatmap.f32`);
-const heatmap = new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length));
-JSON.parse(cases).forEach(([[width, height], alpha, colormap], i) => {
+JSON.parse(cases).forEach(([graph, [width, height], alpha, colormap], i) => {
+  const meta = readMetadata(new Uint8Array(fs.readFileSync(graph)));
+  const raw = fs.readFileSync(`${folder}/${i}.f32`);
+  const heatmap = new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length));
   const rgba = new Uint8Array(fs.readFileSync(`${folder}/${i}.rgba`));
   fs.writeFileSync(`${folder}/${i}.got`, overlayOnPhoto(rgba, width, height, heatmap, meta, { alpha, colormap }));
 });
@@ -120,9 +129,12 @@ def test_node_cli_honours_the_class_and_refuses_bad_input(
         heatmap = np.load(tmp_path / given / "coffee_heatmap.npy")
         assert np.abs(heatmap - want.heatmap).max() <= 1e-4
     (tmp_path / "bad.png").write_text("not a png")
-    argv = ["node", "explain.mjs", str(efficientnet_graph), str(tmp_path / "bad.png"), str(tmp_path / "coffee.png")]
-    done = subprocess.run([*argv, "--out", str(tmp_path / "mixed")], cwd=node_example, capture_output=True, text=True)
+    Image.new("1", (12000, 12000)).save(tmp_path / "bomb.png")  # 144 megapixels in a few kB
+    photos = [str(tmp_path / name) for name in ("bad.png", "bomb.png", "coffee.png")]
+    argv = ["node", "explain.mjs", str(efficientnet_graph), *photos, "--out", str(tmp_path / "mixed")]
+    done = subprocess.run(argv, cwd=node_example, capture_output=True, text=True)
     assert done.returncode == 1 and "bad.png: not a PNG or JPEG file; pass a PNG or JPEG photo" in done.stderr
+    assert "bomb.png: not a readable image (Image size (144000000 pixels) exceeds limit of 89478485" in done.stderr
     assert [json.loads(x)["label"] for x in (tmp_path / "mixed" / "predictions.jsonl").read_text().splitlines()] == [
         "espresso"
     ]

@@ -183,6 +183,8 @@ def test_every_control_of_the_page_works_as_python(
     backend = shown["result"]["backend"]
     assert backend in ("wasm", "webgpu") and shown["backendInfo"]
     assert not (backend == "webgpu" and "software" in shown["backendInfo"])  # best available skips a software GPU
+    offered = {b["value"]: not b["disabled"] for b in shown["backends"]}
+    assert offered["auto"] and offered["wasm"] and offered["webgpu"] == ("no WebGPU here" not in shown["backendInfo"])
     rejected = tour["rejected"]
     assert (
         rejected["error"].startswith("notes.onnx: not an ONNX graph")
@@ -294,3 +296,29 @@ def test_the_colormaps_module_holds_matplotlibs_palettes() -> None:
     with script_module(WEB / "colormaps.py", "web_colormaps") as colormaps:
         assert (WEB / "colormaps.mjs").read_text(encoding="utf-8") == colormaps.module()
         assert colormaps.NAMES[0] == "jet" and "viridis" in colormaps.NAMES
+
+
+def test_detections_are_read_from_the_method_asked_for(web_example: Path, tmp_path: Path) -> None:
+    """detectionsOf (camexport.mjs) on a detector's outputs of two methods: each slot's heatmap comes from the output
+    of the method asked for (heatmap_<method>), the first by default; empty slots (label −1) are left out."""
+    script = """
+import { detectionsOf, heatmapOutput } from './camexport.mjs';
+const meta = { methods: ['gradcam', 'hirescam'], size: [1, 2], labels: ['a', 'b'], resize: 2 };
+const outputs = {
+  scores: { dims: [1, 2], data: Float32Array.from([0.9, 0]) },
+  labels: { data: BigInt64Array.from([1n, -1n]) },
+  boxes: { data: Float32Array.from([0, 0, 1, 1, 0, 0, 0, 0]) },
+  heatmap_gradcam: { data: Float32Array.from([0.1, 0.2, 0.3, 0.4]) },
+  heatmap_hirescam: { data: Float32Array.from([0.5, 0.6, 0.7, 0.8]) },
+};
+const read = (method) => detectionsOf(outputs, meta, 2, 1, 0, method).map((d) => [d.label, Array.from(d.heatmap)]);
+const names = [heatmapOutput(meta, 'hirescam'), heatmapOutput({ methods: ['x'] })];
+console.log(JSON.stringify([read(undefined), read('hirescam'), ...names]));
+"""
+    done = subprocess.run(
+        ["node", "--input-type=module", "-e", script], cwd=web_example, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    first, second, name, single = json.loads(done.stdout)
+    assert [d[0] for d in first] == ["b"] and np.allclose(first[0][1], [0.1, 0.2])
+    assert np.allclose(second[0][1], [0.5, 0.6]) and name == "heatmap_hirescam" and single == "heatmap"
