@@ -244,10 +244,29 @@ function startRun(args) {
     throw new UserError(`${predictions}: an earlier run is there; pass another --out, or --overwrite to replace it`);
   }
   fs.mkdirSync(args.out, { recursive: true });
+  sweepStaged(args.out);
   const staged = `${predictions}.${process.pid}.part`;
   fs.writeFileSync(staged, "");
   const run = { out: args.out, top: args.top, saveHeatmap: args["save-heatmap"], style: { alpha: args.alpha, colormap: args.colormap } };
   return Object.assign(run, { predictions, staged, explained: 0, failed: 0, replaces: fs.existsSync(predictions) });
+}
+
+// Removes what a run killed outright (SIGKILL: no handler runs) left staged in `folder`: files NAME.PID.part whose
+// process is gone. The file they were to replace, if any, is whole.
+function sweepStaged(folder) {
+  for (const name of fs.readdirSync(folder)) {
+    const match = /\.(\d+)\.part$/.exec(name);
+    if (match && !alive(Number(match[1]))) fs.rmSync(path.join(folder, name), { force: true });
+  }
+}
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return error.code === "EPERM"; // someone else's process
+  }
 }
 
 // Ends the run: a finished run's lines replace the old file; an interrupted one keeps the old file if there was

@@ -180,7 +180,8 @@ def test_node_cli_honours_the_class_and_refuses_bad_input(
 
 def test_node_cli_stops_cleanly_on_sigterm(node_example: Path, tmp_path: Path) -> None:
     """SIGTERM mid-run: exit 143, one line; a fresh run keeps the lines of the photos it finished, a run replacing
-    an earlier one keeps the earlier file whole; no staged file is left."""
+    an earlier one keeps the earlier file whole; no staged file is left. SIGKILL: the earlier file stays whole, and
+    the next run removes the staged file the killed one left."""
     import signal
 
     graph = ROOT / "tests" / "runtime" / "graphs" / "linear.onnx"
@@ -205,6 +206,16 @@ def test_node_cli_stops_cleanly_on_sigterm(node_example: Path, tmp_path: Path) -
         else:
             assert 3 <= len(lines.splitlines()) < 200 and all(json.loads(x)["label"] for x in lines.splitlines())
         assert not [p for p in (tmp_path / "out").iterdir() if p.suffix == ".part"]
+    before = (tmp_path / "out" / "predictions.jsonl").read_bytes()
+    argv = ["node", "explain.mjs", str(graph), *photos, "--out", str(tmp_path / "out"), "--overwrite"]
+    with subprocess.Popen(argv, cwd=node_example, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        assert child.stdout.readline().startswith(b"/"), "no photo explained"
+        child.kill()  # SIGKILL: no handler runs; its staged file stays until the next run sweeps it
+        child.communicate(timeout=60)
+    assert (tmp_path / "out" / "predictions.jsonl").read_bytes() == before
+    assert len([p for p in (tmp_path / "out").iterdir() if p.suffix == ".part"]) == 1
+    run_node(node_example, graph, [Path(photos[0])], tmp_path / "out", "--overwrite")
+    assert not [p for p in (tmp_path / "out").iterdir() if p.suffix == ".part"]
 
 
 def test_node_explains_each_detection_as_python(node_example: Path, tmp_path: Path) -> None:
