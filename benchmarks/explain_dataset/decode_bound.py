@@ -79,31 +79,36 @@ def stage_times(session, photos: list[Path]) -> dict:
     return per_photo
 
 
+def drafted_input(session, path: Path, margin: int) -> tuple:
+    """(photo, graph input) as ``session.prepare(path, jpeg_draft=True)`` makes them, at any ``margin``."""
+    from camexport.runtime.preprocess import jpeg_draft, normalise, open_image, open_unread, to_pixels
+
+    prep = session.spec.preprocessing
+    image = open_unread(path)
+    jpeg_draft(image, prep, margin)
+    photo = open_image(image)  # loads it at the drafted scale, upright, in RGB
+    return photo, normalise(to_pixels(photo, prep), prep)
+
+
 def fidelity(session, photos: list[Path], margin: int) -> dict:
     """Drafted (decoded at ``margin`` times the resize or more) against exact, photo by photo."""
-    import camexport.runtime.preprocess as preprocess
-
-    kept, preprocess.DRAFT_MARGIN = preprocess.DRAFT_MARGIN, margin
-    try:
-        agree, drafted, largest, changed = 0, 0, 0.0, 0
-        for i in range(0, len(photos), 8):
-            chunk = photos[i : i + 8]
-            exact = [session.prepare(p, str(p)) for p in chunk]
-            draft = [session.prepare(p, str(p), jpeg_draft=True) for p in chunk]
-            drafted += sum(a[0].size != b[0].size for a, b in zip(exact, draft, strict=True))
-            ours, theirs = (session.run(np.stack([x[1] for x in xs])) for xs in (draft, exact))
-            agree += int((ours["class_index"] == theirs["class_index"]).sum())
-            diff = np.abs(ours["heatmap"] - theirs["heatmap"]).reshape(len(chunk), -1).max(axis=1)
-            largest, changed = max(largest, float(diff.max())), changed + int((diff > 0.05).sum())
-        return {
-            "margin": margin,
-            "photos_drafted": drafted,
-            "top1_agreement": round(agree / len(photos), 4),
-            "max_heatmap_difference": round(largest, 4),
-            "photos_heatmap_over_0.05": changed,
-        }
-    finally:
-        preprocess.DRAFT_MARGIN = kept
+    agree, drafted, largest, changed = 0, 0, 0.0, 0
+    for i in range(0, len(photos), 8):
+        chunk = photos[i : i + 8]
+        exact = [session.prepare(p, str(p)) for p in chunk]
+        draft = [drafted_input(session, p, margin) for p in chunk]
+        drafted += sum(a[0].size != b[0].size for a, b in zip(exact, draft, strict=True))
+        ours, theirs = (session.run(np.stack([x[1] for x in xs])) for xs in (draft, exact))
+        agree += int((ours["class_index"] == theirs["class_index"]).sum())
+        diff = np.abs(ours["heatmap"] - theirs["heatmap"]).reshape(len(chunk), -1).max(axis=1)
+        largest, changed = max(largest, float(diff.max())), changed + int((diff > 0.05).sum())
+    return {
+        "margin": margin,
+        "photos_drafted": drafted,
+        "top1_agreement": round(agree / len(photos), 4),
+        "max_heatmap_difference": round(largest, 4),
+        "photos_heatmap_over_0.05": changed,
+    }
 
 
 def resize_in_graph(session, photos: list[Path]) -> dict:

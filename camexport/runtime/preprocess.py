@@ -85,15 +85,13 @@ def open_image(
 _OPENING = threading.Lock()  # warnings filters are process-wide: one opener changes them at a time
 
 
-DRAFT_MARGIN = 2
-
-
-def jpeg_draft(image: Image.Image, prep: Preprocessing) -> int:
+def jpeg_draft(image: Image.Image, prep: Preprocessing, margin: int = 2) -> int:
     """Asks libjpeg to decode a not yet loaded JPEG at 1/2, 1/4 or 1/8 scale, in the DCT domain (Pillow's
-    ``Image.draft``), the smallest scale whose image is still at least twice the size the graph resizes it to (in
-    both directions, upright by its EXIF orientation): decoding costs about the scale's square less, and the
-    resize that follows starts from a smaller image. Returns the scale's denominator (1: left as it is, as every
-    other format and any photo under twice that size are).
+    ``Image.draft``), the smallest scale whose image is still at least ``margin`` times the size the graph resizes
+    it to (in both directions, upright by its EXIF orientation): decoding costs about the scale's square less, and
+    the resize that follows starts from a smaller image. Returns the scale's denominator (1: left as it is, as every
+    other format and any photo under twice that size are). camexport uses ``margin`` 2; the benchmark also
+    measures 1.
 
     The pixels are not the full decode's resized: libjpeg's scaled IDCT is a box-like filter of its own. Measured
     on benchmarks/explain_dataset's 1,000 photos: the top-1 class and the heatmaps it changes are in that
@@ -103,7 +101,6 @@ def jpeg_draft(image: Image.Image, prep: Preprocessing) -> int:
     width, height = image.size
     turned = image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)  # upright, the photo is height x width
     (want_w, want_h), _ = prep.geometry(*((height, width) if turned else (width, height)))
-    margin = DRAFT_MARGIN
     want = (margin * want_h, margin * want_w) if turned else (margin * want_w, margin * want_h)
     if width < 2 * want[0] or height < 2 * want[1]:
         return 1

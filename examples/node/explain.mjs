@@ -134,16 +134,18 @@ async function explainPhoto(graph, file, codecs) {
   return { image, outputs };
 }
 
+// Probabilities and scores as Python's records round them (Record.of: 6 decimals).
+const round6 = (p) => Math.round(p * 1e6) / 1e6;
+
 // A classifier's record: the explained class, its probability and the top K, rounded to 6 decimals as Python's.
 function classified(graph, outputs, top) {
   const probabilities = topK(outputs.logits.data, graph.meta.labels, graph.meta.labels.length);
   const explained = Number(outputs.class_index.data[0]);
-  const round = (p) => Math.round(p * 1e6) / 1e6;
   return {
     class_index: explained,
     label: graph.meta.labels[explained],
-    probability: round(probabilities.find((p) => p.index === explained).probability),
-    top: probabilities.slice(0, top).map(({ index, label, probability }) => ({ index, label, probability: round(probability) })),
+    probability: round6(probabilities.find((p) => p.index === explained).probability),
+    top: probabilities.slice(0, top).map(({ index, label, probability }) => ({ index, label, probability: round6(probability) })),
   };
 }
 
@@ -223,8 +225,7 @@ function detectorFiles(run, graph, file, stem, { image, outputs }) {
   return found.map((d) => {
     const own = path.join(run.out, `${stem}_det${d.slot}_cam.png`);
     writeAtomically(own, drawn(d.heatmap, [d]));
-    const score = Math.round(d.score * 1e6) / 1e6;
-    return { image: file, detection: d.slot, box: d.box, class_index: d.classIndex, label: d.label, score, overlay: own, image_overlay: overlay, ...heatmapFile };
+    return { image: file, detection: d.slot, box: d.box, class_index: d.classIndex, label: d.label, score: round6(d.score), overlay: own, image_overlay: overlay, ...heatmapFile };
   });
 }
 

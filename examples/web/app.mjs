@@ -343,7 +343,12 @@ async function downloadOverlay() {
   } else {
     const rgb = overlayOnPhoto(photo.rgba, photo.width, photo.height, outputs[heatmapOutput(meta, view.method)].data, meta, style());
     const rgba = new Uint8ClampedArray(photo.width * photo.height * 4);
-    for (let i = 0; i < photo.width * photo.height; i++) rgba.set([rgb[i * 3], rgb[i * 3 + 1], rgb[i * 3 + 2], 255], i * 4);
+    for (let i = 0, j = 0; i < rgb.length; i += 3, j += 4) { // no array per pixel: a photo can be 24 megapixels
+      rgba[j] = rgb[i];
+      rgba[j + 1] = rgb[i + 1];
+      rgba[j + 2] = rgb[i + 2];
+      rgba[j + 3] = 255;
+    }
     const canvas = new OffscreenCanvas(photo.width, photo.height);
     canvas.getContext("2d").putImageData(new ImageData(rgba, photo.width, photo.height), 0, 0);
     blob = await canvas.convertToBlob({ type: "image/png" });
